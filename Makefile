@@ -1,0 +1,44 @@
+# repro-quorum: `make demo` runs a local rebuilder network, `make test` runs the whole suite.
+# Both set themselves up on a fresh Debian machine: system packages (as root), a virtualenv, the package.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := mosquitto bubblewrap mmdebstrap diffoscope dpkg-dev debhelper fakeroot \
+	apt-utils build-essential chromium xz-utils ca-certificates
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint typecheck bench clean vectors
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/ensure-system-packages.sh
+	scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) -m coordinator.demo $(if $(DEMO_ONCE),--once)
+
+lint: setup
+	$(VENV)/bin/ruff check verifier rebuilder coordinator tests benchmarks scripts
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: lint typecheck
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+vectors: setup
+	$(PY) scripts/make_vectors.py tests/vectors
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

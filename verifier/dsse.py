@@ -1,0 +1,193 @@
+"""DSSE v1 envelopes (https://github.com/secure-systems-lab/dsse, ARCHITECTURE §4.2).
+
+An envelope carries a payload and signatures over ``PAE(payloadType, payload)``. The signature is
+checked over the payload bytes exactly as received; only then may the payload be parsed::
+
+    env = sign(statement_bytes, private_key)
+    Envelope.from_bytes(env.to_bytes()).verify(public_key)   # True
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from verifier.errors import BadDataError
+from verifier.keys import KeyId, keyid
+
+__all__ = [
+    "IN_TOTO_PAYLOAD_TYPE",
+    "MAX_ENVELOPE_BYTES",
+    "Envelope",
+    "Signature",
+    "pae",
+    "sign",
+    "strict_json_loads",
+]
+
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+MAX_ENVELOPE_BYTES = 1024 * 1024
+MAX_SIGNATURES = 8
+_MAX_KEYID_CHARS = 256
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: ``DSSEv1 SP LEN(type) SP type SP LEN(body) SP body``."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BadDataError("json", f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadDataError("json", f"non-standard constant {name}")
+
+
+def strict_json_loads(data: bytes | str, what: str) -> Any:
+    """Parse JSON refusing duplicate keys and NaN/Infinity, as a ``BadDataError`` on failure."""
+    try:
+        return json.loads(
+            data, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except BadDataError as e:
+        raise BadDataError(what, e.reason) from e
+    except (ValueError, RecursionError) as e:
+        raise BadDataError(what, f"not valid JSON: {e}") from e
+
+
+def _b64decode(value: object, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadDataError("envelope", f"{field} must be a base64 string")
+    # DSSE allows standard and URL-safe alphabets, with or without padding.
+    s = value.replace("-", "+").replace("_", "/")
+    s += "=" * (-len(s) % 4)
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadDataError("envelope", f"{field} is not valid base64") from e
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    sig: bytes
+    keyid: str = ""  # only a hint: a signature counts for whichever trusted key verifies it
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    payload_type: str
+    payload: bytes
+    signatures: tuple[Signature, ...]
+
+    def __post_init__(self) -> None:
+        if self.payload_type != IN_TOTO_PAYLOAD_TYPE:
+            raise BadDataError(
+                "envelope", f"payloadType is {self.payload_type!r}, expected {IN_TOTO_PAYLOAD_TYPE}"
+            )
+        if not self.signatures:
+            raise BadDataError("envelope", "no signatures")
+        if len(self.signatures) > MAX_SIGNATURES:
+            raise BadDataError(
+                "envelope", f"{len(self.signatures)} signatures, limit {MAX_SIGNATURES}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: object) -> Envelope:
+        if not isinstance(d, dict):
+            raise BadDataError("envelope", "top level is not a JSON object")
+        payload_type = d.get("payloadType")
+        if not isinstance(payload_type, str):
+            raise BadDataError("envelope", "payloadType missing or not a string")
+        payload = _b64decode(d.get("payload"), "payload")
+        raw_sigs = d.get("signatures")
+        if not isinstance(raw_sigs, list):
+            raise BadDataError("envelope", "signatures missing or not a list")
+        if len(raw_sigs) > MAX_SIGNATURES:
+            raise BadDataError("envelope", f"{len(raw_sigs)} signatures, limit {MAX_SIGNATURES}")
+        sigs = []
+        for i, s in enumerate(raw_sigs):
+            if not isinstance(s, dict):
+                raise BadDataError("envelope", f"signature {i} is not an object")
+            kid = s.get("keyid", "")
+            if not isinstance(kid, str) or len(kid) > _MAX_KEYID_CHARS:
+                raise BadDataError("envelope", f"signature {i} keyid is not a short string")
+            sigs.append(Signature(sig=_b64decode(s.get("sig"), f"signature {i} sig"), keyid=kid))
+        return cls(payload_type=payload_type, payload=payload, signatures=tuple(sigs))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Envelope:
+        """Parse one serialized envelope, refusing anything over ``MAX_ENVELOPE_BYTES``."""
+        if len(data) > MAX_ENVELOPE_BYTES:
+            raise BadDataError(
+                "envelope", f"{len(data)} bytes, limit {MAX_ENVELOPE_BYTES} bytes"
+            )
+        return cls.from_dict(strict_json_loads(data, "envelope"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "payloadType": self.payload_type,
+            "payload": base64.b64encode(self.payload).decode("ascii"),
+            "signatures": [
+                {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")}
+                for s in self.signatures
+            ],
+        }
+
+    def to_bytes(self) -> bytes:
+        """Canonical serialization: sorted keys, no spaces. ``digest`` is computed over it."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("ascii")
+
+    def digest(self) -> str:
+        """Lowercase hex sha256 of the canonical serialization; what a revocation names."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def verify(self, key: Ed25519PublicKey, kid: KeyId | None = None) -> bool:
+        """True when some signature verifies under ``key`` over PAE(payloadType, payload).
+
+        A signature whose keyid hint names ``kid`` is tried first; the hint never decides.
+        """
+        message = pae(self.payload_type, self.payload)
+        kid = kid if kid is not None else keyid(key)
+        ordered = sorted(self.signatures, key=lambda s: s.keyid != kid)
+        for s in ordered:
+            try:
+                key.verify(s.sig, message)
+            except InvalidSignature:
+                continue
+            return True
+        return False
+
+    def verify_any(self, keys: Mapping[KeyId, Ed25519PublicKey]) -> KeyId | None:
+        """The first trusted keyid whose key verifies a signature, or None."""
+        hinted = [s.keyid for s in self.signatures if s.keyid in keys]
+        for kid in [*hinted, *(k for k in keys if k not in hinted)]:
+            if self.verify(keys[KeyId(kid)], KeyId(kid)):
+                return KeyId(kid)
+        return None
+
+
+def sign(
+    payload: bytes,
+    keys: Ed25519PrivateKey | Sequence[Ed25519PrivateKey],
+    payload_type: str = IN_TOTO_PAYLOAD_TYPE,
+) -> Envelope:
+    """Sign ``payload`` with one or more keys; each signature carries its keyid hint."""
+    key_list = [keys] if isinstance(keys, Ed25519PrivateKey) else list(keys)
+    message = pae(payload_type, payload)
+    sigs = tuple(Signature(sig=k.sign(message), keyid=keyid(k.public_key())) for k in key_list)
+    return Envelope(payload_type=payload_type, payload=payload, signatures=sigs)

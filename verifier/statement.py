@@ -1,0 +1,442 @@
+"""in-toto Statement v1 with repro-quorum's predicates (ARCHITECTURE §4.2, §4.3).
+
+Two statement kinds travel in DSSE envelopes:
+
+- ``RebuildStatement``: a SLSA Provenance v1 predicate saying what one rebuilder produced from one
+  buildinfo, with a verdict per output. Its subjects are what *this* rebuilder built; a failed
+  build has no subject and a failure reason.
+- ``RevocationStatement``: the rebuilder withdraws one of its attestations, named by the sha256 of
+  the envelope (``Envelope.digest()``).
+
+``parse_statement(payload)`` validates strictly and keeps the raw dict, so unknown fields
+inside the signed payload survive a round trip and are otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, NewType
+
+from verifier.dsse import strict_json_loads
+from verifier.errors import BadDataError
+
+__all__ = [
+    "BUILD_TYPE",
+    "PROVENANCE_PREDICATE_TYPE",
+    "REVOCATION_PREDICATE_TYPE",
+    "STATEMENT_TYPE",
+    "Digest",
+    "OutputVerdict",
+    "PackageIdentity",
+    "RebuildStatement",
+    "RevocationStatement",
+    "Statement",
+    "Subject",
+    "VerdictKind",
+    "format_time",
+    "parse_statement",
+    "parse_time",
+    "validate_sha256",
+]
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"
+BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
+
+Digest = NewType("Digest", str)  # lowercase hex sha256
+
+VerdictKind = Literal["reproduced", "mismatch", "missing-upstream", "missing-rebuild"]
+_VERDICTS: frozenset[str] = frozenset(
+    {"reproduced", "mismatch", "missing-upstream", "missing-rebuild"}
+)
+
+MAX_SUBJECTS = 1000
+MAX_NAME = 255
+MAX_TEXT = 4096
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Debian package names, versions and architectures (Policy §5.6.1, §5.6.12), plus file names.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
+
+
+def validate_sha256(value: object, where: str) -> Digest:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise BadDataError("statement", f"{where} is not a lowercase hex sha256")
+    return Digest(value)
+
+
+def _name(value: object, where: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME_CHARS.fullmatch(value):
+        raise BadDataError("statement", f"{where} {value!r} is not a valid name")
+    return value
+
+
+def _text(value: object, where: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadDataError("statement", f"{where} must be a string of at most {limit} characters")
+    return value
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadDataError("statement", f"{where} must be an object")
+    return value
+
+
+def _list(value: object, where: str, limit: int = MAX_SUBJECTS) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadDataError("statement", f"{where} must be a list of at most {limit} items")
+    return value
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix and whole seconds."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object, where: str) -> datetime:
+    s = _text(value, where, 64)
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise BadDataError("statement", f"{where} {s!r} is not an RFC 3339 time") from e
+    if t.tzinfo is None:
+        raise BadDataError("statement", f"{where} {s!r} has no time zone")
+    return t
+
+
+def _sha256_of(descriptor: object, where: str) -> Digest:
+    digest = _obj(_obj(descriptor, where).get("digest"), f"{where}.digest")
+    return validate_sha256(digest.get("sha256"), f"{where}.digest.sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class PackageIdentity:
+    """What was rebuilt: ecosystem, source name, source version, build architecture."""
+
+    ecosystem: str
+    name: str
+    version: str
+    architecture: str
+
+    def __post_init__(self) -> None:
+        if self.ecosystem != "debian":
+            raise BadDataError("statement", f"ecosystem {self.ecosystem!r} is not 'debian'")
+        _name(self.name, "package name")
+        _name(self.version, "package version")
+        _name(self.architecture, "package architecture")
+
+    @classmethod
+    def from_dict(cls, d: object) -> PackageIdentity:
+        o = _obj(d, "package")
+        return cls(
+            ecosystem=_text(o.get("ecosystem"), "package.ecosystem", 32),
+            name=_text(o.get("name"), "package.name", MAX_NAME),
+            version=_text(o.get("version"), "package.version", MAX_NAME),
+            architecture=_text(o.get("architecture"), "package.architecture", MAX_NAME),
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "ecosystem": self.ecosystem,
+            "name": self.name,
+            "version": self.version,
+            "architecture": self.architecture,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.architecture})"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    name: str
+    sha256: Digest
+
+    def __post_init__(self) -> None:
+        _name(self.name, "subject name")
+        validate_sha256(self.sha256, "subject digest")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": {"sha256": self.sha256}}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputVerdict:
+    """The comparison of one output file with its published counterparts.
+
+    ``rebuilt`` is what this rebuilder produced (None when the build did not produce the file),
+    ``buildinfo`` and ``repository`` the digests it was compared with (None when absent).
+    """
+
+    name: str
+    verdict: VerdictKind
+    rebuilt: Digest | None = None
+    buildinfo: Digest | None = None
+    repository: Digest | None = None
+    report_sha256: Digest | None = None
+    report_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _name(self.name, "verdict name")
+        if self.verdict not in _VERDICTS:
+            raise BadDataError("statement", f"verdict {self.verdict!r} is not one of {_VERDICTS}")
+        for label in ("rebuilt", "buildinfo", "repository", "report_sha256"):
+            v = getattr(self, label)
+            if v is not None:
+                validate_sha256(v, f"verdict {label}")
+        if self.report_url is not None:
+            _text(self.report_url, "report url", 2048)
+
+    def to_dict(self) -> dict[str, Any]:
+        annotations: dict[str, Any] = {"verdict": self.verdict}
+        if self.buildinfo:
+            annotations["buildinfo"] = {"sha256": self.buildinfo}
+        if self.repository:
+            annotations["repository"] = {"sha256": self.repository}
+        if self.report_sha256 or self.report_url:
+            report: dict[str, Any] = {}
+            if self.report_url:
+                report["uri"] = self.report_url
+            if self.report_sha256:
+                report["digest"] = {"sha256": self.report_sha256}
+            annotations["report"] = report
+        d: dict[str, Any] = {"name": f"verdict:{self.name}", "annotations": annotations}
+        if self.rebuilt:
+            d["digest"] = {"sha256": self.rebuilt}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OutputVerdict:
+        name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
+        ann = _obj(d.get("annotations"), "verdict annotations")
+
+        def opt_digest(o: object, where: str) -> Digest | None:
+            if o is None:
+                return None
+            return validate_sha256(_obj(o, where).get("sha256"), where)
+
+        report = ann.get("report")
+        report_url = report_sha = None
+        if report is not None:
+            r = _obj(report, "verdict report")
+            report_url = _text(r["uri"], "report uri", 2048) if "uri" in r else None
+            report_sha = _sha256_of(r, "verdict report") if "digest" in r else None
+        verdict = _text(ann.get("verdict"), "verdict", 32)
+        if verdict not in _VERDICTS:
+            raise BadDataError("statement", f"verdict {verdict!r} is not a known verdict")
+        return cls(
+            name=name,
+            verdict=verdict,  # type: ignore[arg-type]  # checked against _VERDICTS above
+            rebuilt=_sha256_of(d, "verdict") if "digest" in d else None,
+            buildinfo=opt_digest(ann.get("buildinfo"), "verdict buildinfo"),
+            repository=opt_digest(ann.get("repository"), "verdict repository"),
+            report_sha256=report_sha,
+            report_url=report_url,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildStatement:
+    """One rebuild by one rebuilder. Construct with keyword arguments; ``to_bytes`` to sign."""
+
+    package: PackageIdentity
+    subjects: tuple[Subject, ...]
+    builder_id: str
+    started_on: datetime
+    finished_on: datetime
+    invocation_id: str
+    buildinfo_uri: str
+    buildinfo_sha256: Digest
+    repository: str
+    verdicts: tuple[OutputVerdict, ...] = ()
+    failure: str | None = None  # set iff the build failed; then subjects is empty
+    builder_version: str = ""
+    internal_parameters: Mapping[str, Any] = field(default_factory=dict)
+    resolved_dependencies: Sequence[Mapping[str, Any]] = ()
+    raw: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.subjects) > MAX_SUBJECTS:
+            raise BadDataError("statement", f"{len(self.subjects)} subjects, limit {MAX_SUBJECTS}")
+        if self.failure is not None and self.subjects:
+            raise BadDataError("statement", "a failed build must have no subject")
+        if self.failure is None and not self.subjects:
+            raise BadDataError("statement", "no subject and no failure reason")
+        _text(self.builder_id, "builder id", 2048)
+        _text(self.invocation_id, "invocationId", 256)
+        validate_sha256(self.buildinfo_sha256, "buildinfo digest")
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def subject_named(self, name: str) -> Subject | None:
+        for s in self.subjects:
+            if s.name == name:
+                return s
+        return None
+
+    def verdict_for(self, name: str) -> OutputVerdict | None:
+        for v in self.verdicts:
+            if v.name == name:
+                return v
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        byproducts: list[dict[str, Any]] = [v.to_dict() for v in self.verdicts]
+        if self.failure is not None:
+            byproducts.append({"name": "failure", "annotations": {"reason": self.failure}})
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [s.to_dict() for s in self.subjects],
+            "predicateType": PROVENANCE_PREDICATE_TYPE,
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": BUILD_TYPE,
+                    "externalParameters": {
+                        "package": self.package.to_dict(),
+                        "buildinfo": {
+                            "uri": self.buildinfo_uri,
+                            "digest": {"sha256": self.buildinfo_sha256},
+                        },
+                        "repository": self.repository,
+                    },
+                    "internalParameters": dict(self.internal_parameters),
+                    "resolvedDependencies": [dict(d) for d in self.resolved_dependencies],
+                },
+                "runDetails": {
+                    "builder": {
+                        "id": self.builder_id,
+                        "version": {"repro-quorum": self.builder_version},
+                    },
+                    "metadata": {
+                        "invocationId": self.invocation_id,
+                        "startedOn": format_time(self.started_on),
+                        "finishedOn": format_time(self.finished_on),
+                    },
+                    "byproducts": byproducts,
+                },
+            },
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RebuildStatement:
+        pred = _obj(d.get("predicate"), "predicate")
+        bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
+        if bdef.get("buildType") != BUILD_TYPE:
+            raise BadDataError(
+                "statement", f"buildType {bdef.get('buildType')!r}, expected {BUILD_TYPE}"
+            )
+        ext = _obj(bdef.get("externalParameters"), "externalParameters")
+        run = _obj(pred.get("runDetails"), "runDetails")
+        builder = _obj(run.get("builder"), "runDetails.builder")
+        meta = _obj(run.get("metadata"), "runDetails.metadata")
+        version = builder.get("version", {})
+        subjects = tuple(
+            Subject(
+                name=_text(_obj(s, "subject").get("name"), "subject name", MAX_NAME),
+                sha256=_sha256_of(s, "subject"),
+            )
+            for s in _list(d.get("subject"), "subject")
+        )
+        verdicts: list[OutputVerdict] = []
+        failure: str | None = None
+        for bp in _list(run.get("byproducts", []), "byproducts", 2 * MAX_SUBJECTS + 1):
+            o = _obj(bp, "byproduct")
+            bp_name = o.get("name")
+            if isinstance(bp_name, str) and bp_name.startswith("verdict:"):
+                verdicts.append(OutputVerdict.from_dict(o))
+            elif bp_name == "failure":
+                ann = _obj(o.get("annotations"), "failure annotations")
+                failure = _text(ann.get("reason"), "failure reason")
+            # other byproducts are kept in raw and ignored
+        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", 10_000)
+        internal = bdef.get("internalParameters", {})
+        return cls(
+            package=PackageIdentity.from_dict(ext.get("package")),
+            subjects=subjects,
+            builder_id=_text(builder.get("id"), "builder id", 2048),
+            builder_version=_text(
+                _obj(version, "builder version").get("repro-quorum", ""), "version", 64
+            ),
+            started_on=parse_time(meta.get("startedOn"), "startedOn"),
+            finished_on=parse_time(meta.get("finishedOn"), "finishedOn"),
+            invocation_id=_text(meta.get("invocationId"), "invocationId", 256),
+            buildinfo_uri=_text(_obj(ext.get("buildinfo"), "buildinfo").get("uri"), "uri", 2048),
+            buildinfo_sha256=_sha256_of(ext.get("buildinfo"), "buildinfo"),
+            repository=_text(ext.get("repository"), "repository", 2048),
+            verdicts=tuple(verdicts),
+            failure=failure,
+            internal_parameters=_obj(internal, "internalParameters"),
+            resolved_dependencies=tuple(_obj(x, "dependency") for x in deps),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationStatement:
+    """A rebuilder withdraws the attestation whose envelope sha256 is ``revoked``."""
+
+    revoked: Digest
+    reason: str
+    builder_id: str
+    revoked_on: datetime
+    raw: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_sha256(self.revoked, "revoked envelope digest")
+        _text(self.reason, "revocation reason")
+        _text(self.builder_id, "builder id", 2048)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": "attestation", "digest": {"sha256": self.revoked}}],
+            "predicateType": REVOCATION_PREDICATE_TYPE,
+            "predicate": {
+                "reason": self.reason,
+                "builder": {"id": self.builder_id},
+                "revokedOn": format_time(self.revoked_on),
+            },
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RevocationStatement:
+        subjects = _list(d.get("subject"), "subject")
+        if len(subjects) != 1:
+            raise BadDataError("statement", "a revocation names exactly one attestation")
+        pred = _obj(d.get("predicate"), "predicate")
+        return cls(
+            revoked=_sha256_of(subjects[0], "subject"),
+            reason=_text(pred.get("reason"), "revocation reason"),
+            builder_id=_text(_obj(pred.get("builder"), "builder").get("id"), "builder id", 2048),
+            revoked_on=parse_time(pred.get("revokedOn"), "revokedOn"),
+            raw=d,
+        )
+
+
+Statement = RebuildStatement | RevocationStatement
+
+
+def parse_statement(payload: bytes) -> Statement:
+    """Parse a verified envelope's payload. Call only after the signature has verified."""
+    d = _obj(strict_json_loads(payload, "statement"), "statement")
+    if d.get("_type") != STATEMENT_TYPE:
+        raise BadDataError("statement", f"_type {d.get('_type')!r}, expected {STATEMENT_TYPE}")
+    ptype = d.get("predicateType")
+    if ptype == PROVENANCE_PREDICATE_TYPE:
+        return RebuildStatement.from_dict(d)
+    if ptype == REVOCATION_PREDICATE_TYPE:
+        return RevocationStatement.from_dict(d)
+    raise BadDataError("statement", f"predicateType {ptype!r} is not one repro-quorum knows")
