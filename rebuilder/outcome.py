@@ -1,0 +1,69 @@
+"""What one rebuild produced: the seam between the build pipeline and the daemon.
+
+The pipeline (fetch, environment, sandboxed build, compare) returns a ``RebuildOutcome``; the
+daemon signs it (``attest``), stores it and publishes it. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from verifier.statement import Digest, PackageIdentity
+
+Verdict = Literal["reproduced", "mismatch", "missing-upstream", "missing-rebuild"]
+Stage = Literal["fetch", "environment", "build", "compare", "internal"]
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One (source, version, architecture) triple to rebuild, as the watcher found it."""
+
+    source: str
+    version: str
+    architecture: str
+    repository: str  # repository name from the config
+    buildinfo_url: str
+    # Published binaries of this triple from the Packages index: file name -> (sha256, pool URL).
+    published: dict[str, tuple[Digest, str]] = field(default_factory=dict)
+
+    @property
+    def package(self) -> PackageIdentity:
+        return PackageIdentity("debian", self.source, self.version, self.architecture)
+
+
+@dataclass(frozen=True)
+class OutputResult:
+    name: str  # e.g. hello_1.0-1_amd64.deb
+    verdict: Verdict
+    rebuilt: Digest | None  # None when this build did not produce the file
+    buildinfo: Digest | None  # the buildinfo's Checksums-Sha256, None when not listed
+    repository: Digest | None  # the Packages index's SHA256, None when not published
+    report_html: Path | None = None  # diffoscope reports, for mismatches
+    report_txt: Path | None = None
+
+
+@dataclass(frozen=True)
+class RebuildOutcome:
+    job: BuildJob
+    started_on: datetime
+    finished_on: datetime
+    buildinfo_sha256: Digest | None  # None only when the buildinfo could not be fetched
+    outputs: tuple[OutputResult, ...] = ()
+    failure: str | None = None  # why the rebuild failed; then outputs is empty
+    failure_stage: Stage | None = None
+    log_path: Path | None = None
+    environment: Literal["host", "mmdebstrap"] = "host"
+    internal_parameters: dict[str, Any] = field(default_factory=dict)
+    resolved_dependencies: tuple[dict[str, Any], ...] = ()
+    artifacts_dir: Path | None = None  # where the rebuilt files are kept
+
+    @property
+    def verdict(self) -> Literal["reproduced", "mismatch", "failed"]:
+        if self.failure is not None:
+            return "failed"
+        if self.outputs and all(o.verdict == "reproduced" for o in self.outputs):
+            return "reproduced"
+        return "mismatch"

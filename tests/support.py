@@ -1,0 +1,103 @@
+"""Helpers shared by the test suite: free ports, a real mosquitto broker, waiting on conditions.
+
+Tests never sleep and hope: they wait for a condition with a deadline (``wait_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass (then fail naming ``what``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Async ``wait_until``: await ``condition()`` until true, failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port, started and stopped by the test."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not self.port:
+            self.port = free_port()
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"log_dest file {self.directory / 'mosquitto.log'}\n"
+            "max_inflight_messages 1000\n"
+            "max_queued_messages 100000\n" + self.extra_config
+        )
+        self.process = subprocess.Popen([binary, "-c", str(conf)])
+        wait_until(lambda: port_open(self.port), 10, f"mosquitto on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (clients must reconnect)."""
+        self.stop()
+        self.start()
+
+
+@contextlib.contextmanager
+def running_mosquitto(directory: Path, extra_config: str = "") -> Iterator[Mosquitto]:
+    broker = Mosquitto(directory=directory, extra_config=extra_config)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
