@@ -91,8 +91,8 @@ def _tar(files: dict[str, bytes], mtime: int) -> bytes:
 def _ar(members: list[tuple[str, bytes]], mtime: int) -> bytes:
     out = bytearray(b"!<arch>\n")
     for name, data in members:
-        header = (
-            f"{name:<16}{mtime:<12}{0:<6}{0:<6}{0o100644:<8o}{len(data):<10}`\n".encode("ascii")
+        header = f"{name:<16}{mtime:<12}{0:<6}{0:<6}{0o100644:<8o}{len(data):<10}`\n".encode(
+            "ascii"
         )
         assert len(header) == 60
         out += header + data
@@ -233,14 +233,21 @@ def generate() -> Vectors:
     report = "http://127.0.0.1:8403/v1/reports/7.html"
 
     def agree(rid: str, finished: datetime = FINISHED) -> Envelope:
-        verdict = OutputVerdict(DEB_NAME, "reproduced", rebuilt=good, buildinfo=good, repository=good)
+        verdict = OutputVerdict(
+            DEB_NAME, "reproduced", rebuilt=good, buildinfo=good, repository=good
+        )
         stmt = rebuild(rid, (Subject(DEB_NAME, good),), verdicts=(verdict,), finished=finished)
         return sign(stmt.to_bytes(), private_key(rid))
 
     def mismatch(rid: str) -> Envelope:
         verdict = OutputVerdict(
-            DEB_NAME, "mismatch", rebuilt=bad, buildinfo=good, repository=good,
-            report_sha256=Digest("d" * 64), report_url=report,
+            DEB_NAME,
+            "mismatch",
+            rebuilt=bad,
+            buildinfo=good,
+            repository=good,
+            report_sha256=Digest("d" * 64),
+            report_url=report,
         )
         stmt = rebuild(rid, (Subject(DEB_NAME, bad),), verdicts=(verdict,), invocation="2")
         return sign(stmt.to_bytes(), private_key(rid))
@@ -322,8 +329,12 @@ def generate() -> Vectors:
 
     v.add("policy.toml", _policy(REBUILDERS))
     v.add("policy-max-age.toml", _policy(REBUILDERS, extra="max_age_days = 30"))
-    v.add("policy-tolerant.toml", _policy(REBUILDERS, extra="max_age_days = 0").replace(
-        b"reject_on_mismatch = 1", b"reject_on_mismatch = 2"))
+    v.add(
+        "policy-tolerant.toml",
+        _policy(REBUILDERS, extra="max_age_days = 0").replace(
+            b"reject_on_mismatch = 1", b"reject_on_mismatch = 2"
+        ),
+    )
     v.add(
         "policy-distrust-key.toml",
         _policy(REBUILDERS, distrust_keyids=(beta_kid,)),
@@ -334,68 +345,182 @@ def generate() -> Vectors:
     b = "attestations/agree-rb-beta.json"
     quiet: dict[str, Any] = {"rb-gamma": [], "rb-delta": [], "rb-epsilon": []}
     cases: list[dict[str, Any]] = [
-        case("quorum_reached", "two operators reproduced it", {"rb-alpha": [a], "rb-beta": [b], **quiet},
-             True, {"rb-alpha": "agrees", "rb-beta": "agrees", "rb-gamma": "no_attestation"}),
-        case("tampered_payload", "rb-beta's payload was changed after signing",
-             {"rb-alpha": [a], "rb-beta": ["attestations/tampered-rb-beta.json"], **quiet},
-             False, {"rb-beta": "invalid"}, {"rb-beta": "does not verify"}),
-        case("untrusted_key", "signed by a key nobody trusts, with rb-beta's keyid as hint",
-             {"rb-alpha": [a], "rb-beta": ["attestations/untrusted-claims-rb-beta.json"], **quiet},
-             False, {"rb-beta": "invalid"}, {"rb-beta": "does not verify"}),
-        case("same_envelope_twice", "rb-alpha's envelope served twice, and as rb-beta's",
-             {"rb-alpha": [a, a], "rb-beta": [a], **quiet},
-             False, {"rb-alpha": "agrees", "rb-beta": "invalid"}),
-        case("one_operator_two_rebuilders", "rb-gamma and rb-delta share an operator",
-             {"rb-alpha": [], "rb-beta": [], "rb-gamma": ["attestations/agree-rb-gamma.json"],
-              "rb-delta": ["attestations/agree-rb-delta.json"], "rb-epsilon": []},
-             False, {"rb-gamma": "agrees", "rb-delta": "agrees"}),
-        case("right_digest_other_package_name", "rb-beta signed this digest as evil_6.6-6_amd64.deb",
-             {"rb-alpha": [a], "rb-beta": ["attestations/wrong-name-rb-beta.json"], **quiet},
-             False, {"rb-beta": "invalid"}, {"rb-beta": "identity mismatch"}),
-        case("disagreement", "rb-gamma rebuilt the same package and got another digest",
-             {"rb-alpha": [a], "rb-beta": [b], "rb-gamma": ["attestations/mismatch-rb-gamma.json"],
-              "rb-delta": [], "rb-epsilon": []},
-             False, {"rb-gamma": "disagrees"}, {"rb-gamma": report}),
-        case("disagreement_tolerated", "reject_on_mismatch = 2 tolerates one mismatch",
-             {"rb-alpha": [a], "rb-beta": [b], "rb-gamma": ["attestations/mismatch-rb-gamma.json"],
-              "rb-delta": [], "rb-epsilon": []},
-             True, {"rb-gamma": "disagrees"}, policy="policy-tolerant.toml"),
-        case("equivocation", "rb-beta signed both a reproduction and a mismatch",
-             {"rb-alpha": [a], "rb-beta": [b, "attestations/mismatch-rb-beta.json"], **quiet},
-             False, {"rb-beta": "disagrees"}, {"rb-beta": "equivocated"}),
-        case("revoked_attestation", "rb-beta revoked its attestation",
-             {"rb-alpha": [a], "rb-beta": [b, "attestations/revocation-rb-beta.json"], **quiet},
-             False, {"rb-beta": "no_attestation"}, {"rb-beta": "revoked"}),
-        case("revocation_by_another_key", "rb-alpha cannot revoke rb-beta's attestation",
-             {"rb-alpha": [a], "rb-beta": [b, "attestations/revocation-of-rb-beta-by-rb-alpha.json"],
-              **quiet},
-             True, {"rb-beta": "agrees"}),
-        case("distrusted_key", "the policy distrusts rb-beta's key",
-             {"rb-alpha": [a], "rb-beta": [b], **quiet},
-             False, {"rb-beta": "invalid"}, {"rb-beta": "distrusted"},
-             policy="policy-distrust-key.toml"),
-        case("distrusted_digest", "the policy distrusts the artifact itself",
-             {"rb-alpha": [a], "rb-beta": [b], "rb-gamma": ["attestations/agree-rb-gamma.json"],
-              "rb-delta": [], "rb-epsilon": ["attestations/agree-rb-epsilon.json"]},
-             False, {"rb-alpha": "agrees"}, policy="policy-distrust-digest.toml",
-             reason="distrust"),
-        case("expired_attestation", "rb-beta's attestation is 60 days old, max_age_days = 30",
-             {"rb-alpha": [a], "rb-beta": ["attestations/old-rb-beta.json"], **quiet},
-             False, {"rb-beta": "no_attestation"}, {"rb-beta": "older than"},
-             policy="policy-max-age.toml"),
-        case("malformed_envelope", "rb-beta served something that is not an envelope",
-             {"rb-alpha": [a], "rb-beta": ["attestations/malformed.json"], **quiet},
-             False, {"rb-beta": "invalid"}, {"rb-beta": "malformed"}),
-        case("failed_build_not_counted", "rb-beta's rebuild failed",
-             {"rb-alpha": [a], "rb-beta": ["attestations/failed-rb-beta.json"], **quiet},
-             False, {"rb-beta": "no_attestation"}, {"rb-beta": "failed"}),
-        case("unreachable_rebuilder", "rb-beta could not be reached",
-             {"rb-alpha": [a], "rb-beta": {"unreachable": "connection refused"}, **quiet},
-             False, {"rb-beta": "unreachable"}, {"rb-beta": "connection refused"}),
-        case("invalid_data_does_not_fail_others", "rb-gamma's garbage does not stop the quorum",
-             {"rb-alpha": [a], "rb-beta": [b], "rb-gamma": ["attestations/malformed.json"],
-              "rb-delta": [], "rb-epsilon": []},
-             True, {"rb-gamma": "invalid"}),
+        case(
+            "quorum_reached",
+            "two operators reproduced it",
+            {"rb-alpha": [a], "rb-beta": [b], **quiet},
+            True,
+            {"rb-alpha": "agrees", "rb-beta": "agrees", "rb-gamma": "no_attestation"},
+        ),
+        case(
+            "tampered_payload",
+            "rb-beta's payload was changed after signing",
+            {"rb-alpha": [a], "rb-beta": ["attestations/tampered-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "invalid"},
+            {"rb-beta": "does not verify"},
+        ),
+        case(
+            "untrusted_key",
+            "signed by a key nobody trusts, with rb-beta's keyid as hint",
+            {"rb-alpha": [a], "rb-beta": ["attestations/untrusted-claims-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "invalid"},
+            {"rb-beta": "does not verify"},
+        ),
+        case(
+            "same_envelope_twice",
+            "rb-alpha's envelope served twice, and as rb-beta's",
+            {"rb-alpha": [a, a], "rb-beta": [a], **quiet},
+            False,
+            {"rb-alpha": "agrees", "rb-beta": "invalid"},
+        ),
+        case(
+            "one_operator_two_rebuilders",
+            "rb-gamma and rb-delta share an operator",
+            {
+                "rb-alpha": [],
+                "rb-beta": [],
+                "rb-gamma": ["attestations/agree-rb-gamma.json"],
+                "rb-delta": ["attestations/agree-rb-delta.json"],
+                "rb-epsilon": [],
+            },
+            False,
+            {"rb-gamma": "agrees", "rb-delta": "agrees"},
+        ),
+        case(
+            "right_digest_other_package_name",
+            "rb-beta signed this digest as evil_6.6-6_amd64.deb",
+            {"rb-alpha": [a], "rb-beta": ["attestations/wrong-name-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "invalid"},
+            {"rb-beta": "identity mismatch"},
+        ),
+        case(
+            "disagreement",
+            "rb-gamma rebuilt the same package and got another digest",
+            {
+                "rb-alpha": [a],
+                "rb-beta": [b],
+                "rb-gamma": ["attestations/mismatch-rb-gamma.json"],
+                "rb-delta": [],
+                "rb-epsilon": [],
+            },
+            False,
+            {"rb-gamma": "disagrees"},
+            {"rb-gamma": report},
+        ),
+        case(
+            "disagreement_tolerated",
+            "reject_on_mismatch = 2 tolerates one mismatch",
+            {
+                "rb-alpha": [a],
+                "rb-beta": [b],
+                "rb-gamma": ["attestations/mismatch-rb-gamma.json"],
+                "rb-delta": [],
+                "rb-epsilon": [],
+            },
+            True,
+            {"rb-gamma": "disagrees"},
+            policy="policy-tolerant.toml",
+        ),
+        case(
+            "equivocation",
+            "rb-beta signed both a reproduction and a mismatch",
+            {"rb-alpha": [a], "rb-beta": [b, "attestations/mismatch-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "disagrees"},
+            {"rb-beta": "equivocated"},
+        ),
+        case(
+            "revoked_attestation",
+            "rb-beta revoked its attestation",
+            {"rb-alpha": [a], "rb-beta": [b, "attestations/revocation-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "no_attestation"},
+            {"rb-beta": "revoked"},
+        ),
+        case(
+            "revocation_by_another_key",
+            "rb-alpha cannot revoke rb-beta's attestation",
+            {
+                "rb-alpha": [a],
+                "rb-beta": [b, "attestations/revocation-of-rb-beta-by-rb-alpha.json"],
+                **quiet,
+            },
+            True,
+            {"rb-beta": "agrees"},
+        ),
+        case(
+            "distrusted_key",
+            "the policy distrusts rb-beta's key",
+            {"rb-alpha": [a], "rb-beta": [b], **quiet},
+            False,
+            {"rb-beta": "invalid"},
+            {"rb-beta": "distrusted"},
+            policy="policy-distrust-key.toml",
+        ),
+        case(
+            "distrusted_digest",
+            "the policy distrusts the artifact itself",
+            {
+                "rb-alpha": [a],
+                "rb-beta": [b],
+                "rb-gamma": ["attestations/agree-rb-gamma.json"],
+                "rb-delta": [],
+                "rb-epsilon": ["attestations/agree-rb-epsilon.json"],
+            },
+            False,
+            {"rb-alpha": "agrees"},
+            policy="policy-distrust-digest.toml",
+            reason="distrust",
+        ),
+        case(
+            "expired_attestation",
+            "rb-beta's attestation is 60 days old, max_age_days = 30",
+            {"rb-alpha": [a], "rb-beta": ["attestations/old-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "no_attestation"},
+            {"rb-beta": "older than"},
+            policy="policy-max-age.toml",
+        ),
+        case(
+            "malformed_envelope",
+            "rb-beta served something that is not an envelope",
+            {"rb-alpha": [a], "rb-beta": ["attestations/malformed.json"], **quiet},
+            False,
+            {"rb-beta": "invalid"},
+            {"rb-beta": "malformed"},
+        ),
+        case(
+            "failed_build_not_counted",
+            "rb-beta's rebuild failed",
+            {"rb-alpha": [a], "rb-beta": ["attestations/failed-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "no_attestation"},
+            {"rb-beta": "failed"},
+        ),
+        case(
+            "unreachable_rebuilder",
+            "rb-beta could not be reached",
+            {"rb-alpha": [a], "rb-beta": {"unreachable": "connection refused"}, **quiet},
+            False,
+            {"rb-beta": "unreachable"},
+            {"rb-beta": "connection refused"},
+        ),
+        case(
+            "invalid_data_does_not_fail_others",
+            "rb-gamma's garbage does not stop the quorum",
+            {
+                "rb-alpha": [a],
+                "rb-beta": [b],
+                "rb-gamma": ["attestations/malformed.json"],
+                "rb-delta": [],
+                "rb-epsilon": [],
+            },
+            True,
+            {"rb-gamma": "invalid"},
+        ),
     ]
     for c in cases:
         c["artifact"] = {"deb": f"debs/{DEB_NAME}", "sha256": good}
@@ -442,7 +567,9 @@ def write(out: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent / "tests/vectors"
+    out = (
+        Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent / "tests/vectors"
+    )
     paths = write(out)
     print(f"wrote {len(paths)} files under {out}")
     return 0

@@ -35,6 +35,7 @@ from verifier.statement import (
 
 __all__ = [
     "Artifact",
+    "BadResponse",
     "Evidence",
     "QuorumResult",
     "RebuilderResult",
@@ -78,7 +79,14 @@ class Unreachable:
     error: str
 
 
-Evidence = Mapping[str, Sequence[bytes] | Unreachable]
+@dataclass(frozen=True, slots=True)
+class BadResponse:
+    """Evidence for a rebuilder that answered, but with something unusable (not envelopes)."""
+
+    error: str
+
+
+Evidence = Mapping[str, Sequence[bytes] | Unreachable | BadResponse]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +129,17 @@ class QuorumResult:
 
     @property
     def summary(self) -> str:
+        """One line: verdict, artifact, and the counts behind it."""
         unit = "distinct operators" if self.distinct_operators else "rebuilders"
         verdict = "ACCEPTED" if self.accepted else "REJECTED"
-        return (
-            f"{verdict}: {self.counted} of the required {self.threshold} {unit} reproduced"
-            f" {self.artifact.identity.subject_name} (sha256 {self.artifact.sha256})"
+        line = (
+            f"{verdict} {self.artifact.identity.subject_name} (sha256 {self.artifact.sha256}):"
+            f" {self.counted} of {self.threshold} required {unit} reproduced it"
         )
+        disagreeing = len(self.by_status(Status.DISAGREES))
+        if disagreeing:
+            line += f", {_plural(disagreeing, 'rebuilder')} disagreed"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,7 +277,7 @@ def assess(
     artifact: Artifact,
     rebuilder: TrustedRebuilder,
     policy: Policy,
-    evidence: Sequence[bytes] | Unreachable | None,
+    evidence: Sequence[bytes] | Unreachable | BadResponse | None,
     now: datetime,
 ) -> RebuilderResult:
     """One rebuilder's status from its own evidence alone (``None``: it was not queried)."""
@@ -276,6 +289,8 @@ def assess(
         return result(Status.INVALID, f"key distrusted by policy (keyid {rebuilder.keyid})")
     if isinstance(evidence, Unreachable):
         return result(Status.UNREACHABLE, evidence.error)
+    if isinstance(evidence, BadResponse):
+        return result(Status.INVALID, evidence.error)
     if evidence is None:
         return result(Status.NO_ATTESTATION, NOT_QUERIED)
 
@@ -323,7 +338,9 @@ def assess(
     if f.agreements and policy.max_age_days > 0:
         oldest = now - timedelta(days=policy.max_age_days)
         fresh = [a for a in f.agreements if a.statement.finished_on >= oldest]
-        expired = [a.statement.finished_on for a in f.agreements if a.statement.finished_on < oldest]
+        expired = [
+            a.statement.finished_on for a in f.agreements if a.statement.finished_on < oldest
+        ]
         f.agreements = fresh
 
     if f.agreements:
