@@ -234,12 +234,15 @@ def _read(
 ) -> _Findings:
     """Step (a) for every envelope: verify under this rebuilder's key, then parse."""
     f = _Findings()
+    envelopes = list(envelopes)
+    single = len(envelopes) == 1  # the common case needs no duplicate bookkeeping
     seen_raw: set[bytes] = set()
     seen: set[Envelope] = set()
     for raw in envelopes:
-        if raw in seen_raw:
-            continue
-        seen_raw.add(raw)
+        if not single:
+            if raw in seen_raw:
+                continue
+            seen_raw.add(raw)
         if len(raw) > MAX_ENVELOPE_BYTES:
             f.junk.append(
                 f"an envelope of {len(raw)} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit"
@@ -250,9 +253,10 @@ def _read(
         except BadDataError as e:
             f.junk.append(f"malformed envelope ({e.reason})")
             continue
-        if env in seen:  # the same envelope twice counts, and costs, once
-            continue
-        seen.add(env)
+        if not single:
+            if env in seen:  # the same envelope twice counts, and costs, once
+                continue
+            seen.add(env)
         # The keyid hint orders the signatures; one Ed25519 verification in the normal case.
         if not env.verify(rebuilder.public_key, rebuilder.keyid):
             f.junk.append(
