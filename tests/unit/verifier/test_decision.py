@@ -246,3 +246,12 @@ def test_group_by_key_uses_the_key_not_the_hint() -> None:
     assert len(dropped) == 2
     result = decide(ARTIFACT, POLICY, grouped, NOW)
     assert result.accepted
+
+
+def test_revocation_explains_better_than_junk() -> None:
+    rev = (VECTORS / "attestations/revocation-rb-beta.json").read_bytes()
+    result = decide(ARTIFACT, POLICY, {"rb-beta": [B, rev, b"junk"]}, NOW)
+    beta = result.rebuilders[1]
+    assert beta.status == Status.NO_ATTESTATION
+    assert "revoked: built on a compromised host" in beta.detail
+    assert "ignored 1 unusable envelope" in beta.detail
