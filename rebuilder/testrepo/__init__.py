@@ -102,16 +102,12 @@ async def serve_repository(
     """Serve ``path`` over HTTP on ``host`` (a free port unless given); yields the base URL."""
     app = web.Application()
     app.router.add_static("/", Path(path), show_index=False, follow_symlinks=False)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     try:
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        actual = sockets[0].getsockname()[1] if sockets else port
-        yield f"http://{host}:{actual}"
+        yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
