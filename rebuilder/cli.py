@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from debian import deb822
 
 from rebuilder import __version__
 from rebuilder.attest import revocation_statement, sign_statement
-from rebuilder.config import NODE_ID, Config, ConfigError, load_config, parse_listen
+from rebuilder.config import (
+    NODE_ID,
+    Config,
+    ConfigError,
+    RepositoryConfig,
+    load_config,
+    parse_listen,
+)
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
 from verifier.errors import BadDataError, UnreachableError, VerifierError
@@ -219,6 +227,26 @@ def _read_local_buildinfo(where: str) -> bytes:
     return data
 
 
+async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
+    """The watcher's job for the same triple (published digests, .dsc), when the repository
+    lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
+    from rebuilder.indexes import group_jobs
+    from rebuilder.watch import Watcher
+
+    async with aiohttp.ClientSession() as session:
+        try:
+            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo)
+        except (BadDataError, UnreachableError) as e:
+            print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
+            return job
+    for found in group_jobs(binaries, repo, sources):
+        if (found.source, found.version, found.architecture) == (
+                job.source, job.version, job.architecture):
+            return replace(found, buildinfo_url=job.buildinfo_url)
+    print(f"repository {repo.name} does not list {job.source} {job.version} {job.architecture}")
+    return job
+
+
 async def _rebuild(args: argparse.Namespace, config: Config) -> int:
     from rebuilder.daemon import make_builder
     from rebuilder.queue import JobRunner
@@ -248,8 +276,10 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                                    " it and its sources from; or pass an http(s) URL")
                 url = repo.buildinfo_for(source, version, arch)
                 print(f"fetching the buildinfo from {url}")
-            name = repo.name if repo else "cli"
-            row = await store.ensure_job(BuildJob(source, version, arch, name, url, {}))
+            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
+            if repo is not None:
+                candidate = await _from_repository(repo, candidate)
+            row = await store.ensure_job(candidate)
             job_id = row.id
             print(f"job {job_id}: {source} {version} {arch}; comparing with "
                   f"{len(row.published)} published binaries")

@@ -132,6 +132,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_pending ON outbox (seq) WHERE published_at IS NULL;
     """,
+    # 2: the .dsc named by the repository's Sources index, hash-pinned
+    """
+    ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
+    ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,6 +155,8 @@ class JobRow:
     queued_at: str
     started_at: str | None
     finished_at: str | None
+    dsc_url: str | None = None
+    dsc_sha256: str | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -159,6 +166,8 @@ class JobRow:
             repository=self.repository,
             buildinfo_url=self.buildinfo_url,
             published=dict(self.published),
+            dsc_url=self.dsc_url,
+            dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -225,7 +234,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         version=row["version"], arch=row["arch"], buildinfo_url=row["buildinfo_url"],
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
     )
 
 
@@ -327,9 +336,11 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
-                     job.buildinfo_url, _published_json(job.published), now),
+                     job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
+                     job.dsc_sha256),
                 )
                 if cur.rowcount:
                     added.append(job)
