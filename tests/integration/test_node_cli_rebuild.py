@@ -1,4 +1,4 @@
-"""``rebuilder rebuild`` in the foreground: the same code path as the daemon, exit code = verdict."""
+"""``rebuilder rebuild`` in the foreground: the daemon's code path; the exit code is the verdict."""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ from verifier.keys import load_private_key
 from verifier.statement import RevocationStatement, parse_statement
 
 
-def test_init_refuses_to_overwrite_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_refuses_to_overwrite_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = make_node(tmp_path)
     before = cfg.node.signing_key.read_bytes()
     capsys.readouterr()
@@ -88,7 +90,7 @@ def test_status_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         store = await Store.open(cfg.node.db_path, readonly=True)
         digest = job().published["hello_1.0-1_amd64.deb"][0]
         envs = [Envelope.from_bytes(e) for e in await store.attestations_by_digest(digest)]
-        assert [e.digest() for e in envs][0] == target
+        assert next(e.digest() for e in envs) == target
         revocation = parse_statement(envs[1].payload)
         assert isinstance(revocation, RevocationStatement)
         assert revocation.revoked == target and revocation.reason == "toolchain was compromised"
@@ -97,7 +99,7 @@ def test_status_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         await store.close()
 
     asyncio.run(check())
-    rev = [line for line in out.splitlines() if line.startswith("revoked")][0].split()[3]
+    rev = next(line for line in out.splitlines() if line.startswith("revoked")).split()[3]
     assert main(["revoke", "--config", conf, rev, "--reason", "x"]) == 3
     assert "cannot be revoked" in capsys.readouterr().err
 
