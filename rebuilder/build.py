@@ -173,6 +173,13 @@ def _mkdirs(*paths: Path) -> None:
         p.mkdir(parents=True, exist_ok=True)
 
 
+def _share_read_only(directory: Path) -> None:
+    directory.chmod(0o755)
+    for p in directory.iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o644)
+
+
 def _remove_tree(path: Path) -> None:
     if path.exists():
         # the sandbox may have left read-only directories behind
@@ -226,6 +233,10 @@ async def _pipeline(run: _Run) -> None:
     tree = run.work / "tree"
     _remove_tree(tree)
     tree.mkdir()
+    # explicit modes: the daemon's umask may be 077, and the sandbox user must read the
+    # (public) inputs and own the tree
+    _share_read_only(inputs)
+    tree.chmod(0o755)
     parent, leaf = build_path.rsplit("/", 1)
     drop = os.geteuid() == 0
     if drop:
