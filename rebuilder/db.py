@@ -450,10 +450,32 @@ class Store:
             return await self._insert_attestation(db, attestation, None)
 
     async def add_attestations_bulk(self, items: Sequence[NewAttestation]) -> None:
-        """Many attestations in one transaction (benchmarks, imports)."""
+        """Many attestations (no build) in one transaction with ``executemany`` (imports,
+        benchmarks). Sequence numbers are assigned under the write lock, in order."""
+        now = now_iso()
         async with self.transaction() as db:
-            for a in items:
-                await self._insert_attestation(db, a, None)
+            async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM attestations") as cur:
+                row = await cur.fetchone()
+            first = int(row[0]) + 1 if row else 1
+            # AUTOINCREMENT never reuses a seq: start after the highest ever handed out too.
+            async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'attestations'"
+                                  ) as cur:
+                sq = await cur.fetchone()
+            if sq is not None:
+                first = max(first, int(sq[0]) + 1)
+            seqs = range(first, first + len(items))
+            await db.executemany(
+                "INSERT INTO attestations (seq, envelope_sha256, envelope, kind, source, version,"
+                " arch, build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [(seq, a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch,
+                  a.revokes, now) for seq, a in zip(seqs, items, strict=True)],
+            )
+            await db.executemany(
+                "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
+                [(seq, name, sha) for seq, a in zip(seqs, items, strict=True)
+                 for name, sha in a.subjects],
+            )
+            await db.executemany("INSERT INTO outbox (seq) VALUES (?)", [(q,) for q in seqs])
 
     @staticmethod
     async def _insert_attestation(
