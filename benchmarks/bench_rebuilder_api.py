@@ -39,7 +39,8 @@ def _attestations(n: int, key: Any) -> tuple[list[NewAttestation], list[str]]:
         d2 = Digest(hashlib.sha256(b"doc%d" % i).hexdigest())
         st = RebuildStatement(
             package=PackageIdentity("debian", f"pkg{i}", "1.0-1", "amd64"),
-            subjects=(Subject(f"pkg{i}_1.0-1_amd64.deb", d1), Subject(f"pkg{i}-doc_1.0-1_all.deb", d2)),
+            subjects=(Subject(f"pkg{i}_1.0-1_amd64.deb", d1),
+                      Subject(f"pkg{i}-doc_1.0-1_all.deb", d2)),
             builder_id="http://127.0.0.1/v1/node", started_on=t, finished_on=t,
             invocation_id=f"bench/{i}/1", buildinfo_uri=f"http://h/{i}.buildinfo",
             buildinfo_sha256=d1, repository="http://h stable",
