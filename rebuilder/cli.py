@@ -180,9 +180,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from rebuilder.daemon import run_daemon
+    from rebuilder.daemon import DaemonError, run_daemon
 
-    asyncio.run(run_daemon(config, grace=args.grace))
+    try:
+        asyncio.run(run_daemon(config, grace=args.grace))
+    except DaemonError as e:
+        print(f"rebuilder run: {e}; see the log above", file=sys.stderr)
+        return EXIT_MISMATCH  # 1: systemd's Restart=on-failure restarts the node
     return EXIT_OK
 
 

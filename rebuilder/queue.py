@@ -245,7 +245,12 @@ class WorkerPool:
 
     async def _worker(self, index: int) -> None:
         while not self._stopping.is_set():
-            job = await self.store.claim_job()
+            try:
+                job = await self.store.claim_job()
+            except sqlite3.Error as e:  # e.g. the disk is full: wait, do not spin or die
+                log.error("worker %d: cannot claim a job (%s); retrying in %.0fs", index, e,
+                          IDLE_POLL_S)
+                job = None
             if job is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
