@@ -46,6 +46,7 @@ _MIGRATIONS: dict[int, str] = {
         source TEXT, version TEXT, architecture TEXT,
         verdict TEXT,                     -- reproduced | mismatch | failed (NULL: revocation)
         invocation TEXT,
+        failure TEXT,                     -- why a failed build failed
         finished TEXT,                    -- RFC 3339, from the signed statement
         received REAL NOT NULL,           -- when the coordinator stored it (unix time)
         body BLOB NOT NULL                -- canonical envelope bytes, served as received
@@ -265,6 +266,7 @@ class Store:
                     a.architecture,
                     a.verdict,
                     a.invocation,
+                    a.failure,
                     a.finished,
                     now,
                     a.body,
@@ -287,8 +289,8 @@ class Store:
             seen_rebuilders[a.rebuilder] = now
         await self._w.executemany(
             "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version, architecture,"
-            " verdict, invocation, finished, received, body)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " verdict, invocation, failure, finished, received, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             env_rows,
         )
         if subject_rows:
@@ -474,14 +476,16 @@ class Store:
         """Per envelope of that package: rebuilder, verdict, outputs, revoked or not."""
         rows = await self._all(
             "SELECT e.id, e.digest, e.rebuilder, e.kind, e.architecture, e.verdict, e.invocation,"
-            " e.finished, EXISTS(SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
+            " e.finished, e.failure, EXISTS(SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
             " AND r.rebuilder = e.rebuilder) FROM envelopes e"
             " WHERE e.source = ? AND e.version = ? ORDER BY e.id",
             (source, version),
         )
         results: list[dict[str, Any]] = []
         by_id: dict[int, dict[str, Any]] = {}
-        for eid, digest, rebuilder, kind, arch, verdict, invocation, finished, revoked in rows:
+        for eid, digest, rebuilder, kind, arch, verdict, invocation, finished, failure, revoked in (
+            rows
+        ):
             entry = {
                 "envelope": digest.hex(),
                 "rebuilder": rebuilder,
@@ -490,6 +494,7 @@ class Store:
                 "verdict": verdict,
                 "invocation": invocation,
                 "finished": finished,
+                "failure": failure,
                 "revoked": bool(revoked),
                 "outputs": [],
             }
