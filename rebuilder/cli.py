@@ -197,17 +197,17 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
     return source, version, arch
 
 
-async def _read_buildinfo(where: str) -> tuple[str, bytes]:
-    """The buildinfo URL (file: for a local path) and its bytes."""
+async def _read_buildinfo(where: str) -> tuple[str | None, bytes]:
+    """The buildinfo's URL (None for a local file) and its bytes."""
     if urlsplit(where).scheme in ("http", "https"):
         from rebuilder.watch import fetch_bounded
 
         async with aiohttp.ClientSession() as session:
             return where, await fetch_bounded(session, where, MAX_BUILDINFO_BYTES)
-    return _read_local_buildinfo(where)
+    return None, _read_local_buildinfo(where)
 
 
-def _read_local_buildinfo(where: str) -> tuple[str, bytes]:
+def _read_local_buildinfo(where: str) -> bytes:
     path = Path(where).absolute()
     try:
         with path.open("rb") as f:
@@ -216,7 +216,7 @@ def _read_local_buildinfo(where: str) -> tuple[str, bytes]:
         raise CliError(f"cannot read {path}: {e.strerror}") from e
     if len(data) > MAX_BUILDINFO_BYTES:
         raise CliError(f"{path} is larger than {MAX_BUILDINFO_BYTES} bytes")
-    return path.as_uri(), data
+    return data
 
 
 async def _rebuild(args: argparse.Namespace, config: Config) -> int:
@@ -233,17 +233,26 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
         known = await store.find_job(source, version, arch)
         if known is not None and known.state == "running":
             raise CliError(f"job {known.id} for {source} {version} {arch} is running in the daemon")
-        if known is not None:
+        if known is not None and (url is None or url == known.buildinfo_url):
             job_id = known.id
-            print(f"using known job {job_id} ({known.repository}, {len(known.published)} "
-                  f"published binaries to compare with)")
+            print(f"job {job_id} ({known.repository}): comparing with "
+                  f"{len(known.published)} published binaries")
         else:
-            repo = args.repository or (config.repositories[0].name if config.repositories
-                                       else "cli")
-            row = await store.ensure_job(BuildJob(source, version, arch, repo, url, {}))
+            repo = config.repository(args.repository) if args.repository else (
+                config.repositories[0] if config.repositories else None)
+            if url is None:
+                # The pipeline fetches every input over HTTP(S) and checks it; a local file
+                # names the package, the repository's template says where to fetch it.
+                if repo is None:
+                    raise CliError("a local buildinfo needs a configured [[repository]] to fetch"
+                                   " it and its sources from; or pass an http(s) URL")
+                url = repo.buildinfo_for(source, version, arch)
+                print(f"fetching the buildinfo from {url}")
+            name = repo.name if repo else "cli"
+            row = await store.ensure_job(BuildJob(source, version, arch, name, url, {}))
             job_id = row.id
-            print(f"new job {job_id}: {source} {version} {arch}; comparing with the buildinfo "
-                  "only (the repository has not listed it yet)")
+            print(f"job {job_id}: {source} {version} {arch}; comparing with "
+                  f"{len(row.published)} published binaries")
         claimed = await store.claim_job(job_id)
         assert claimed is not None
         async with aiohttp.ClientSession() as session:

@@ -10,13 +10,15 @@ build did not produce. ``run_diffoscope`` writes size- and time-capped HTML and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import io
 import os
-import signal
+import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rebuilder import sandbox
 from verifier.statement import Digest
 
 __all__ = ["DiffoscopeResult", "Verdict", "compare_outputs", "diffoscope_version", "run_diffoscope"]
@@ -101,65 +103,82 @@ async def run_diffoscope(
 ) -> DiffoscopeResult:
     """``diffoscope --html H --text T published rebuilt``; exit 1 means differences were found.
 
-    diffoscope's own ``--max-report-size`` keeps each report under the cap; a report still
-    larger (or a timeout) is deleted and reported as an error.
+    Both inputs are hostile (one came from the repository, one from the build sandbox), so
+    diffoscope runs in the same sandbox as a build: no network, inputs read-only, one scratch
+    directory writable. Its reports are then copied out as regular files only, each at most
+    ``max_report_bytes`` (diffoscope's own ``--max-report-size`` aims below that); an oversized
+    report, a timeout or a crash is returned as ``error``.
     """
-    tmp = html.parent / "diffoscope-tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
+    scratch = html.parent / f".diffoscope-{html.stem}"
+    await asyncio.to_thread(_fresh_dir, scratch)
+    name = published.name
+    cfg = sandbox.SandboxConfig(
+        binds=(
+            sandbox.Bind(published, f"/in/published/{name}"),
+            sandbox.Bind(rebuilt, f"/in/rebuilt/{name}"),
+            sandbox.Bind(scratch, "/out", writable=True),
+        ),
+        chdir="/out",
+        env={"LC_ALL": "C.UTF-8"},
+    )
     cmd = [
         "diffoscope",
-        "--html",
-        str(html),
-        "--text",
-        str(text),
-        "--max-report-size",
-        str(max_report_bytes),
-        "--max-text-report-size",
-        str(max_report_bytes),
+        "--html", "/out/report.html",
+        "--text", "/out/report.txt",
+        "--max-report-size", str(max_report_bytes),
+        "--max-text-report-size", str(max_report_bytes),
         "--no-progress",
-        "--exclude-directory-metadata",
-        "no",
-        str(published),
-        str(rebuilt),
-    ]
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "TMPDIR": str(tmp),
-        "LC_ALL": "C.UTF-8",
-        "HOME": str(tmp),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        env=env,
+        f"/in/published/{name}",
+        f"/in/rebuilt/{name}",
+    ]  # fmt: skip
+    limits = sandbox.Limits(
+        timeout=time_limit, max_log_bytes=16384, max_disk_bytes=8 * max_report_bytes + 2**26
     )
-    assert proc.stderr is not None
-    err_task = asyncio.create_task(proc.stderr.read(16384))
+    output = io.BytesIO()
+    result = await sandbox.run_sandboxed(cmd, cfg, output, limits, watch_dir=scratch)
     error: str | None = None
-    try:
-        async with asyncio.timeout(time_limit):
-            rc = await proc.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        rc = -1
+    if result.limit == "timeout":
         error = f"diffoscope did not finish within {time_limit:.0f}s"
-    stderr = (await err_task).decode("utf-8", "replace")
-    if error is None and rc not in (0, 1):
-        error = f"diffoscope exited with status {rc}: {stderr.strip()[-500:]}"
+    elif result.limit == "disk":
+        error = "diffoscope wrote more than its disk limit"
+    elif result.returncode not in (0, 1):
+        tail = output.getvalue().decode("utf-8", "replace").strip()[-500:]
+        error = f"diffoscope exited with status {result.returncode}: {tail}"
     kept: dict[str, Path | None] = {}
-    for label, path in (("html", html), ("text", text)):
-        if path.exists() and path.stat().st_size > max_report_bytes * 2:
-            path.unlink()
-            error = error or f"diffoscope {label} report exceeded {max_report_bytes} bytes"
-        kept[label] = path if path.exists() else None
-    with contextlib.suppress(OSError):
-        for p in tmp.iterdir():
-            if p.is_file():
-                p.unlink()
-        tmp.rmdir()
-    return DiffoscopeResult(kept["html"], kept["text"], differences=rc == 1, error=error)
+    for label, src, dest in (("html", "report.html", html), ("text", "report.txt", text)):
+        problem = await asyncio.to_thread(_copy_report, scratch / src, dest, max_report_bytes)
+        if problem and result.returncode in (0, 1):
+            error = error or f"diffoscope {label} report: {problem}"
+        kept[label] = dest if dest.exists() else None
+    await asyncio.to_thread(shutil.rmtree, scratch, True)
+    return DiffoscopeResult(
+        kept["html"], kept["text"], differences=result.returncode == 1, error=error
+    )
+
+
+def _fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    if os.geteuid() == 0:
+        os.chown(path, sandbox.NOBODY, sandbox.NOBODY)
+
+
+def _copy_report(src: Path, dest: Path, cap: int) -> str | None:
+    """Copy a file the sandbox wrote, refusing links, special files and oversized ones."""
+    dest.unlink(missing_ok=True)
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return "not written"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        return f"larger than {cap} bytes"
+    dest.write_bytes(data)
+    return None

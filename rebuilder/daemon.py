@@ -57,14 +57,18 @@ def build_settings(config: Config) -> Any:
     return BuildSettings(
         environment=b.environment,
         mirror=b.mirror,
-        timeout=b.timeout,
+        timeout=float(b.timeout),
         max_disk_mb=b.max_disk_mb,
         max_output_mb=b.max_output_mb,
         max_log_mb=b.max_log_mb,
         max_source_mb=b.max_source_mb,
-        diffoscope=d.enabled,
-        diffoscope_timeout=d.timeout,
+        diffoscope_enabled=d.enabled,
+        diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
+        cache_dir=config.node.cache_dir,
+        # Never visible inside a build: the state directory (database, other builds, reports)
+        # and the signing key wherever it lives.
+        hidden_paths=(config.node.state_dir, config.node.signing_key.parent),
     )
 
 

@@ -20,6 +20,7 @@ API::
     async with serve_repository(repo.path) as base_url: # aiohttp static server on 127.0.0.1
         job = repo.package("rq-hello-c").job(base_url)  # the BuildJob the watcher would make
         cfg = repo.repository_config(base_url)          # the node's [[repository]] entry
+    evil = add_custom_source(repo, "rq-evil", rules)    # hostile debian/rules, never built here
 
 Builds are cached under ``$RQ_TESTREPO_CACHE`` (default ``~/.cache/repro-quorum/testrepo``),
 keyed by the package specs, ``GENERATOR_VERSION`` and the host's installed packages; ``dest``
@@ -44,6 +45,7 @@ from rebuilder.testrepo._repo import (
     PublishedDeb,
     TestPackage,
     TestRepository,
+    add_custom_source,
     build_test_repository_sync,
     default_cache_dir,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "PublishedDeb",
     "TestPackage",
     "TestRepository",
+    "add_custom_source",
     "build_test_repository",
     "default_cache_dir",
     "default_packages",

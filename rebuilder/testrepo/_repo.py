@@ -40,6 +40,7 @@ class PublishedDeb:
 
 @dataclass(frozen=True)
 class TestPackage:
+    __test__ = False  # not a pytest test class
     source: str
     version: str
     architecture: str  # the build's architecture: "all" or the host's (e.g. "amd64")
@@ -94,6 +95,7 @@ class TestPackage:
 
 @dataclass(frozen=True)
 class TestRepository:
+    __test__ = False  # not a pytest test class
     path: Path
     packages: tuple[TestPackage, ...]
     architectures: tuple[str, ...]  # (host arch, "all")
@@ -363,3 +365,52 @@ def build_test_repository_sync(
     repo = load(dest)
     assert repo is not None
     return TestRepository(repo.path, repo.packages, repo.architectures, cached=was_cached)
+
+
+def add_custom_source(
+    repo: TestRepository,
+    source: str,
+    rules: str,
+    template: str = "rq-hello",
+    version: str = "1.0",
+) -> TestPackage:
+    """Add a source package with a hand-written ``debian/rules`` to ``repo`` without building it.
+
+    For hostile-package tests: the rules may do anything (read secrets, open sockets), so the
+    package is never built here. Its buildinfo is the ``template`` package's (same toolchain,
+    arch all) with the names changed; nothing is published in Packages, so the returned
+    package's ``job(base, with_dsc=True)`` must be used.
+    """
+    tpl = repo.package(template)
+    spec = PackageSpec(source, version, "reproducible", "script")
+    pool_rel = f"pool/{COMPONENT}/{source[0]}/{source}"
+    pool = repo.path / pool_rel
+    pool.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        leaf = f"{source}-{version}"
+        write_source(spec, Path(d) / leaf)
+        (Path(d) / leaf / "debian" / "rules").write_text(rules)
+        log = Path(d) / "build.log"
+        _run(["dpkg-source", "-b", leaf], Path(d), log, env={**os.environ, "LC_ALL": "C.UTF-8"})
+        for name in (f"{source}_{version}.dsc", f"{source}_{version}.tar.xz"):
+            shutil.copyfile(Path(d) / name, pool / name)
+    text = (repo.path / tpl.buildinfo_path).read_text()
+    text = text.replace(f"{tpl.source}-{tpl.version}", f"{source}-{version}")
+    text = text.replace(f"{tpl.source}_{tpl.version}", f"{source}_{version}")
+    text = text.replace(f"Source: {tpl.source}\n", f"Source: {source}\n")
+    text = text.replace(f"Binary: {tpl.source}\n", f"Binary: {source}\n")
+    text = text.replace(f"Version: {tpl.version}\n", f"Version: {version}\n")
+    buildinfo_rel = f"buildinfo/{source}_{version}_all.buildinfo"
+    (repo.path / buildinfo_rel).write_text(text)
+    dsc_rel = f"{pool_rel}/{source}_{version}.dsc"
+    return TestPackage(
+        source=source,
+        version=version,
+        architecture="all",
+        kind="reproducible",
+        debs=(),
+        dsc_path=dsc_rel,
+        dsc_sha256=_sha256(repo.path / dsc_rel),
+        buildinfo_path=buildinfo_rel,
+        original_sha256={},
+    )
