@@ -216,9 +216,15 @@ async def package(request: web.Request) -> web.Response:
 
 
 def _log_url(base: str | None, invocation: str | None) -> str | None:
-    if not base or not invocation or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", invocation):
+    """The node's build log: ``/v1/builds/<job>/log``; a node's invocation id is
+    ``<node>/<job>/<attempt>`` (a plain build id is used as it is)."""
+    if not base or not invocation:
         return None
-    return f"{base}/v1/builds/{quote(invocation, safe='')}/log"
+    parts = invocation.split("/")
+    build = parts[1] if len(parts) == 3 and parts[1].isdigit() else invocation
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", build):
+        return None
+    return f"{base}/v1/builds/{build}/log"
 
 
 def _checked_params(request: web.Request) -> tuple[str, str]:

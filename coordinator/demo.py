@@ -366,7 +366,8 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             for node_id, operator in NODES:
                 port = free_port()
                 node = Node(node_id, operator, port, state / "nodes" / node_id)
-                run_checked(
+                await asyncio.to_thread(
+                    run_checked,
                     [
                         sys.executable, "-m", "rebuilder.cli", "init",
                         "--dir", str(node.dir), "--id", node_id, "--operator", operator,
@@ -407,19 +408,22 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             out.step("Checking every published .deb with `verifier check` (2 of 3 operators)")
             policy = write_policy(state, nodes)
             debs = [(p, d) for p in repo.packages for d in p.debs]
-            result = subprocess.run(
-                [sys.executable, "-m", "verifier.cli", "check", "--policy", str(policy),
-                 "--coordinator", coordinator, "--json",
-                 *(str(repo.path / d.path) for _, d in debs)],
-                capture_output=True, text=True, check=False, timeout=120,
+            verifier = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "verifier.cli", "check", "--policy", str(policy),
+                "--coordinator", coordinator, "--json",
+                *(str(repo.path / d.path) for _, d in debs),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
-            (logs / "verifier.log").write_text(result.stdout + result.stderr)
+            async with asyncio.timeout(120):
+                stdout_b, stderr_b = await verifier.communicate()
+            stdout, stderr = stdout_b.decode(), stderr_b.decode()
+            (logs / "verifier.log").write_text(stdout + stderr)
             try:
-                decisions = json.loads(result.stdout)
+                decisions = json.loads(stdout)
             except json.JSONDecodeError as e:
                 raise DemoError(
-                    f"verifier check printed no JSON ({result.returncode}): "
-                    f"{result.stderr.strip()[-600:]}"
+                    f"verifier check printed no JSON ({verifier.returncode}): "
+                    f"{stderr.strip()[-600:]}"
                 ) from e
             rows = []
             all_as_expected = True
@@ -439,7 +443,7 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                         "verdict": "ACCEPTED" if accepted else "REJECTED",
                         "agreeing": ", ".join(agreeing) or "none",
                         "expected": "yes" if accepted == expected else "NO",
-                        "reason": "" if accepted else "; ".join(decision["reasons"][:2]),
+                        "reason": "" if accepted else (decision["reasons"] or [""])[0],
                         "report": "" if accepted else (report or ""),
                         "page": "" if accepted
                         else f"{coordinator}/packages/{p.source}/{p.version}",
