@@ -250,11 +250,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     ingest = Ingest(app[CONFIG], app[STORE])
     app[INGEST] = ingest
+    ingest.start_workers(app[CONFIG].workers())
     task = asyncio.create_task(ingest.run(), name="ingest writer")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    ingest.stop_workers()
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
