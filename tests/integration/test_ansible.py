@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,8 +279,13 @@ async def test_broker_acl_confines_each_rebuilder_to_its_own_topics(
 
     def client(account: str, ident: str) -> aiomqtt.Client:
         return aiomqtt.Client(
-            "127.0.0.1", port, username=account, password=passwords[account], identifier=ident,
-            protocol=aiomqtt.ProtocolVersion.V5, timeout=10,
+            "127.0.0.1",
+            port,
+            username=account,
+            password=passwords[account],
+            identifier=ident,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=10,
         )
 
     async with client("coordinator", "coord") as coordinator, client("rb-one", "rb1") as rb_one:
@@ -330,7 +334,7 @@ async def test_broker_acl_confines_each_rebuilder_to_its_own_topics(
 def test_broker_play_is_idempotent_and_keeps_accounts_in_sync(
     deployed_broker: tuple[Path, int, str],
 ) -> None:
-    tmp, port, _ = deployed_broker
+    tmp, _, _ = deployed_broker
     inventory = tmp / "inventory.json"
     passwd = tmp / "mosquitto" / "repro-quorum.passwd"
     before = passwd.read_bytes()
