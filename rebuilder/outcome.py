@@ -28,6 +28,11 @@ class BuildJob:
     buildinfo_url: str
     # Published binaries of this triple from the Packages index: file name -> (sha256, pool URL).
     published: dict[str, tuple[Digest, str]] = field(default_factory=dict)
+    # The source control file, when the watcher read it from the Sources index. Without it the
+    # pipeline looks for {source}_{version without epoch}.dsc next to the published binaries
+    # (the pool convention) and records the digest it found.
+    dsc_url: str | None = None
+    dsc_sha256: Digest | None = None
 
     @property
     def package(self) -> PackageIdentity:

@@ -1,0 +1,566 @@
+"""The rebuild pipeline: one ``BuildJob`` in, one ``RebuildOutcome`` out (ARCHITECTURE §5, 2-4).
+
+``run_rebuild`` fetches the buildinfo and the source, checks every hash before anything is
+unpacked, prepares the environment (host check or pinned mmdebstrap chroot), runs
+``dpkg-buildpackage`` in bubblewrap at the buildinfo's Build-Path with its Environment, hashes the
+outputs, compares them with the buildinfo and the repository, and runs diffoscope on mismatches.
+It never raises for a bad package: every failure is an outcome with ``failure`` and
+``failure_stage``. It does not sign, store or publish; the daemon does. Layout of ``work_dir``::
+
+    build.log        everything the steps printed (capped)
+    inputs/          buildinfo, .dsc and source files, hash-checked
+    tree/            bound at dirname(Build-Path) in the sandbox; removed after the build
+    artifacts/       the rebuilt .deb files (copied out of the tree, regular files only)
+    published/       published .debs fetched for diffoscope
+    reports/         diffoscope <name>.html / <name>.txt
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import aiohttp
+
+from rebuilder import compare, environment, sandbox
+from rebuilder.buildinfo import (
+    MAX_BUILDINFO_BYTES,
+    MAX_DSC_BYTES,
+    Buildinfo,
+    Dsc,
+    parse_buildinfo,
+    parse_dsc,
+    validate_file_name,
+    version_noepoch,
+)
+from rebuilder.fetch import fetch_bytes, fetch_file
+from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
+from verifier.errors import BadDataError, UnreachableError
+from verifier.statement import Digest
+
+__all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
+
+BACKEND = "repro-quorum-bwrap/1"
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The ``[build]`` and ``[diffoscope]`` sections of the node config (docs/configuration.md)."""
+
+    environment: Literal["host", "mmdebstrap"] = "host"
+    mirror: str = "http://deb.debian.org/debian"
+    timeout: float = 3600.0
+    max_disk_mb: int = 10240
+    max_output_mb: int = 2048
+    max_log_mb: int = 50
+    max_source_mb: int = 2048
+    diffoscope_enabled: bool = True
+    diffoscope_timeout: float = 600.0
+    max_report_mb: int = 20
+    # Not (yet) in the config file; the daemon may set them.
+    suite: str = "bookworm"  # the mirror suite mmdebstrap starts from
+    cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
+    hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
+    fetch_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.environment not in ("host", "mmdebstrap"):
+            raise ValueError(f"build environment {self.environment!r} is not host or mmdebstrap")
+        for name in (
+            "timeout",
+            "max_disk_mb",
+            "max_output_mb",
+            "max_log_mb",
+            "max_source_mb",
+            "diffoscope_timeout",
+            "max_report_mb",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"build setting {name} must be positive")
+
+
+class StageError(Exception):
+    """A step of the pipeline failed for this package (not a bug of ours)."""
+
+    def __init__(self, stage: Stage, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+
+@dataclass
+class _Run:
+    job: BuildJob
+    settings: BuildSettings
+    work: Path
+    session: aiohttp.ClientSession
+    log: BinaryIO
+    started: datetime
+    buildinfo: Buildinfo | None = None
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+    internal: dict[str, Any] = field(default_factory=dict)
+    outputs: list[OutputResult] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        self.log.write(f"[{stamp}] {text}\n".encode("utf-8", "replace"))
+        self.log.flush()
+
+    def log_budget(self) -> int:
+        return max(4096, self.settings.max_log_mb * _MB - self.log.tell())
+
+
+async def run_rebuild(
+    job: BuildJob, settings: BuildSettings, work_dir: Path, session: aiohttp.ClientSession
+) -> RebuildOutcome:
+    """Rebuild one (source, version, architecture); never raises for a bad package."""
+    log_path = work_dir / "build.log"
+    started = datetime.now(UTC)
+    with await asyncio.to_thread(_open_log, log_path) as log:
+        run = _Run(job, settings, work_dir, session, log, started)
+        failure: StageError | None = None
+        try:
+            await _pipeline(run)
+        except StageError as e:
+            failure = e
+        except (BadDataError, UnreachableError) as e:  # escaped a step's own wrapping
+            failure = StageError("fetch", str(e))
+        except asyncio.CancelledError:
+            run.say("cancelled")
+            raise
+        except Exception as e:  # a bug or a broken host must still give an outcome and a log
+            failure = StageError("internal", f"{type(e).__name__}: {e}")
+        finally:
+            _remove_tree(work_dir / "tree")
+        if failure is not None:
+            run.say(f"FAILED at {failure.stage}: {failure.message}")
+        else:
+            summary = ", ".join(f"{o.name}: {o.verdict}" for o in run.outputs)
+            run.say(f"done: {summary}")
+    return RebuildOutcome(
+        job=job,
+        started_on=started,
+        finished_on=datetime.now(UTC),
+        buildinfo_sha256=run.buildinfo.sha256 if run.buildinfo else None,
+        outputs=() if failure else tuple(run.outputs),
+        failure=failure.message[:4000] if failure else None,
+        failure_stage=failure.stage if failure else None,
+        log_path=log_path,
+        environment=settings.environment,
+        internal_parameters=run.internal,
+        resolved_dependencies=tuple(run.resolved),
+        artifacts_dir=work_dir / "artifacts",
+    )
+
+
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "wb")  # closed by the caller's with statement
+
+
+def _mkdirs(*paths: Path) -> None:
+    for p in paths:
+        p.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        # the sandbox may have left read-only directories behind
+        def onerror(func: Any, p: str, exc: Any) -> None:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(p), 0o700)
+                func(p)
+
+        shutil.rmtree(path, onerror=onerror)
+
+
+async def _pipeline(run: _Run) -> None:
+    settings = run.settings
+    inputs = run.work / "inputs"
+    _mkdirs(inputs)
+    run.internal.update(
+        {"backend": BACKEND, "environment": settings.environment, "bwrap": sandbox.bwrap_version()}
+    )
+
+    # 1. fetch: buildinfo, then the .dsc and every file it names, all hash-checked
+    info = await _fetch_buildinfo(run, inputs)
+    build_path = info.build_path or f"/build/{info.source}-{version_noepoch(info.version)}"
+    run.internal["build_path"] = build_path
+    run.internal["build_path_recorded"] = info.build_path is not None
+    dsc, dsc_path = await _fetch_source(run, inputs, info)
+
+    # 2. environment
+    host_arch = await asyncio.to_thread(environment.host_architecture)
+    run.internal["host_architecture"] = host_arch
+    native = [a for a in info.binary_architectures if a != "all"]
+    if any(a != host_arch for a in native):
+        raise StageError(
+            "environment", f"buildinfo builds for {' '.join(native)}, this node is {host_arch}"
+        )
+    root, system_paths = await _prepare_environment(run, info, host_arch)
+    for dep in info.installed_build_depends:
+        entry: dict[str, Any] = {"uri": dep.purl, "annotations": {"version": dep.version}}
+        entry["name"] = dep.name
+        if dep.arch:
+            entry["annotations"]["architecture"] = dep.arch
+        run.resolved.append(entry)
+
+    env = {k: v for k, v in info.environment if k not in _denied()}
+    ignored = sorted(k for k, _ in info.environment if k in _denied())
+    run.internal["environment_variables"] = env
+    if ignored:
+        run.internal["environment_ignored"] = ignored
+        run.say(f"buildinfo Environment entries not applied: {', '.join(ignored)}")
+
+    # 3. unpack and build inside the sandbox
+    tree = run.work / "tree"
+    _remove_tree(tree)
+    tree.mkdir()
+    parent, leaf = build_path.rsplit("/", 1)
+    drop = os.geteuid() == 0
+    if drop:
+        os.chown(tree, sandbox.NOBODY, sandbox.NOBODY)
+    limits = sandbox.Limits(
+        timeout=settings.timeout,
+        max_log_bytes=run.log_budget(),
+        max_disk_bytes=settings.max_disk_mb * _MB,
+    )
+    cfg = sandbox.SandboxConfig(
+        binds=(sandbox.Bind(inputs, "/srv/inputs"), sandbox.Bind(tree, parent, writable=True)),
+        chdir=parent,
+        env={"LC_ALL": "C.UTF-8", **env},
+        root=root,
+        system_paths=system_paths,
+        hidden=settings.hidden_paths,
+    )
+    deadline = time.monotonic() + settings.timeout
+    run.say(f"unpacking {dsc_path.name} at {build_path}")
+    await _sandboxed(
+        run,
+        ["dpkg-source", "--no-copy", "-x", f"/srv/inputs/{dsc_path.name}", leaf],
+        cfg,
+        limits,
+        tree,
+        "unpacking the source",
+    )
+    arch_flag = _arch_flag(info)
+    argv = ["dpkg-buildpackage", arch_flag, "--no-sign", "-rfakeroot"]
+    run.internal["build_command"] = argv
+    run.internal["sandbox"] = {
+        "network": "none",
+        "user": "nobody" if drop else "invoking user",
+        "system": "host" if root == Path("/") else "chroot",
+        "writable": [parent],
+    }
+    build_cfg = sandbox.SandboxConfig(
+        binds=cfg.binds,
+        chdir=build_path,
+        env=cfg.env,
+        root=root,
+        system_paths=system_paths,
+        hidden=settings.hidden_paths,
+    )
+    remaining = max(1.0, deadline - time.monotonic())
+    limits = sandbox.Limits(
+        timeout=remaining, max_log_bytes=run.log_budget(), max_disk_bytes=limits.max_disk_bytes
+    )
+    run.say("$ " + " ".join(argv))
+    await _sandboxed(run, argv, build_cfg, limits, tree, "dpkg-buildpackage")
+
+    # 4. collect, hash, compare
+    rebuilt = _collect(run, tree, info)
+    await _compare(run, info, rebuilt)
+    del dsc
+
+
+def _denied() -> frozenset[str]:
+    from rebuilder.buildinfo import ENV_DENYLIST
+
+    return ENV_DENYLIST
+
+
+def _arch_flag(info: Buildinfo) -> str:
+    archs = set(info.binary_architectures)
+    if archs == {"all"}:
+        return "-A"  # architecture-independent packages only
+    if "all" in archs:
+        return "-b"  # both
+    return "-B"  # architecture-dependent only
+
+
+async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
+    job = run.job
+    run.say(f"fetching buildinfo {job.buildinfo_url}")
+    try:
+        data = await fetch_bytes(
+            run.session, job.buildinfo_url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
+        )
+        info = parse_buildinfo(data)
+    except (BadDataError, UnreachableError) as e:
+        raise StageError("fetch", f"buildinfo: {e}") from e
+    (inputs / "job.buildinfo").write_bytes(data)
+    run.buildinfo = info
+    if (info.source, info.version) != (job.source, job.version):
+        raise StageError(
+            "fetch",
+            f"buildinfo is for {info.source} {info.version}, the job is {job.source} {job.version}",
+        )
+    if job.architecture not in info.binary_architectures:
+        raise StageError(
+            "fetch",
+            f"buildinfo Architecture is {' '.join(info.architectures)}, "
+            f"the job is for {job.architecture}",
+        )
+    run.say(f"buildinfo sha256 {info.sha256}: {len(info.installed_build_depends)} build deps")
+    return info
+
+
+def _dsc_location(job: BuildJob, info: Buildinfo) -> str:
+    if job.dsc_url:
+        return job.dsc_url
+    name = f"{info.source}_{version_noepoch(info.version)}.dsc"
+    for _, url in job.published.values():
+        if "/pool/" in url:
+            return url.rsplit("/", 1)[0] + "/" + name
+    raise StageError(
+        "fetch", "no .dsc URL: the job names none and no published binary shows the pool directory"
+    )
+
+
+async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> tuple[Dsc, Path]:
+    job, settings = run.job, run.settings
+    url = _dsc_location(job, info)
+    run.say(f"fetching {url}")
+    try:
+        data = await fetch_bytes(run.session, url, MAX_DSC_BYTES, settings.fetch_timeout)
+        dsc = parse_dsc(data)
+    except (BadDataError, UnreachableError) as e:
+        raise StageError("fetch", f"source: {e}") from e
+    if job.dsc_sha256 and dsc.sha256 != job.dsc_sha256:
+        raise StageError(
+            "fetch", f".dsc sha256 {dsc.sha256}, the Sources index says {job.dsc_sha256}"
+        )
+    if (dsc.source, dsc.version) != (info.source, info.version):
+        raise StageError(
+            "fetch",
+            f".dsc is for {dsc.source} {dsc.version}, buildinfo for {info.source} {info.version}",
+        )
+    dsc_name = validate_file_name(url.rsplit("/", 1)[1], "dsc url")
+    if not dsc_name.endswith(".dsc"):
+        raise StageError("fetch", f"source control file {dsc_name!r} does not end in .dsc")
+    total = sum(f.size for f in dsc.files) + len(data)
+    if total > settings.max_source_mb * _MB:
+        raise StageError(
+            "fetch", f"source files total {total} bytes, limit {settings.max_source_mb} MiB"
+        )
+    if dsc_name in {f.name for f in dsc.files}:
+        raise StageError("fetch", f".dsc lists itself ({dsc_name})")
+    dsc_path = inputs / dsc_name
+    dsc_path.write_bytes(data)
+    run.resolved.append({"name": dsc_name, "uri": url, "digest": {"sha256": dsc.sha256}})
+    base = url.rsplit("/", 1)[0]
+    for f in dsc.files:
+        run.say(f"fetching {f.name} ({f.size} bytes)")
+        try:
+            await fetch_file(
+                run.session,
+                f"{base}/{f.name}",
+                inputs / f.name,
+                limit=settings.max_source_mb * _MB,
+                sha256=f.sha256,
+                size=f.size,
+                time_limit=settings.fetch_timeout,
+            )
+        except (BadDataError, UnreachableError) as e:
+            raise StageError("fetch", f"source file {f.name}: {e}") from e
+        run.resolved.append(
+            {"name": f.name, "uri": f"{base}/{f.name}", "digest": {"sha256": f.sha256}}
+        )
+    run.say(f"source {dsc.source} {dsc.version}: {len(dsc.files)} files, all hashes match")
+    return dsc, dsc_path
+
+
+async def _prepare_environment(
+    run: _Run, info: Buildinfo, host_arch: str
+) -> tuple[Path, tuple[str, ...]]:
+    settings = run.settings
+    if settings.environment == "host":
+        diffs = await asyncio.to_thread(environment.host_differences, info.installed_build_depends)
+        if diffs:
+            listing = "\n".join(f"  {d}" for d in diffs)
+            run.say(f"host differs from the buildinfo in {len(diffs)} packages:\n{listing}")
+            shown = "; ".join(diffs[:20]) + (
+                f"; and {len(diffs) - 20} more" if len(diffs) > 20 else ""
+            )
+            raise StageError(
+                "environment",
+                f"host does not match Installed-Build-Depends ({len(diffs)} differences): {shown}",
+            )
+        run.say(f"host matches all {len(info.installed_build_depends)} Installed-Build-Depends")
+        return Path("/"), sandbox.HOST_SYSTEM_PATHS
+    cache = settings.cache_dir or (run.work / "cache")
+    run.say(f"preparing an mmdebstrap chroot from {settings.mirror} {settings.suite}")
+    try:
+        chroot = await environment.prepare_chroot(
+            info.installed_build_depends,
+            cache,
+            settings.mirror,
+            settings.suite,
+            host_arch,
+            run.work / "build.log",
+            time_limit=settings.timeout,
+        )
+    except environment.ChrootError as e:
+        raise StageError("environment", f"could not pin the environment: {e}") from e
+    run.log.seek(0, os.SEEK_END)
+    run.internal.update(
+        {
+            "chroot": {
+                "key": chroot.key,
+                "mirror": settings.mirror,
+                "suite": settings.suite,
+                "cached": chroot.cached,
+            }
+        }
+    )
+    run.say(f"chroot {chroot.path.name} ({'cached' if chroot.cached else 'new'})")
+    return chroot.path, sandbox.CHROOT_SYSTEM_PATHS
+
+
+async def _sandboxed(
+    run: _Run,
+    argv: list[str],
+    cfg: sandbox.SandboxConfig,
+    limits: sandbox.Limits,
+    tree: Path,
+    what: str,
+) -> None:
+    result = await sandbox.run_sandboxed(argv, cfg, run.log, limits, watch_dir=tree)
+    run.log.seek(0, os.SEEK_END)
+    if result.limit == "timeout":
+        raise StageError("build", f"{what} exceeded the time limit of {limits.timeout:.0f}s")
+    if result.limit == "disk":
+        raise StageError(
+            "build", f"{what} exceeded the disk limit of {run.settings.max_disk_mb} MiB"
+        )
+    if result.returncode != 0:
+        raise StageError("build", f"{what} exited with status {result.returncode} (see the log)")
+
+
+def _deb_arch(name: str) -> str | None:
+    if not name.endswith(".deb") or name.count("_") != 2:
+        return None
+    return name[:-4].rsplit("_", 1)[1]
+
+
+def _collect(run: _Run, tree: Path, info: Buildinfo) -> dict[str, tuple[Digest, Path]]:
+    """Copy this build's .debs out of the tree: regular files only, never through a link."""
+    archs = set(info.binary_architectures)
+    artifacts = run.work / "artifacts"
+    _remove_tree(artifacts)
+    artifacts.mkdir()
+    cap = run.settings.max_output_mb * _MB
+    total = 0
+    found: dict[str, tuple[Digest, Path]] = {}
+    for entry in sorted(os.scandir(tree), key=lambda e: e.name):
+        arch = _deb_arch(entry.name)
+        if arch is None or arch not in archs:
+            continue
+        try:
+            validate_file_name(entry.name, "build output")
+        except BadDataError as e:
+            raise StageError("build", str(e)) from e
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise StageError("build", f"output {entry.name} is not a regular file")
+        total += st.st_size
+        if total > cap:
+            raise StageError(
+                "build", f"outputs exceed the limit of {run.settings.max_output_mb} MiB"
+            )
+        dest = artifacts / entry.name
+        h = hashlib.sha256()
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as src, open(dest, "wb") as out:
+            copied = 0
+            while chunk := src.read(1024 * 1024):
+                copied += len(chunk)
+                if copied > st.st_size:  # grew under us: the sandbox is gone, so it cannot
+                    raise StageError("build", f"output {entry.name} changed while copied")
+                h.update(chunk)
+                out.write(chunk)
+        found[entry.name] = (Digest(h.hexdigest()), dest)
+        run.say(f"rebuilt {entry.name} sha256 {h.hexdigest()}")
+    if not found:
+        raise StageError("build", "the build produced no .deb for " + " ".join(sorted(archs)))
+    return found
+
+
+async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, Path]]) -> None:
+    job, settings = run.job, run.settings
+    verdicts = compare.compare_outputs(
+        {n: d for n, (d, _) in rebuilt.items()},
+        {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
+        {n: d for n, (d, _) in job.published.items()},
+    )
+    reports = run.work / "reports"
+    for v in verdicts:
+        html = txt = None
+        if v.verdict == "mismatch" and settings.diffoscope_enabled:
+            html, txt = await _diffoscope(run, v.name, rebuilt[v.name][1], reports)
+        run.say(f"{v.name}: {v.verdict}")
+        run.outputs.append(
+            OutputResult(
+                name=v.name,
+                verdict=v.verdict,  # type: ignore[arg-type]  # compare's literals
+                rebuilt=v.rebuilt,
+                buildinfo=v.buildinfo,
+                repository=v.repository,
+                report_html=html,
+                report_txt=txt,
+            )
+        )
+
+
+async def _diffoscope(
+    run: _Run, name: str, rebuilt: Path, reports: Path
+) -> tuple[Path | None, Path | None]:
+    digest, url = run.job.published[name]
+    published_dir = run.work / "published"
+    _mkdirs(published_dir, reports)
+    published = published_dir / name
+    try:
+        await fetch_file(
+            run.session,
+            url,
+            published,
+            limit=run.settings.max_output_mb * _MB,
+            sha256=digest,
+            time_limit=run.settings.fetch_timeout,
+        )
+    except (BadDataError, UnreachableError) as e:
+        run.say(f"diffoscope skipped for {name}: published file: {e}")
+        return None, None
+    run.say(f"diffoscope {name}")
+    result = await compare.run_diffoscope(
+        published,
+        rebuilt,
+        reports / f"{name}.html",
+        reports / f"{name}.txt",
+        time_limit=run.settings.diffoscope_timeout,
+        max_report_bytes=run.settings.max_report_mb * _MB,
+    )
+    run.internal.setdefault("diffoscope", await compare.diffoscope_version())
+    if result.error:
+        run.say(f"diffoscope {name}: {result.error}")
+    return result.html, result.text

@@ -1,0 +1,190 @@
+"""The build environment a buildinfo asks for: the host checked against it, or a pinned chroot.
+
+``host`` mode (development, CI): ``host_differences`` lists every ``Installed-Build-Depends``
+entry whose exact version is not installed here; the rebuild refuses unless the list is empty.
+``mmdebstrap`` mode: ``prepare_chroot`` builds a fresh chroot from the configured mirror with
+exactly those versions installed, cached by the hash of the dependency list (and mirror, suite,
+architecture), and returns its directory to use as the sandbox's system root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rebuilder.buildinfo import Dependency
+
+__all__ = [
+    "ChrootError",
+    "PreparedChroot",
+    "chroot_key",
+    "compare_installed",
+    "host_architecture",
+    "host_differences",
+    "installed_packages",
+    "prepare_chroot",
+]
+
+
+def host_architecture() -> str:
+    return subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def installed_packages(admindir: Path | None = None) -> dict[str, str]:
+    """``{"name": version, "name:arch": version}`` for every installed package (dpkg-query)."""
+    cmd = [
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${db:Status-Abbrev}\t${Package}\t${Architecture}\t${Version}\n",
+    ]
+    if admindir is not None:
+        cmd.insert(1, f"--admindir={admindir}")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60).stdout
+    installed: dict[str, str] = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 4 or not parts[0].startswith("ii"):
+            continue
+        _, name, arch, version = parts
+        installed[f"{name}:{arch}"] = version
+        installed.setdefault(name, version)
+    return installed
+
+
+def compare_installed(
+    wanted: Iterable[Dependency], installed: Mapping[str, str], native_arch: str
+) -> list[str]:
+    """Pure core of the host check: one human-readable line per difference."""
+    diffs: list[str] = []
+    for dep in wanted:
+        key = f"{dep.name}:{dep.arch}" if dep.arch else dep.name
+        have = installed.get(key)
+        if have is None and dep.arch is None:
+            have = installed.get(f"{dep.name}:{native_arch}") or installed.get(f"{dep.name}:all")
+        if have is None:
+            diffs.append(f"{dep}: not installed")
+        elif have != dep.version:
+            diffs.append(f"{dep}: installed {have}")
+    return diffs
+
+
+def host_differences(wanted: Iterable[Dependency]) -> list[str]:
+    return compare_installed(wanted, installed_packages(), host_architecture())
+
+
+class ChrootError(Exception):
+    """The chroot could not be built (mirror unreachable, a pinned version not available...)."""
+
+
+@dataclass(frozen=True)
+class PreparedChroot:
+    path: Path  # directory tree to use as the sandbox's root
+    key: str
+    cached: bool
+
+
+def chroot_key(deps: Iterable[Dependency], mirror: str, suite: str, arch: str) -> str:
+    spec = {
+        "deps": sorted(str(d) for d in deps),
+        "mirror": mirror,
+        "suite": suite,
+        "arch": arch,
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _open_lock(cache_dir: Path, key: str) -> IO[str]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return open(cache_dir / f".chroot-{key[:32]}.lock", "w")  # caller's with
+
+
+def _open_append(path: Path) -> IO[bytes]:
+    return open(path, "ab")  # closed by the caller's with statement
+
+
+def _apt_pins(deps: Iterable[Dependency]) -> list[str]:
+    return [f"{d.name}{':' + d.arch if d.arch else ''}={d.version}" for d in deps]
+
+
+async def prepare_chroot(
+    deps: tuple[Dependency, ...],
+    cache_dir: Path,
+    mirror: str,
+    suite: str,
+    arch: str,
+    log_path: Path,
+    time_limit: float = 3600.0,
+) -> PreparedChroot:
+    """A directory chroot with exactly ``deps`` installed, built once per dependency list.
+
+    mmdebstrap installs the ``buildd`` variant (essential + build-essential) from ``mirror``;
+    a customize hook then runs ``apt-get install --allow-downgrades pkg=version ...`` for the
+    whole list and checks with dpkg-query that every version is exact. The finished tree is
+    renamed into place atomically, so a crashed build never leaves a half chroot in the cache.
+    """
+    key = chroot_key(deps, mirror, suite, arch)
+    final = cache_dir / f"chroot-{key[:32]}"
+    with await asyncio.to_thread(_open_lock, cache_dir, key) as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            if (final / ".repro-quorum-ready").exists():
+                return PreparedChroot(final, key, cached=True)
+            work = cache_dir / f".chroot-{key[:32]}.tmp"
+            if work.exists():
+                await asyncio.to_thread(shutil.rmtree, work)
+            pins = " ".join(_apt_pins(deps))
+            check = " ".join(f"'{d.name}{':' + d.arch if d.arch else ''}'" for d in deps)
+            cmd = [
+                "mmdebstrap",
+                "--variant=buildd",
+                f"--architectures={arch}",
+                "--mode=root",
+                "--format=directory",
+                '--aptopt=Acquire::Check-Valid-Until "false"',
+                '--customize-hook=chroot "$1" apt-get install --yes --allow-downgrades '
+                "--no-install-recommends -o Dpkg::Options::=--force-confdef " + pins,
+                '--customize-hook=chroot "$1" dpkg-query -W ' + check,
+                '--customize-hook=rm -f "$1"/etc/resolv.conf "$1"/etc/hostname',
+                suite,
+                str(work),
+                mirror,
+            ]
+            with await asyncio.to_thread(_open_append, log_path) as log:
+                log.write(("$ " + " ".join(cmd) + "\n").encode())
+                log.flush()
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                try:
+                    async with asyncio.timeout(time_limit):
+                        rc = await proc.wait()
+                except BaseException:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, 9)
+                    await proc.wait()
+                    raise
+            if rc != 0:
+                raise ChrootError(f"mmdebstrap exited with status {rc} (see the log)")
+            (work / ".repro-quorum-ready").write_text(key + "\n")
+            work.rename(final)
+            return PreparedChroot(final, key, cached=False)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
