@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TextIO
 
 from verifier.debian import read_deb_identity, sha256_file
-from verifier.decision import Artifact, QuorumResult
+from verifier.decision import Artifact, QuorumResult, decide
 from verifier.errors import BadDataError, ConfigError, VerifierError
 from verifier.keys import generate_private_key, keyid, public_key_pem, save_private_key
 from verifier.policy import DEFAULT_POLICY_PATH, Policy
 from verifier.sources import (
     ClientConfig,
-    check_offline,
     check_online,
     check_via_coordinator,
+    group_by_key,
     load_attestations,
     open_fetcher,
 )
@@ -103,8 +103,9 @@ async def _check_all(
     now = datetime.now(UTC)
     artifacts = [(p, _artifact(p)) for p in paths]
     if attestation_dirs:
-        pool = load_attestations(attestation_dirs)
-        return [Checked(p, check_offline(a, policy, pool, now)) for p, a in artifacts]
+        # Attribute the pool to rebuilders once; every artifact's decision re-verifies its part.
+        grouped, _ = group_by_key(load_attestations(attestation_dirs), policy)
+        return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
 

@@ -285,8 +285,10 @@ async def check_online(
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
+            me = asyncio.current_task()
             for t in tasks:
-                t.cancel()  # cancelling a finished task (this one) is a no-op
+                if t is not me:
+                    t.cancel()  # its rebuilder then shows as "not queried"
 
     if pending and not is_settled(artifact, policy, results.values(), pending.values()):
         async with asyncio.TaskGroup() as tg:
