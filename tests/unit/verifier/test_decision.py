@@ -21,6 +21,7 @@ from verifier.decision import (
     is_settled,
 )
 from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope, Signature, sign
+from verifier.keys import Ed25519PublicKey
 from verifier.policy import Policy
 from verifier.sources import group_by_key
 from verifier.statement import Digest, OutputVerdict, PackageIdentity, Subject
@@ -255,3 +256,57 @@ def test_revocation_explains_better_than_junk() -> None:
     assert beta.status == Status.NO_ATTESTATION
     assert "revoked: built on a compromised host" in beta.detail
     assert "ignored 1 unusable envelope" in beta.detail
+
+
+# --- cost: one Ed25519 verification per envelope in the normal case -------------------------
+
+
+class CountingKey(Ed25519PublicKey):
+    """Wraps a real public key and counts verifications (a unit-test double, pure logic)."""
+
+    def __init__(self, inner: Ed25519PublicKey) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls += 1
+        self.inner.verify(signature, data)
+
+    def public_bytes(self, encoding, format):  # type: ignore[no-untyped-def]
+        return self.inner.public_bytes(encoding, format)
+
+    def public_bytes_raw(self) -> bytes:
+        return self.inner.public_bytes_raw()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __copy__(self) -> CountingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CountingKey:
+        return self
+
+
+def test_one_verification_per_envelope_even_among_other_signatures() -> None:
+    counting = {r.id: CountingKey(r.public_key) for r in POLICY.rebuilders}
+    policy = dataclasses.replace(
+        POLICY,
+        rebuilders=tuple(
+            dataclasses.replace(r, public_key=counting[r.id]) for r in POLICY.rebuilders
+        ),
+    )
+    # rb-alpha's envelope also carries three other signatures placed before its own.
+    stmt = Envelope.from_bytes(A).payload
+    keys = [mv.private_key(n) for n in ("mallory", "rb-beta", "rb-gamma", "rb-alpha")]
+    multi = sign(stmt, keys).to_bytes()
+    result = decide(
+        ARTIFACT, policy, {"rb-alpha": [multi, multi], "rb-beta": [B], "rb-gamma": []}, NOW
+    )
+    assert [str(r.status) for r in result.rebuilders[:3]] == ["agrees", "agrees", "no_attestation"]
+    assert counting["rb-alpha"].calls == 1  # the keyid hint picks its signature first; dedup
+    assert counting["rb-beta"].calls == 1
+    assert counting["rb-gamma"].calls == 0
