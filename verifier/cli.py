@@ -124,12 +124,20 @@ async def _check_all(
     return [t.result() for t in tasks]
 
 
+def printable(text: str) -> str:
+    """Escape control characters: details quote peers (failure reasons, errors), and a terminal
+    must not execute escape sequences a hostile rebuilder put there."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render(checked: Checked, out: TextIO) -> None:
     """One verdict line, the rebuilders table, then what would make it pass."""
     r = checked.result
-    print(f"{r.summary} [{checked.path}]", file=out)
+    print(printable(f"{r.summary} [{checked.path}]"), file=out)
     rows = [("REBUILDER", "OPERATOR", "STATUS", "DETAIL")] + [
-        (x.id, x.operator, str(x.status), x.detail) for x in r.rebuilders
+        (x.id, printable(x.operator), str(x.status), printable(x.detail)) for x in r.rebuilders
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -141,7 +149,7 @@ def render(checked: Checked, out: TextIO) -> None:
             file=out,
         )
     for i, reason in enumerate(r.reasons):
-        print(("  why: " if i == 0 else "       ") + reason, file=out)
+        print(("  why: " if i == 0 else "       ") + printable(reason), file=out)
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -213,7 +221,7 @@ def _run_checks(args: argparse.Namespace, paths: Sequence[Path], hook: bool) -> 
     elif hook:
         for c in checked:
             if c.result.accepted:
-                print(f"verifier: {c.result.summary}", file=sys.stderr)
+                print(f"verifier: {printable(c.result.summary)}", file=sys.stderr)
             else:
                 render(c, sys.stderr)
         if rejected:
