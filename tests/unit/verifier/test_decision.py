@@ -310,3 +310,33 @@ def test_one_verification_per_envelope_even_among_other_signatures() -> None:
     assert counting["rb-alpha"].calls == 1  # the keyid hint picks its signature first; dedup
     assert counting["rb-beta"].calls == 1
     assert counting["rb-gamma"].calls == 0
+
+
+@pytest.mark.parametrize("reject_on_mismatch", [0, 1, 2])
+@pytest.mark.parametrize("distinct", [True, False])
+def test_is_settled_is_exact_over_every_completion(reject_on_mismatch: int, distinct: bool) -> None:
+    """Exhaustively, on four rebuilders (two share an operator): settled iff every way the
+    pending rebuilders could answer gives the same outcome."""
+    import itertools
+
+    policy = dataclasses.replace(
+        POLICY,
+        rebuilders=POLICY.rebuilders[:4],
+        reject_on_mismatch=reject_on_mismatch,
+        require_distinct_operators=distinct,
+    )
+    kinds = (Status.AGREES, Status.DISAGREES, Status.NO_ATTESTATION)
+    ids = [t.id for t in policy.rebuilders]
+    for pending_mask in range(16):
+        pending = [t for i, t in enumerate(policy.rebuilders) if pending_mask >> i & 1]
+        known_ids = [rid for i, rid in enumerate(ids) if not pending_mask >> i & 1]
+        for known_statuses in itertools.product(kinds, repeat=len(known_ids)):
+            known = [r(rid, s) for rid, s in zip(known_ids, known_statuses, strict=True)]
+            outcomes = set()
+            for rest in itertools.product(kinds, repeat=len(pending)):
+                filled = {x.id: x for x in known} | {
+                    t.id: r(t.id, s) for t, s in zip(pending, rest, strict=True)
+                }
+                outcomes.add(conclude(ARTIFACT, policy, [filled[i] for i in ids]).accepted)
+            settled = is_settled(ARTIFACT, policy, known, pending)
+            assert settled is (len(outcomes) == 1), (pending_mask, known_statuses)
