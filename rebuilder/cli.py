@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from rebuilder.config import (
     ConfigError,
     RepositoryConfig,
     load_config,
+    parse_config,
     parse_listen,
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
@@ -161,6 +163,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config_path.exists():
         raise CliError(f"{config_path} already exists; refusing to overwrite it")
     text = render_config(args)
+    # Validate what would be written before anything touches the disk.
+    parse_config(tomllib.loads(text), d)
     d.mkdir(parents=True, exist_ok=True)
     (d / "keys").mkdir(mode=0o700, exist_ok=True)
     key = generate_private_key()

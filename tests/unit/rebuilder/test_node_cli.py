@@ -41,6 +41,10 @@ def test_init_prints_identity_and_rejects_bad_id(
                "--public-url", "http://127.0.0.1:1"])
     assert rc == 3 and "--id" in capsys.readouterr().err
     assert not (tmp_path / "n2" / "keys").exists()
+    rc = main(["init", "--dir", str(tmp_path / "n3"), "--id", "ok", "--operator", "x",
+               "--public-url", "ftp://nope"])
+    assert rc == 3 and "node.public_url" in capsys.readouterr().err
+    assert not (tmp_path / "n3").exists()
 
 
 def test_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
