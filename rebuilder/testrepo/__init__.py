@@ -85,14 +85,19 @@ DEFAULT_PACKAGES = default_packages()
 
 
 def build_test_repository(
-    dest: Path, packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES, cache_dir: Path | None = None
+    dest: Path,
+    packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES,
+    cache_dir: Path | None = None,
+    chroot: Path | None = None,
 ) -> TestRepository:
     """Build (or copy from the cache) the repository of ``packages`` into ``dest``.
 
+    The packages are built with the host's toolchain, or with the one of ``chroot`` (a
+    directory tree, e.g. made by mmdebstrap) used as the sandbox's system root.
     Blocking (real builds take a few seconds per package the first time); from async code use
     ``await asyncio.to_thread(build_test_repository, dest)``.
     """
-    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir)
+    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir, chroot)
 
 
 @asynccontextmanager
