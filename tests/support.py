@@ -29,7 +29,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it is true or ``timeout`` seconds pass (then fail naming ``what``)."""
+    """Poll ``condition`` until true or ``timeout`` seconds pass (then fail naming ``what``)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

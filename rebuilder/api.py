@@ -1,0 +1,314 @@
+"""The node's public, read-only HTTP API (docs/api.md, "Rebuilder node").
+
+``create_app(config)`` returns an aiohttp application; it opens its own read-only database
+connection in a cleanup context unless the daemon hands it its store. Every query parameter is
+validated (400 with ``{"error": ...}``); envelopes are spliced into responses as the exact
+canonical bytes that were signed and stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from rebuilder import __version__
+from rebuilder.config import Config
+from rebuilder.db import Store
+from rebuilder.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from rebuilder.metrics import render_metrics
+from verifier.keys import keyid, load_private_key, public_key_pem
+
+__all__ = [
+    "CONFIG_KEY",
+    "REPORT_CSP",
+    "STORE_KEY",
+    "create_app",
+]
+
+CONFIG_KEY = web.AppKey("config", Config)
+STORE_KEY = web.AppKey("store", Store)
+NODE_KEY = web.AppKey("node", dict)
+
+REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_LOG_SERVE = 64 * 1024 * 1024
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_CURSOR = re.compile(r"0|[1-9][0-9]{0,17}")
+_ID = re.compile(r"[1-9][0-9]{0,17}")
+_PKG_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]{0,99}")
+_PKG_VERSION = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}")
+_REPORT = re.compile(r"([0-9]{1,18}-[0-9]{1,9}-[0-9]{1,6})\.(html|txt)")
+_JSON = "application/json"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, content_type=_JSON,
+                        text=json.dumps({"error": message}))
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(content_type=_JSON, text=json.dumps(body, separators=(",", ":")))
+
+
+def _raw_json(body: bytes) -> web.Response:
+    return web.Response(content_type=_JSON, body=body)
+
+
+def _envelopes(envs: list[bytes]) -> bytes:
+    return b"[" + b",".join(envs) + b"]"
+
+
+class BadRequest(Exception):
+    pass
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except BadRequest as e:
+        response = _error(400, str(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = _error(e.status, e.reason)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _package(source: str, version: str, arch: str | None = None) -> dict[str, str]:
+    d = {"ecosystem": "debian", "name": source, "version": version}
+    if arch is not None:
+        d["architecture"] = arch
+    return d
+
+
+def _one_param(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name!r} given {len(values)} times")
+    return values[0] if values else None
+
+
+async def attestations(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    unknown = set(request.query) - {"digest", "since", "limit"}
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {sorted(unknown)}")
+    digest = _one_param(request, "digest")
+    since = _one_param(request, "since")
+    limit_s = _one_param(request, "limit")
+    if digest is not None:
+        if since is not None or limit_s is not None:
+            raise BadRequest("use either digest= or since=/limit=, not both")
+        m = _DIGEST.fullmatch(digest)
+        if not m:
+            raise BadRequest("digest must be sha256:<64 lowercase hex characters>")
+        envs = await store.attestations_by_digest(m.group(1))
+        return _raw_json(b'{"digest":"' + digest.encode() + b'","attestations":'
+                         + _envelopes(envs) + b"}")
+    if since is None:
+        raise BadRequest("give digest=sha256:<hex> or since=<cursor> (since=0 from the start)")
+    if not _CURSOR.fullmatch(since):
+        raise BadRequest("since must be a non-negative integer cursor")
+    limit = DEFAULT_LIMIT
+    if limit_s is not None:
+        if not _CURSOR.fullmatch(limit_s) or not 1 <= int(limit_s) <= MAX_LIMIT:
+            raise BadRequest(f"limit must be an integer in 1..{MAX_LIMIT}")
+        limit = int(limit_s)
+    rows = await store.attestations_since(int(since), limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = str(rows[-1].seq) if rows else since
+    items = b",".join(b'{"cursor":"%d","envelope":%s}' % (r.seq, r.envelope) for r in rows)
+    return _raw_json(b'{"attestations":[' + items + b'],"next":"' + next_cursor.encode()
+                     + b'","more":' + (b"true" if more else b"false") + b"}")
+
+
+async def _build_json(request: web.Request, job_id: int) -> dict[str, Any] | None:
+    store = request.app[STORE_KEY]
+    config = request.app[CONFIG_KEY]
+    job = await store.job(job_id)
+    if job is None:
+        return None
+    base = config.node.public_url
+    build = await store.latest_build(job_id)
+    outputs: list[dict[str, Any]] = []
+    verdict = failure = finished_at = duration = envelope = None
+    log_url = None
+    if build is not None and job.state in ("done", "failed"):
+        verdict, failure = build["verdict"], build["failure"]
+        finished_at, duration = build["finished_at"], build["duration_s"]
+        envelope = build["envelope_sha256"]
+        if build["log_path"]:
+            log_url = f"{base}/v1/builds/{job_id}/log"
+        for o in await store.outputs(build["id"]):
+            rid = o["report_id"]
+            outputs.append({
+                "name": o["name"], "rebuilt": o["rebuilt"], "buildinfo": o["buildinfo"],
+                "repository": o["repository"], "verdict": o["verdict"],
+                "report_html_url": f"{base}/v1/reports/{rid}.html" if o["report_html"] else None,
+                "report_txt_url": f"{base}/v1/reports/{rid}.txt" if o["report_txt"] else None,
+            })
+    return {
+        "id": job_id,
+        "package": _package(job.source, job.version, job.arch),
+        "repository": job.repository,
+        "status": job.state,
+        "attempts": job.attempts,
+        "verdict": verdict,
+        "failure": failure,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": finished_at,
+        "duration_s": duration,
+        "log_url": log_url,
+        "outputs": outputs,
+        "envelope_sha256": envelope,
+    }
+
+
+def _build_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not _ID.fullmatch(raw):
+        raise BadRequest("build id must be a positive integer")
+    return int(raw)
+
+
+async def build(request: web.Request) -> web.Response:
+    body = await _build_json(request, _build_id(request))
+    if body is None:
+        return _error(404, "no such build")
+    return _json(body)
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(limit)
+
+
+async def build_log(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    job_id = _build_id(request)
+    row = await store.latest_build(job_id)
+    if row is None or not row["log_path"]:
+        return _error(404, "no log for that build")
+    try:
+        data = await asyncio.to_thread(_read_capped, Path(row["log_path"]), MAX_LOG_SERVE)
+    except OSError:
+        return _error(404, "the log file is gone")
+    return web.Response(body=data, content_type="text/plain", charset="utf-8")
+
+
+async def report(request: web.Request) -> web.Response:
+    m = _REPORT.fullmatch(request.match_info["name"])
+    if not m:
+        raise BadRequest("report name must be <id>.html or <id>.txt")
+    row = await request.app[STORE_KEY].report(m.group(1))
+    path = row and row["report_html" if m.group(2) == "html" else "report_txt"]
+    if not path:
+        return _error(404, "no such report")
+    limit = request.app[CONFIG_KEY].diffoscope.max_report_mb * 1024 * 1024 + 4096
+    try:
+        data = await asyncio.to_thread(_read_capped, Path(path), limit)
+    except OSError:
+        return _error(404, "the report file is gone")
+    if m.group(2) == "txt":
+        return web.Response(body=data, content_type="text/plain", charset="utf-8")
+    resp = web.Response(body=data, content_type="text/html", charset="utf-8")
+    resp.headers["Content-Security-Policy"] = REPORT_CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
+
+
+async def package(request: web.Request) -> web.Response:
+    eco, name, version = (request.match_info[k] for k in ("ecosystem", "name", "version"))
+    if eco != "debian":
+        raise BadRequest(f"ecosystem {eco[:40]!r} is not 'debian'")
+    if not _PKG_NAME.fullmatch(name):
+        raise BadRequest("package name must match [a-z0-9][a-z0-9.+-]*")
+    if not _PKG_VERSION.fullmatch(version):
+        raise BadRequest("version is not a Debian version")
+    store = request.app[STORE_KEY]
+    builds = []
+    for job in await store.jobs_for_package(name, version):
+        b = await _build_json(request, job.id)
+        if b is not None:
+            builds.append(b)
+    envs = await store.attestations_for_package(name, version)
+    head = json.dumps({"package": _package(name, version), "builds": builds},
+                      separators=(",", ":")).encode()
+    return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + b"}")
+
+
+async def node(request: web.Request) -> web.Response:
+    return _json(request.app[NODE_KEY])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE_KEY].schema_version()
+    except sqlite3.Error as e:
+        return _error(503, f"database unavailable: {e}")
+    return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = await render_metrics(request.app[STORE_KEY], request.app[CONFIG_KEY].node.id)
+    resp = web.Response(text=text)
+    resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return resp
+
+
+def node_document(config: Config, public_key: str, kid: str) -> dict[str, Any]:
+    return {
+        "id": config.node.id,
+        "operator": config.node.operator,
+        "url": config.node.public_url,
+        "public_key": public_key,
+        "keyid": kid,
+        "version": __version__,
+    }
+
+
+def create_app(config: Config, *, store: Store | None = None) -> web.Application:
+    """The API application; it opens its own read-only store unless ``store`` is given."""
+    app = web.Application(middlewares=[_errors], client_max_size=4096)
+    app[CONFIG_KEY] = config
+    key = load_private_key(config.node.signing_key)
+    app[NODE_KEY] = node_document(config, public_key_pem(key.public_key()),
+                                  keyid(key.public_key()))
+    del key
+
+    async def open_store(app: web.Application) -> AsyncIterator[None]:
+        if store is not None:
+            app[STORE_KEY] = store
+            yield
+            return
+        own = await Store.open(config.node.db_path, readonly=True)
+        app[STORE_KEY] = own
+        yield
+        await own.close()
+
+    app.cleanup_ctx.append(open_store)
+    app.router.add_get("/v1/attestations", attestations)
+    app.router.add_get("/v1/packages/{ecosystem}/{name}/{version}", package)
+    app.router.add_get("/v1/builds/{id}", build)
+    app.router.add_get("/v1/builds/{id}/log", build_log)
+    app.router.add_get("/v1/reports/{name}", report)
+    app.router.add_get("/v1/node", node)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

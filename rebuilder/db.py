@@ -1,0 +1,663 @@
+"""The node's state: one SQLite file (WAL) reached through aiosqlite, with schema migrations.
+
+Writes go through one connection under a lock, each as one ``BEGIN IMMEDIATE`` transaction, so
+a crash leaves either all of a finished build (build row, outputs, signed attestation, subjects,
+outbox row) or none of it. Reads (the HTTP API, ``rebuilder status``) use their own connection
+and never see a half-written build::
+
+    store = await Store.open(Path("state.db"))
+    job = await store.claim_job()          # queued -> running, attempt += 1, committed
+    ...
+    await store.close()
+
+Attestations are append-only: ``seq`` is the catch-up cursor of ``GET /v1/attestations?since=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from rebuilder.outcome import BuildJob
+from verifier.statement import Digest
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttestationRow",
+    "JobRow",
+    "NewAttestation",
+    "NewBuild",
+    "NewOutput",
+    "SchemaError",
+    "Store",
+    "now_iso",
+]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SchemaError(Exception):
+    """The database was written by a newer version, or is not a rebuilder state database."""
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        repository TEXT NOT NULL,
+        source TEXT NOT NULL,
+        version TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        buildinfo_url TEXT NOT NULL,
+        published TEXT NOT NULL,            -- JSON {deb name: [sha256, pool url]}
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        queued_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        UNIQUE (repository, source, version, arch)
+    );
+    CREATE INDEX jobs_state ON jobs (state, id);
+    CREATE INDEX jobs_package ON jobs (source, version);
+
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        attempt INTEGER NOT NULL,
+        invocation_id TEXT NOT NULL UNIQUE,   -- one attempt is never signed twice
+        verdict TEXT NOT NULL CHECK (verdict IN ('reproduced', 'mismatch', 'failed')),
+        failure TEXT,
+        failure_stage TEXT,
+        environment TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        duration_s REAL NOT NULL,
+        log_path TEXT,
+        UNIQUE (job_id, attempt)
+    );
+    CREATE INDEX builds_job ON builds (job_id, id);
+
+    CREATE TABLE outputs (
+        id INTEGER PRIMARY KEY,
+        build_id INTEGER NOT NULL REFERENCES builds (id),
+        name TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        rebuilt TEXT,
+        buildinfo TEXT,
+        repository TEXT,
+        report_id TEXT UNIQUE,
+        report_html TEXT,
+        report_txt TEXT,
+        report_sha256 TEXT
+    );
+    CREATE INDEX outputs_build ON outputs (build_id);
+
+    CREATE TABLE attestations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the catch-up cursor; never reused
+        envelope_sha256 TEXT NOT NULL UNIQUE,
+        envelope BLOB NOT NULL,                 -- canonical Envelope.to_bytes()
+        kind TEXT NOT NULL CHECK (kind IN ('rebuild', 'failure', 'revocation')),
+        source TEXT,
+        version TEXT,
+        arch TEXT,
+        build_id INTEGER UNIQUE REFERENCES builds (id),
+        revokes TEXT,                           -- envelope sha256 a revocation names
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX attestations_package ON attestations (source, version);
+    CREATE INDEX attestations_revokes ON attestations (revokes);
+
+    CREATE TABLE subjects (
+        seq INTEGER NOT NULL REFERENCES attestations (seq),
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL
+    );
+    CREATE INDEX subjects_sha256 ON subjects (sha256);
+
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY REFERENCES attestations (seq),
+        published_at TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (seq) WHERE published_at IS NULL;
+    """,
+    # 2: the .dsc named by the repository's Sources index, hash-pinned
+    """
+    ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
+    ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    repository: str
+    source: str
+    version: str
+    arch: str
+    buildinfo_url: str
+    published: dict[str, tuple[Digest, str]]
+    state: str
+    attempts: int
+    queued_at: str
+    started_at: str | None
+    finished_at: str | None
+    dsc_url: str | None = None
+    dsc_sha256: str | None = None
+
+    def to_build_job(self) -> BuildJob:
+        return BuildJob(
+            source=self.source,
+            version=self.version,
+            architecture=self.arch,
+            repository=self.repository,
+            buildinfo_url=self.buildinfo_url,
+            published=dict(self.published),
+            dsc_url=self.dsc_url,
+            dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
+        )
+
+    def invocation_id(self, node_id: str) -> str:
+        return f"{node_id}/{self.id}/{self.attempts}"
+
+
+@dataclass(frozen=True)
+class AttestationRow:
+    seq: int
+    envelope_sha256: str
+    envelope: bytes
+    kind: str
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    name: str
+    verdict: str
+    rebuilt: str | None
+    buildinfo: str | None
+    repository: str | None
+    report_id: str | None = None
+    report_html: str | None = None
+    report_txt: str | None = None
+    report_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class NewBuild:
+    job_id: int
+    attempt: int
+    invocation_id: str
+    verdict: str
+    failure: str | None
+    failure_stage: str | None
+    environment: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    log_path: str | None
+    outputs: tuple[NewOutput, ...]
+
+
+@dataclass(frozen=True)
+class NewAttestation:
+    envelope_sha256: str
+    envelope: bytes
+    kind: str
+    source: str | None
+    version: str | None
+    arch: str | None
+    subjects: tuple[tuple[str, str], ...]  # (name, sha256)
+    revokes: str | None = None
+
+
+def _published_json(published: dict[str, tuple[Digest, str]]) -> str:
+    return json.dumps({k: [v[0], v[1]] for k, v in sorted(published.items())}, sort_keys=True)
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    published = {k: (Digest(v[0]), str(v[1])) for k, v in json.loads(row["published"]).items()}
+    return JobRow(
+        id=row["id"], repository=row["repository"], source=row["source"],
+        version=row["version"], arch=row["arch"], buildinfo_url=row["buildinfo_url"],
+        published=published, state=row["state"], attempts=row["attempts"],
+        queued_at=row["queued_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
+    )
+
+
+async def _connect(path: Path, readonly: bool) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA busy_timeout = 10000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        await conn.execute("PRAGMA query_only = ON")
+    else:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Store:
+    """The node's database; create with ``await Store.open(path)``."""
+
+    def __init__(self, write: aiosqlite.Connection | None, read: aiosqlite.Connection) -> None:
+        self._w = write
+        self._r = read
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False, migrate: bool = True) -> Store:
+        """Open (and unless ``readonly``, create and migrate) the database at ``path``."""
+        if readonly and not path.exists():  # noqa: ASYNC240  # one stat() when opening
+            raise SchemaError(f"{path} does not exist; run `rebuilder init` first")
+        write = None
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write = await _connect(path, readonly=False)
+            try:
+                if migrate:
+                    await _migrate(write)
+            except BaseException:
+                await write.close()
+                raise
+        read = await _connect(path, readonly=True)
+        store = cls(write, read)
+        try:
+            version = await store.schema_version()
+        except BaseException:
+            await store.close()
+            raise
+        if version != SCHEMA_VERSION:
+            await store.close()
+            raise SchemaError(
+                f"{path} has schema version {version}, this rebuilder uses {SCHEMA_VERSION}"
+                + ("; start `rebuilder run` once to migrate it" if version < SCHEMA_VERSION
+                   else "; it was written by a newer rebuilder")
+            )
+        return store
+
+    async def close(self) -> None:
+        if self._w is not None:
+            await self._w.close()
+        await self._r.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; committed on success, rolled back on any exception."""
+        if self._w is None:
+            raise RuntimeError("store opened read-only")
+        async with self._lock:
+            await self._w.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._w
+            except BaseException:
+                await self._w.execute("ROLLBACK")
+                raise
+            await self._w.execute("COMMIT")
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._r.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def schema_version(self) -> int:
+        try:
+            row = await self._one("SELECT version FROM schema_version")
+        except sqlite3.OperationalError:
+            return 0
+        return int(row["version"]) if row else 0
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def add_jobs(self, jobs: Iterable[BuildJob]) -> list[BuildJob]:
+        """Insert the jobs not known yet (by repository, source, version, arch); return those."""
+        added: list[BuildJob] = []
+        now = now_iso()
+        async with self.transaction() as db:
+            for job in jobs:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
+                    " published, state, queued_at, dsc_url, dsc_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    (job.repository, job.source, job.version, job.architecture,
+                     job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
+                     job.dsc_sha256),
+                )
+                if cur.rowcount:
+                    added.append(job)
+        return added
+
+    async def ensure_job(self, job: BuildJob) -> JobRow:
+        """The job row of ``job``'s triple, inserting it (queued) when unknown."""
+        await self.add_jobs([job])
+        row = await self._one(
+            "SELECT * FROM jobs WHERE repository = ? AND source = ? AND version = ? AND arch = ?",
+            (job.repository, job.source, job.version, job.architecture),
+        )
+        assert row is not None
+        return _job(row)
+
+    async def claim_job(self, job_id: int | None = None) -> JobRow | None:
+        """Mark the oldest queued job (or ``job_id``, whatever its state) running, attempt += 1.
+
+        Committed before the build starts, so a crash never reuses an attempt number and thus
+        never signs one invocation twice.
+        """
+        now = now_iso()
+        async with self.transaction() as db:
+            if job_id is None:
+                sql = ("UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?,"
+                       " finished_at = NULL WHERE id = (SELECT id FROM jobs WHERE state = 'queued'"
+                       " ORDER BY id LIMIT 1) RETURNING *")
+                params: tuple[Any, ...] = (now,)
+            else:
+                sql = ("UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?,"
+                       " finished_at = NULL WHERE id = ? RETURNING *")
+                params = (now, job_id)
+            async with db.execute(sql, params) as cur:
+                row = await cur.fetchone()
+        return _job(row) if row else None
+
+    async def requeue_running(self, job_ids: Iterable[int] | None = None) -> int:
+        """Put ``running`` jobs (all of them, or those listed) back in the queue."""
+        async with self.transaction() as db:
+            if job_ids is None:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
+                )
+                return cur.rowcount
+            n = 0
+            for jid in job_ids:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL"
+                    " WHERE state = 'running' AND id = ?", (jid,),
+                )
+                n += cur.rowcount
+            return n
+
+    async def job(self, job_id: int) -> JobRow | None:
+        row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(row) if row else None
+
+    async def jobs_for_package(self, source: str, version: str) -> list[JobRow]:
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE source = ? AND version = ? ORDER BY id LIMIT 1000",
+            (source, version),
+        )
+        return [_job(r) for r in rows]
+
+    async def find_job(self, source: str, version: str, arch: str) -> JobRow | None:
+        row = await self._one(
+            "SELECT * FROM jobs WHERE source = ? AND version = ? AND arch = ? ORDER BY id LIMIT 1",
+            (source, version, arch),
+        )
+        return _job(row) if row else None
+
+    # -- finishing a build ------------------------------------------------------------------------
+
+    async def finish_build(self, build: NewBuild, attestation: NewAttestation) -> int:
+        """Store a finished attempt and its signed attestation in one transaction; its seq.
+
+        Raises ``sqlite3.IntegrityError`` when that invocation was already stored.
+        """
+        state = "failed" if build.verdict == "failed" else "done"
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO builds (job_id, attempt, invocation_id, verdict, failure,"
+                " failure_stage, environment, started_at, finished_at, duration_s, log_path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (build.job_id, build.attempt, build.invocation_id, build.verdict, build.failure,
+                 build.failure_stage, build.environment, build.started_at, build.finished_at,
+                 build.duration_s, build.log_path),
+            )
+            build_id = cur.lastrowid
+            await db.executemany(
+                "INSERT INTO outputs (build_id, name, verdict, rebuilt, buildinfo, repository,"
+                " report_id, report_html, report_txt, report_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(build_id, o.name, o.verdict, o.rebuilt, o.buildinfo, o.repository, o.report_id,
+                  o.report_html, o.report_txt, o.report_sha256) for o in build.outputs],
+            )
+            seq = await self._insert_attestation(db, attestation, build_id)
+            await db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
+                (state, build.finished_at, build.job_id),
+            )
+        return seq
+
+    async def add_attestation(self, attestation: NewAttestation) -> int:
+        """Store an attestation that belongs to no build (a revocation); its seq."""
+        async with self.transaction() as db:
+            return await self._insert_attestation(db, attestation, None)
+
+    async def add_attestations_bulk(self, items: Sequence[NewAttestation]) -> None:
+        """Many attestations (no build) in one transaction with ``executemany`` (imports,
+        benchmarks). Sequence numbers are assigned under the write lock, in order."""
+        now = now_iso()
+        async with self.transaction() as db:
+            async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM attestations") as cur:
+                row = await cur.fetchone()
+            first = int(row[0]) + 1 if row else 1
+            # AUTOINCREMENT never reuses a seq: start after the highest ever handed out too.
+            async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'attestations'"
+                                  ) as cur:
+                sq = await cur.fetchone()
+            if sq is not None:
+                first = max(first, int(sq[0]) + 1)
+            seqs = range(first, first + len(items))
+            await db.executemany(
+                "INSERT INTO attestations (seq, envelope_sha256, envelope, kind, source, version,"
+                " arch, build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [(seq, a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch,
+                  a.revokes, now) for seq, a in zip(seqs, items, strict=True)],
+            )
+            await db.executemany(
+                "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
+                [(seq, name, sha) for seq, a in zip(seqs, items, strict=True)
+                 for name, sha in a.subjects],
+            )
+            await db.executemany("INSERT INTO outbox (seq) VALUES (?)", [(q,) for q in seqs])
+
+    @staticmethod
+    async def _insert_attestation(
+        db: aiosqlite.Connection, a: NewAttestation, build_id: int | None
+    ) -> int:
+        cur = await db.execute(
+            "INSERT INTO attestations (envelope_sha256, envelope, kind, source, version, arch,"
+            " build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch, build_id,
+             a.revokes, now_iso()),
+        )
+        seq = cur.lastrowid
+        assert seq is not None
+        await db.executemany(
+            "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
+            [(seq, name, sha) for name, sha in a.subjects],
+        )
+        await db.execute("INSERT INTO outbox (seq) VALUES (?)", (seq,))
+        return seq
+
+    # -- reading attestations -------------------------------------------------------------------
+
+    async def attestations_by_digest(self, sha256: str, limit: int = 1000) -> list[bytes]:
+        """Envelopes with a subject of that digest, then revocations of those envelopes."""
+        rows = await self._all(
+            "SELECT a.seq, a.envelope_sha256, a.envelope FROM subjects s"
+            " JOIN attestations a ON a.seq = s.seq"
+            " WHERE s.sha256 = ? AND a.kind != 'revocation' ORDER BY a.seq LIMIT ?",
+            (sha256, limit),
+        )
+        out = [bytes(r["envelope"]) for r in rows]
+        out += await self.revocations_of([r["envelope_sha256"] for r in rows])
+        return out
+
+    async def revocations_of(self, envelope_digests: Sequence[str]) -> list[bytes]:
+        out: list[bytes] = []
+        for i in range(0, len(envelope_digests), 500):
+            chunk = envelope_digests[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._all(
+                f"SELECT envelope FROM attestations WHERE revokes IN ({marks}) ORDER BY seq",  # noqa: S608  # placeholders only
+                chunk,
+            )
+            out += [bytes(r["envelope"]) for r in rows]
+        return out
+
+    async def attestations_since(self, cursor: int, limit: int) -> list[AttestationRow]:
+        rows = await self._all(
+            "SELECT seq, envelope_sha256, envelope, kind FROM attestations WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (cursor, limit),
+        )
+        return [AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"])
+                for r in rows]
+
+    async def attestations_for_package(self, source: str, version: str) -> list[bytes]:
+        rows = await self._all(
+            "SELECT envelope_sha256, envelope FROM attestations WHERE source = ? AND version = ?"
+            " AND kind != 'revocation' ORDER BY seq LIMIT 1000",
+            (source, version),
+        )
+        out = [bytes(r["envelope"]) for r in rows]
+        out += await self.revocations_of([r["envelope_sha256"] for r in rows])
+        return out
+
+    async def attestation(self, envelope_sha256: str) -> AttestationRow | None:
+        r = await self._one(
+            "SELECT seq, envelope_sha256, envelope, kind FROM attestations"
+            " WHERE envelope_sha256 = ?", (envelope_sha256,),
+        )
+        return AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"]) \
+            if r else None
+
+    async def attestation_package(self, envelope_sha256: str) -> tuple[str, str, str] | None:
+        r = await self._one(
+            "SELECT source, version, arch FROM attestations WHERE envelope_sha256 = ?",
+            (envelope_sha256,),
+        )
+        return (r["source"], r["version"], r["arch"]) if r else None
+
+    # -- builds -----------------------------------------------------------------------------------
+
+    async def latest_build(self, job_id: int) -> sqlite3.Row | None:
+        return await self._one(
+            "SELECT b.*, a.envelope_sha256 FROM builds b"
+            " LEFT JOIN attestations a ON a.build_id = b.id"
+            " WHERE b.job_id = ? ORDER BY b.id DESC LIMIT 1", (job_id,),
+        )
+
+    async def outputs(self, build_id: int) -> list[sqlite3.Row]:
+        return await self._all("SELECT * FROM outputs WHERE build_id = ? ORDER BY id",
+                               (build_id,))
+
+    async def report(self, report_id: str) -> sqlite3.Row | None:
+        return await self._one("SELECT * FROM outputs WHERE report_id = ?", (report_id,))
+
+    async def recent_builds(self, limit: int = 10) -> list[sqlite3.Row]:
+        return await self._all(
+            "SELECT b.*, j.source, j.version, j.arch FROM builds b JOIN jobs j ON j.id = b.job_id"
+            " ORDER BY b.id DESC LIMIT ?", (limit,),
+        )
+
+    async def running_jobs(self) -> list[JobRow]:
+        rows = await self._all("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
+        return [_job(r) for r in rows]
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    async def pending_outbox(self, limit: int = 100) -> list[AttestationRow]:
+        rows = await self._all(
+            "SELECT a.seq, a.envelope_sha256, a.envelope, a.kind FROM outbox o"
+            " JOIN attestations a ON a.seq = o.seq WHERE o.published_at IS NULL"
+            " ORDER BY o.seq LIMIT ?", (limit,),
+        )
+        return [AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"])
+                for r in rows]
+
+    async def mark_published(self, seq: int) -> None:
+        async with self.transaction() as db:
+            await db.execute("UPDATE outbox SET published_at = ? WHERE seq = ?", (now_iso(), seq))
+
+    # -- counters (status, metrics) ---------------------------------------------------------------
+
+    async def counts(self) -> dict[str, Any]:
+        r = await self._one(
+            "SELECT"
+            " (SELECT COUNT(*) FROM jobs WHERE state = 'queued') AS queued,"
+            " (SELECT COUNT(*) FROM jobs WHERE state = 'running') AS running,"
+            " (SELECT COUNT(*) FROM jobs WHERE state = 'done') AS done,"
+            " (SELECT COUNT(*) FROM jobs WHERE state = 'failed') AS failed,"
+            " (SELECT COUNT(*) FROM outbox WHERE published_at IS NULL) AS backlog,"
+            " (SELECT COALESCE(MAX(seq), 0) FROM attestations) AS last_seq"
+        )
+        assert r is not None
+        return dict(r)
+
+    async def attestation_kinds(self) -> dict[str, int]:
+        rows = await self._all("SELECT kind, COUNT(*) AS n FROM attestations GROUP BY kind")
+        return {r["kind"]: r["n"] for r in rows}
+
+    async def build_verdicts(self) -> dict[str, int]:
+        rows = await self._all("SELECT verdict, COUNT(*) AS n FROM builds GROUP BY verdict")
+        return {r["verdict"]: r["n"] for r in rows}
+
+    async def duration_histogram(self, buckets: Sequence[float]) -> tuple[list[int], int, float]:
+        """Cumulative counts per bucket upper bound, total count and sum of build durations."""
+        cols = ", ".join(
+            f"SUM(CASE WHEN duration_s <= {float(b)!r} THEN 1 ELSE 0 END)" for b in buckets
+        )
+        r = await self._one(f"SELECT {cols}, COUNT(*), COALESCE(SUM(duration_s), 0) FROM builds")  # noqa: S608  # bucket floats are ours
+        assert r is not None
+        values = list(r)
+        return [int(v or 0) for v in values[:-2]], int(values[-2]), float(values[-1])
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            current = 0
+        else:
+            current = int(row[0])
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"database schema version {current} is newer than this rebuilder's "
+                f"{SCHEMA_VERSION}; upgrade repro-quorum"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _split_sql(MIGRATIONS[version - 1]):
+                await db.execute(statement)
+            await db.execute("UPDATE schema_version SET version = ?", (version,))
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (no semicolons inside our literals); comments dropped."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

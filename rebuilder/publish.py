@@ -1,0 +1,188 @@
+"""The publisher: send the outbox to MQTT in order, and keep the node's retained status fresh.
+
+Guarantee: **at least once, in order**. An attestation is stored (with its outbox row) before it
+is published; a row is marked published only after ``aiomqtt.Client.publish`` with QoS 1 returns,
+which aiomqtt does only once the broker's PUBACK arrived (it waits on paho's ``on_publish``, which
+paho calls for QoS 1 on PUBACK). A broker outage only delays rows; a crash between the PUBACK and
+the mark re-sends that row after restart, so consumers dedupe by envelope sha256 (the
+coordinator stores envelopes under that key anyway).
+
+Topics (docs/api.md): ``rq/v1/attestations/<id>`` (QoS 1) and retained ``rq/v1/status/<id>``
+whose last will is ``{"state": "offline"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sqlite3
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from rebuilder import __version__
+from rebuilder.config import Config
+from rebuilder.db import Store
+from verifier.statement import format_time
+
+__all__ = ["Publisher", "attestation_topic", "flush_once", "status_topic"]
+
+log = logging.getLogger("rebuilder.publish")
+
+STATUS_INTERVAL_S = 30.0
+PUBLISH_TIMEOUT_S = 20.0
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+BATCH = 100
+
+
+def attestation_topic(node_id: str) -> str:
+    return f"rq/v1/attestations/{node_id}"
+
+
+def status_topic(node_id: str) -> str:
+    return f"rq/v1/status/{node_id}"
+
+
+def _client(config: Config, client_id: str, with_will: bool) -> aiomqtt.Client:
+    m = config.mqtt
+    tls_context = None
+    if m.tls:
+        tls_context = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+    will = None
+    if with_will:
+        will = aiomqtt.Will(
+            status_topic(config.node.id),
+            json.dumps({"state": "offline"}).encode(),
+            qos=1,
+            retain=True,
+        )
+    return aiomqtt.Client(
+        hostname=m.host,
+        port=m.port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        username=m.username or None,
+        password=m.password(),
+        keepalive=m.keepalive,
+        will=will,
+        tls_context=tls_context,
+        timeout=PUBLISH_TIMEOUT_S,
+    )
+
+
+def _json_props() -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = "application/json"
+    return props
+
+
+StatusSource = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Publisher:
+    """Runs until cancelled: connect, publish the outbox, refresh status, reconnect on loss."""
+
+    def __init__(self, config: Config, store: Store, status: StatusSource) -> None:
+        self.config = config
+        self.store = store
+        self.status = status
+        self._wake = asyncio.Event()
+        self.drained = asyncio.Event()  # set while the outbox is known to be empty
+        self.published = 0
+        self.connected = False
+
+    def wake(self) -> None:
+        self.drained.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with _client(self.config, f"rq-rebuilder-{self.config.node.id}", True) as c:
+                    self.connected = True
+                    failures = 0
+                    log.info("connected to MQTT broker %s:%d", self.config.mqtt.host,
+                             self.config.mqtt.port)
+                    await self._session(c)
+            except (aiomqtt.MqttError, sqlite3.Error, OSError) as e:
+                self.connected = False
+                failures += 1
+                delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 10))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning("MQTT broker %s:%d unavailable (%s); outbox kept, retry in %.1fs",
+                            self.config.mqtt.host, self.config.mqtt.port, e, delay)
+                self.drained.clear()
+                await asyncio.sleep(delay)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await self._publish_status(client, "online")
+        last_status = asyncio.get_running_loop().time()
+        while True:
+            self._wake.clear()
+            sent = await self._drain(client)
+            now = asyncio.get_running_loop().time()
+            if sent or now - last_status >= STATUS_INTERVAL_S:
+                await self._publish_status(client, "online")
+                last_status = now
+            if sent:
+                continue
+            self.drained.set()
+            try:
+                async with asyncio.timeout(STATUS_INTERVAL_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _drain(self, client: aiomqtt.Client) -> int:
+        rows = await self.store.pending_outbox(BATCH)
+        topic = attestation_topic(self.config.node.id)
+        for row in rows:
+            await client.publish(topic, row.envelope, qos=1, properties=_json_props())
+            # publish() returned: the broker acknowledged (PUBACK). Only now mark it.
+            await self.store.mark_published(row.seq)
+            self.published += 1
+            log.info("published attestation seq %d %s (%s)", row.seq, row.envelope_sha256,
+                     row.kind)
+        return len(rows)
+
+    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        body = {"state": state, "version": __version__,
+                "time": format_time(datetime.now(UTC))}
+        if state == "online":
+            body.update(await self.status())
+        await client.publish(status_topic(self.config.node.id), json.dumps(body).encode(),
+                             qos=1, retain=True, properties=_json_props())
+
+    async def goodbye(self) -> None:
+        """Publish the retained offline status on a clean shutdown (best effort)."""
+        try:
+            async with asyncio.timeout(5), _client(
+                self.config, f"rq-rebuilder-{self.config.node.id}-bye", False
+            ) as c:
+                await self._publish_status(c, "offline")
+        except (aiomqtt.MqttError, TimeoutError) as e:
+            log.info("could not publish offline status: %s", e)
+
+
+async def flush_once(config: Config, store: Store, deadline_s: float = 30.0) -> int:
+    """Publish every pending outbox row now (``rebuilder revoke --publish-now``); rows sent."""
+    sent = 0
+    async with asyncio.timeout(deadline_s), _client(
+        config, f"rq-rebuilder-{config.node.id}-cli", False
+    ) as c:
+        topic = attestation_topic(config.node.id)
+        while rows := await store.pending_outbox(BATCH):
+            for row in rows:
+                await c.publish(topic, row.envelope, qos=1, properties=_json_props())
+                await store.mark_published(row.seq)
+                sent += 1
+    return sent
