@@ -36,3 +36,11 @@ class UnreachableError(VerifierError):
 
 class ConfigError(VerifierError):
     """A local configuration file (policy, node config) is invalid."""
+
+
+class HTTPStatusError(UnreachableError):
+    """A peer answered with an HTTP status other than 200 (``status`` holds it)."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(url, f"HTTP status {status}")
+        self.status = status

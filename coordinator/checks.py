@@ -1,0 +1,295 @@
+"""Checks on what rebuilders send, before anything is stored: bytes in, a verdict out, no I/O.
+
+``check_envelope`` follows ARCHITECTURE §4.2 and §4.6 in order: size cap, DSSE parse, signature
+under the key of the rebuilder *named by the topic or URL*, and only then the statement::
+
+    result = check_envelope(message.payload, config.rebuilder("rb-alpha"))
+    if isinstance(result, Dropped):
+        metrics.dropped[result.reason] += 1
+
+Everything returned is plain data (picklable), so checking can run in a worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from verifier.dsse import Envelope, strict_json_loads
+from verifier.errors import BadDataError
+from verifier.keys import Ed25519PublicKey, KeyId
+from verifier.statement import RebuildStatement, RevocationStatement, parse_statement
+
+__all__ = [
+    "DROP_REASONS",
+    "Accepted",
+    "DropReason",
+    "Dropped",
+    "OutputRow",
+    "Status",
+    "check_batch",
+    "check_envelope",
+    "check_envelope_dict",
+    "check_message",
+    "init_worker",
+    "parse_status",
+]
+
+DropReason = Literal[
+    "oversized",
+    "malformed",
+    "unknown-rebuilder",
+    "wrong-key",
+    "bad-signature",
+    "bad-statement",
+]
+DROP_REASONS: tuple[DropReason, ...] = (
+    "oversized",
+    "malformed",
+    "unknown-rebuilder",
+    "wrong-key",
+    "bad-signature",
+    "bad-statement",
+)
+
+Kind = Literal["rebuild", "failure", "revocation"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRow:
+    name: str
+    verdict: str
+    rebuilt: str | None
+    buildinfo: str | None
+    repository: str | None
+    report_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A verified envelope and the fields the coordinator indexes it by."""
+
+    rebuilder: str
+    digest: str  # hex sha256 of the canonical serialization (Envelope.digest())
+    body: bytes  # canonical serialization, as stored and served
+    kind: Kind
+    source: str | None = None
+    version: str | None = None
+    architecture: str | None = None
+    verdict: Literal["reproduced", "mismatch", "failed"] | None = None
+    finished: str | None = None  # RFC 3339
+    invocation: str | None = None  # runDetails.metadata.invocationId
+    subjects: tuple[tuple[str, str], ...] = ()  # (name, hex sha256)
+    outputs: tuple[OutputRow, ...] = ()
+    failure: str | None = None
+    revoked: str | None = None  # for a revocation: the revoked envelope's digest
+    reason: str | None = None  # for a revocation
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    rebuilder: str
+    reason: DropReason
+    detail: str
+
+
+def _verify(env: Envelope, rebuilder_id: str, key: Ed25519PublicKey, kid: KeyId) -> Dropped | None:
+    if env.verify(key, kid):
+        return None
+    # The keyid is only a hint, so it never makes a signature valid; it does tell an operator
+    # whether someone signed with another key or modified a payload signed with the right one.
+    if any(s.keyid == kid for s in env.signatures):
+        return Dropped(
+            rebuilder_id,
+            "bad-signature",
+            f"signature of {rebuilder_id} does not verify under keyid {kid[:12]}…: "
+            "payload was modified or the signature is corrupt",
+        )
+    hints = ", ".join(s.keyid[:12] or "(none)" for s in env.signatures)
+    return Dropped(
+        rebuilder_id,
+        "wrong-key",
+        f"no signature verifies under {rebuilder_id}'s keyid {kid[:12]}… (signed by {hints})",
+    )
+
+
+def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
+    try:
+        statement = parse_statement(env.payload)
+    except BadDataError as e:
+        return Dropped(rebuilder_id, "bad-statement", str(e))
+    body = env.to_bytes()
+    digest = hashlib.sha256(body).hexdigest()  # Envelope.digest(), without serializing twice
+    if isinstance(statement, RevocationStatement):
+        return Accepted(
+            rebuilder=rebuilder_id,
+            digest=digest,
+            body=body,
+            kind="revocation",
+            finished=_rfc3339(statement.revoked_on),
+            revoked=statement.revoked,
+            reason=statement.reason,
+        )
+    assert isinstance(statement, RebuildStatement)
+    if statement.failed:
+        verdict: Literal["reproduced", "mismatch", "failed"] = "failed"
+    elif statement.verdicts and all(v.verdict == "reproduced" for v in statement.verdicts):
+        verdict = "reproduced"
+    else:
+        verdict = "mismatch"
+    pkg = statement.package
+    return Accepted(
+        rebuilder=rebuilder_id,
+        digest=digest,
+        body=body,
+        kind="failure" if statement.failed else "rebuild",
+        source=pkg.name,
+        version=pkg.version,
+        architecture=pkg.architecture,
+        verdict=verdict,
+        finished=_rfc3339(statement.finished_on),
+        invocation=statement.invocation_id,
+        subjects=tuple((s.name, s.sha256) for s in statement.subjects),
+        outputs=tuple(
+            OutputRow(v.name, v.verdict, v.rebuilt, v.buildinfo, v.repository, v.report_url)
+            for v in statement.verdicts
+        ),
+        failure=statement.failure,
+    )
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_envelope(
+    data: bytes,
+    rebuilder_id: str,
+    key: Ed25519PublicKey | None,
+    kid: KeyId | None,
+    max_bytes: int = 1024 * 1024,
+) -> Accepted | Dropped:
+    """Verify one serialized envelope said to come from ``rebuilder_id`` (key None: unknown)."""
+    if key is None or kid is None:
+        return Dropped(rebuilder_id, "unknown-rebuilder", f"{rebuilder_id!r} is not registered")
+    if len(data) > max_bytes:
+        return Dropped(rebuilder_id, "oversized", f"{len(data)} bytes, limit {max_bytes}")
+    try:
+        env = Envelope.from_bytes(data)
+    except BadDataError as e:
+        return Dropped(rebuilder_id, "malformed", str(e))
+    return _verify(env, rebuilder_id, key, kid) or _summarize(rebuilder_id, env)
+
+
+def check_envelope_dict(
+    obj: object,
+    rebuilder_id: str,
+    key: Ed25519PublicKey,
+    kid: KeyId,
+    max_bytes: int = 1024 * 1024,
+) -> Accepted | Dropped:
+    """As ``check_envelope`` for an envelope already parsed from a larger JSON document."""
+    try:
+        env = Envelope.from_dict(obj)
+    except BadDataError as e:
+        return Dropped(rebuilder_id, "malformed", str(e))
+    if len(env.payload) > max_bytes:
+        return Dropped(rebuilder_id, "oversized", f"payload over {max_bytes} bytes")
+    return _verify(env, rebuilder_id, key, kid) or _summarize(rebuilder_id, env)
+
+
+Keys = dict[str, tuple[Ed25519PublicKey, KeyId]]
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_message(
+    rebuilder_id: str, payload: bytes, keys: Keys, max_bytes: int = 1024 * 1024
+) -> Accepted | Dropped:
+    """Check one MQTT message for the rebuilder its topic names (``keys``: the registered)."""
+    key, kid = keys.get(rebuilder_id, (None, None))
+    if key is None and not _ID.fullmatch(rebuilder_id):
+        # The topic level is attacker-chosen text: keep it printable and short in logs.
+        rebuilder_id = rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
+    return check_envelope(payload, rebuilder_id, key, kid, max_bytes)
+
+
+# ---- checking in worker processes ----------------------------------------------------------
+# Ed25519 verification holds the GIL, so on a multi-core machine the coordinator checks
+# batches in a process pool; each worker loads the registered public keys once.
+
+_worker_keys: Keys = {}
+_worker_max_bytes = 1024 * 1024
+
+
+def init_worker(pems: dict[str, str], max_bytes: int) -> None:
+    from verifier.keys import keyid, load_public_key
+
+    global _worker_max_bytes
+    _worker_keys.clear()
+    for rid, pem in pems.items():
+        key = load_public_key(pem)
+        _worker_keys[rid] = (key, keyid(key))
+    _worker_max_bytes = max_bytes
+
+
+def check_batch(items: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
+    """``check_message`` over a batch, in a worker set up by ``init_worker``."""
+    return [check_message(rid, payload, _worker_keys, _worker_max_bytes) for rid, payload in items]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A node's retained status message (docs/api.md, MQTT)."""
+
+    state: Literal["online", "offline"]
+    queue: int | None = None
+    running: int | None = None
+    version: str | None = None
+    time: datetime | None = None
+
+
+_VERSION = re.compile(r"[A-Za-z0-9.+~_-]{1,64}")
+
+
+def _count(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 10**9:
+        raise BadDataError("status", f"{what} must be a non-negative integer")
+    return value
+
+
+def parse_status(data: bytes, max_bytes: int = 4096) -> Status:
+    """Validate a status message; raises ``BadDataError`` naming what was wrong."""
+    if len(data) > max_bytes:
+        raise BadDataError("status", f"{len(data)} bytes, limit {max_bytes}")
+    obj = strict_json_loads(data, "status")
+    if not isinstance(obj, dict):
+        raise BadDataError("status", "not a JSON object")
+    state = obj.get("state")
+    if state not in ("online", "offline"):
+        raise BadDataError("status", f"state {state!r} is not 'online' or 'offline'")
+    version = obj.get("version")
+    if version is not None and (not isinstance(version, str) or not _VERSION.fullmatch(version)):
+        raise BadDataError("status", "version must be a short version string")
+    when: datetime | None = None
+    raw_time = obj.get("time")
+    if raw_time is not None:
+        if not isinstance(raw_time, str) or len(raw_time) > 64:
+            raise BadDataError("status", "time must be an RFC 3339 string")
+        try:
+            when = datetime.fromisoformat(raw_time.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise BadDataError("status", f"time {raw_time!r} is not RFC 3339") from e
+        if when.tzinfo is None:
+            raise BadDataError("status", "time has no time zone")
+    return Status(
+        state=state,
+        queue=_count(obj.get("queue"), "queue"),
+        running=_count(obj.get("running"), "running"),
+        version=version,
+        time=when,
+    )

@@ -1,0 +1,246 @@
+"""The coordinator's ingest: a bounded queue of received messages, checked and stored in batches.
+
+MQTT (``coordinator.mqtt``) and HTTP catch-up (``coordinator.catchup``) both hand what they
+receive to ``Ingest``; it verifies every envelope (``coordinator.checks``) before storing it,
+counts every drop by reason, and reports new disagreements to whoever publishes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from coordinator.checks import (
+    Accepted,
+    Dropped,
+    check_batch,
+    check_message,
+    init_worker,
+    parse_status,
+)
+from coordinator.config import CoordinatorConfig
+from coordinator.store import BatchResult, Disagreement, Store
+from verifier.errors import BadDataError
+from verifier.keys import public_key_pem
+
+__all__ = ["Ingest", "Metrics"]
+
+log = logging.getLogger(__name__)
+
+# Checking one envelope takes ~0.2 ms; yielding every few of them keeps queries answered fast
+# while a large batch is being verified.
+_YIELD_EVERY = 16
+_IN_FLIGHT = 4  # batches being checked while one is stored
+_COALESCE_S = 0.005
+
+
+@dataclass
+class Metrics:
+    received: Counter[str] = field(default_factory=Counter)  # by source: mqtt | http
+    ingested: Counter[str] = field(default_factory=Counter)  # newly stored, by source
+    duplicates: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    dropped_by_rebuilder: Counter[str] = field(default_factory=Counter)
+    status_invalid: int = 0
+    catchup_errors: Counter[str] = field(default_factory=Counter)  # by rebuilder
+    disagreements_published: int = 0
+
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+class Ingest:
+    """Receives raw messages, verifies them, stores them; one writer task, batched."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: Store,
+        on_disagreement: Callable[[Disagreement], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = Metrics()
+        self.on_disagreement = on_disagreement
+        self._keys = {r.id: (r.public_key, r.keyid) for r in config.rebuilders}
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(
+            config.limits.ingest_queue
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._log_budget: Counter[str] = Counter()
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_flight = 0
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    async def submit(self, rebuilder_id: str, payload: bytes) -> None:
+        """Queue one MQTT attestation message (waits when the queue is full: backpressure)."""
+        self.metrics.received["mqtt"] += 1
+        self._idle.clear()
+        await self._queue.put((rebuilder_id, payload))
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def drained(self) -> None:
+        """Wait until every submitted message has been checked and stored (for tests, demo)."""
+        await self._idle.wait()
+
+    def drop(self, d: Dropped, source: str) -> None:
+        self.metrics.dropped[d.reason] += 1
+        self.metrics.dropped_by_rebuilder[d.rebuilder] += 1
+        # A flood of forged messages must not flood the log: the first few of each reason are
+        # logged, then one in a thousand; the counters in /metrics stay exact.
+        n = self._log_budget[d.reason]
+        self._log_budget[d.reason] += 1
+        if n < 20 or n % 1000 == 0:
+            log.warning(
+                "dropped %s message for rebuilder %r: %s: %s (%d so far)",
+                source,
+                d.rebuilder[:80],
+                d.reason,
+                d.detail[:300],
+                n + 1,
+            )
+
+    def check(self, rebuilder_id: str, payload: bytes) -> Accepted | Dropped:
+        return check_message(
+            rebuilder_id, payload, self._keys, self.config.limits.max_envelope_bytes
+        )
+
+    def start_workers(self, n: int) -> None:
+        """Check envelopes in ``n`` worker processes (0: in this process, between tasks)."""
+        if n <= 0:
+            return
+        pems = {r.id: public_key_pem(r.public_key) for r in self.config.rebuilders}
+        # spawn, not fork: this process already runs threads (aiosqlite, the MQTT client).
+        self._pool = ProcessPoolExecutor(
+            n,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(pems, self.config.limits.max_envelope_bytes),
+        )
+
+    def stop_workers(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _check_many(self, batch: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, check_batch, batch)
+        results: list[Accepted | Dropped] = []
+        for i, (rebuilder_id, payload) in enumerate(batch):
+            results.append(self.check(rebuilder_id, payload))
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        return results
+
+    async def handle_status(self, rebuilder_id: str, payload: bytes) -> None:
+        if rebuilder_id not in self._keys:
+            self.metrics.status_invalid += 1
+            return
+        try:
+            status = parse_status(payload, self.config.limits.max_status_bytes)
+        except BadDataError as e:
+            self.metrics.status_invalid += 1
+            log.warning("invalid status message from %s: %s", rebuilder_id, e)
+            return
+        now = time.time()
+        seen: float | None = None
+        if status.state == "online":
+            # A retained message can be old: never believe it is newer than now.
+            seen = min(now, status.time.timestamp()) if status.time else now
+        await self.store.record_status(
+            rebuilder_id,
+            status.state,
+            {
+                "state": status.state,
+                "queue": status.queue,
+                "running": status.running,
+                "version": status.version,
+                "time": status.time.isoformat() if status.time else None,
+            },
+            seen,
+        )
+
+    # ---- storing -------------------------------------------------------------------------
+
+    async def save(
+        self, accepted: Sequence[Accepted], source: str, cursor: tuple[str, str] | None = None
+    ) -> BatchResult:
+        result = await self.store.store_batch(accepted, cursor=cursor)
+        self.metrics.ingested[source] += len(result.stored)
+        self.metrics.duplicates += result.duplicates
+        for d in result.new_disagreements:
+            log.warning(
+                "disagreement on %s %s %s: %s", d.source, d.version, d.artifact, d.digests
+            )
+            if self.on_disagreement is not None:
+                try:
+                    await self.on_disagreement(d)
+                except Exception:  # publishing is best effort: the row is stored and served
+                    log.exception("could not publish disagreement %d", d.id)
+        return result
+
+    async def run(self) -> None:
+        """Take what is queued, check it (in workers when there are), store it in batches.
+
+        Checking and storing overlap: while one batch is written, the next ones are checked.
+        """
+        checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]] = asyncio.Queue(
+            _IN_FLIGHT
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._check_stage(checked), name="ingest check")
+            tg.create_task(self._store_stage(checked), name="ingest store")
+
+    async def _check_stage(
+        self, checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]]
+    ) -> None:
+        limit = self.config.limits.ingest_batch
+        while True:
+            batch = [await self._queue.get()]
+            if self._pool is not None and self._queue.qsize() < limit // 4:
+                # Sending a handful of messages to a worker costs more than checking them;
+                # a few milliseconds of patience make the batches worth the trip.
+                await asyncio.sleep(_COALESCE_S)
+            while len(batch) < limit and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._in_flight += 1
+            await checked.put(asyncio.create_task(self._check_many(batch)))
+
+    async def _store_stage(
+        self, checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]]
+    ) -> None:
+        while True:
+            task = await checked.get()
+            try:
+                results = await task
+            except Exception:
+                log.exception("checking a batch failed; catch-up will fetch it again")
+                results = []
+            accepted: list[Accepted] = []
+            for result in results:
+                if isinstance(result, Dropped):
+                    self.drop(result, "mqtt")
+                else:
+                    accepted.append(result)
+            if accepted:
+                try:
+                    await self.save(accepted, "mqtt")
+                except Exception:
+                    # The database refused (disk full?). The messages are lost here but not
+                    # for good: catch-up fetches them from their rebuilders again.
+                    log.exception("could not store %d envelopes", len(accepted))
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._queue.empty():
+                self._idle.set()

@@ -1,0 +1,633 @@
+"""The coordinator's SQLite database (aiosqlite, WAL): verified envelopes and what they index.
+
+One writer connection stores batches of verified envelopes in one transaction each; a second,
+read-only connection answers queries, so readers never wait for the writer (WAL)::
+
+    store = await Store.open(Path("coordinator.db"))
+    result = await store.store_batch(accepted, now=time.time())
+    bodies = await store.envelopes_for_digest(hex_digest)
+
+Only envelopes that passed ``coordinator.checks`` are ever stored. The schema carries a version
+(``PRAGMA user_version``) and is migrated forward on open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from coordinator.checks import Accepted
+
+__all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "Store"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE envelopes (
+        id INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL UNIQUE,      -- sha256 of the canonical serialization
+        rebuilder TEXT NOT NULL,
+        kind TEXT NOT NULL,               -- rebuild | failure | revocation
+        source TEXT, version TEXT, architecture TEXT,
+        verdict TEXT,                     -- reproduced | mismatch | failed (NULL: revocation)
+        invocation TEXT,
+        failure TEXT,                     -- why a failed build failed
+        finished TEXT,                    -- RFC 3339, from the signed statement
+        received REAL NOT NULL,           -- when the coordinator stored it (unix time)
+        body BLOB NOT NULL                -- canonical envelope bytes, served as received
+    );
+    CREATE INDEX envelopes_package ON envelopes(source, version);
+    CREATE TABLE subjects (
+        envelope_id INTEGER NOT NULL REFERENCES envelopes(id),
+        rebuilder TEXT NOT NULL,
+        source TEXT NOT NULL, version TEXT NOT NULL,
+        name TEXT NOT NULL,
+        sha256 BLOB NOT NULL
+    );
+    CREATE INDEX subjects_sha256 ON subjects(sha256);
+    CREATE INDEX subjects_artifact ON subjects(source, version, name);
+    CREATE TABLE outputs (
+        envelope_id INTEGER NOT NULL REFERENCES envelopes(id),
+        name TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        rebuilt TEXT, buildinfo TEXT, repository TEXT,
+        report_url TEXT
+    );
+    CREATE INDEX outputs_envelope ON outputs(envelope_id);
+    CREATE TABLE revocations (
+        envelope_id INTEGER NOT NULL REFERENCES envelopes(id),
+        rebuilder TEXT NOT NULL,
+        revoked BLOB NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX revocations_revoked ON revocations(revoked);
+    CREATE TABLE counts (
+        rebuilder TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (rebuilder, verdict)
+    ) WITHOUT ROWID;
+    CREATE TABLE rebuilders (
+        id TEXT PRIMARY KEY,
+        cursor TEXT NOT NULL DEFAULT '0',
+        last_seen REAL,
+        state TEXT,                       -- from the last status message
+        status TEXT,                      -- that message, validated, as JSON
+        last_error TEXT,
+        last_catchup REAL
+    );
+    CREATE TABLE disagreements (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL, version TEXT NOT NULL, artifact TEXT NOT NULL,
+        digests TEXT NOT NULL,            -- JSON {rebuilder: hex}
+        conflicts TEXT NOT NULL,          -- JSON [{rebuilder, sha256, envelope}]
+        detected_at REAL NOT NULL,
+        UNIQUE (source, version, artifact)
+    );
+    """,
+}
+
+
+def rfc3339(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    id: int
+    source: str
+    version: str
+    artifact: str
+    digests: dict[str, str]
+    conflicts: list[dict[str, str]]
+    detected_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of docs/api.md (plus ``conflicts``: every distinct rebuilder/digest pair)."""
+        return {
+            "id": self.id,
+            "package": {"ecosystem": "debian", "name": self.source, "version": self.version},
+            "artifact": self.artifact,
+            "digests": self.digests,
+            "conflicts": self.conflicts,
+            "detected_at": rfc3339(self.detected_at),
+        }
+
+
+@dataclass
+class BatchResult:
+    stored: list[Accepted] = field(default_factory=list)
+    duplicates: int = 0
+    new_disagreements: list[Disagreement] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RebuilderState:
+    id: str
+    cursor: str
+    last_seen: float | None
+    state: str | None
+    status: dict[str, Any] | None
+    last_error: str | None
+    last_catchup: float | None
+
+
+def _chunks(items: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class Store:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._w = writer
+        self._r = reader
+        self._lock = asyncio.Lock()  # one transaction at a time on the writer connection
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await writer.execute("PRAGMA synchronous=NORMAL")
+            await writer.execute("PRAGMA busy_timeout=10000")
+            await _migrate(writer)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            await writer.close()
+            raise
+        await reader.execute("PRAGMA busy_timeout=10000")
+        await reader.execute("PRAGMA query_only=ON")
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._r.close()
+        await self._w.close()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    async def ensure_rebuilders(self, ids: Iterable[str]) -> None:
+        await self._w.executemany(
+            "INSERT OR IGNORE INTO rebuilders(id) VALUES (?)", [(i,) for i in ids]
+        )
+
+    async def store_batch(
+        self,
+        items: Sequence[Accepted],
+        now: float | None = None,
+        cursor: tuple[str, str] | None = None,
+    ) -> BatchResult:
+        """Store verified envelopes in one transaction; the same envelope twice is one row.
+
+        ``cursor`` (rebuilder id, cursor) is saved in the same transaction, so a catch-up page
+        is either stored with its cursor or not at all.
+        """
+        now = time.time() if now is None else now
+        result = BatchResult()
+        unique: dict[str, Accepted] = {}
+        for a in items:
+            unique.setdefault(a.digest, a)
+        result.duplicates = len(items) - len(unique)
+        async with self._lock:
+            return await self._store_locked(unique, now, cursor, result)
+
+    async def _store_locked(
+        self,
+        unique: dict[str, Accepted],
+        now: float,
+        cursor: tuple[str, str] | None,
+        result: BatchResult,
+    ) -> BatchResult:
+        await self._w.execute("BEGIN IMMEDIATE")
+        try:
+            existing: set[bytes] = set()
+            keys = [bytes.fromhex(d) for d in unique]
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                async with self._w.execute(
+                    f"SELECT digest FROM envelopes WHERE digest IN ({marks})",  # noqa: S608  # only ? marks
+                    tuple(chunk),
+                ) as cur:
+                    existing.update(row[0] for row in await cur.fetchall())
+            new = [a for a in unique.values() if bytes.fromhex(a.digest) not in existing]
+            result.duplicates += len(unique) - len(new)
+            if new:
+                await self._insert(new, now, result)
+            if cursor is not None:
+                await self._w.execute(
+                    "UPDATE rebuilders SET cursor = ?, last_catchup = ?, last_seen = ?,"
+                    " last_error = NULL, state = 'online' WHERE id = ?",
+                    (cursor[1], now, now, cursor[0]),
+                )
+            await self._w.execute("COMMIT")
+        except BaseException:
+            await self._w.execute("ROLLBACK")
+            raise
+        result.stored = new
+        return result
+
+    async def _insert(self, new: list[Accepted], now: float, result: BatchResult) -> None:
+        async with self._w.execute("SELECT COALESCE(MAX(id), 0) FROM envelopes") as cur:
+            row = await cur.fetchone()
+        first = int(row[0]) + 1 if row else 1
+        env_rows = []
+        subject_rows = []
+        output_rows = []
+        revocation_rows = []
+        counts: Counter[tuple[str, str]] = Counter()
+        seen_rebuilders: dict[str, float] = {}
+        for i, a in enumerate(new):
+            eid = first + i
+            env_rows.append(
+                (
+                    eid,
+                    bytes.fromhex(a.digest),
+                    a.rebuilder,
+                    a.kind,
+                    a.source,
+                    a.version,
+                    a.architecture,
+                    a.verdict,
+                    a.invocation,
+                    a.failure,
+                    a.finished,
+                    now,
+                    a.body,
+                )
+            )
+            for name, sha in a.subjects:
+                subject_rows.append(
+                    (eid, a.rebuilder, a.source, a.version, name, bytes.fromhex(sha))
+                )
+            for o in a.outputs:
+                output_rows.append(
+                    (eid, o.name, o.verdict, o.rebuilt, o.buildinfo, o.repository, o.report_url)
+                )
+            if a.revoked is not None:
+                revocation_rows.append(
+                    (eid, a.rebuilder, bytes.fromhex(a.revoked), a.reason or "")
+                )
+            if a.verdict is not None:
+                counts[(a.rebuilder, a.verdict)] += 1
+            seen_rebuilders[a.rebuilder] = now
+        await self._w.executemany(
+            "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version, architecture,"
+            " verdict, invocation, failure, finished, received, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            env_rows,
+        )
+        if subject_rows:
+            await self._w.executemany(
+                "INSERT INTO subjects(envelope_id, rebuilder, source, version, name, sha256)"
+                " VALUES (?,?,?,?,?,?)",
+                subject_rows,
+            )
+        if output_rows:
+            await self._w.executemany(
+                "INSERT INTO outputs(envelope_id, name, verdict, rebuilt, buildinfo, repository,"
+                " report_url) VALUES (?,?,?,?,?,?,?)",
+                output_rows,
+            )
+        if revocation_rows:
+            await self._w.executemany(
+                "INSERT INTO revocations(envelope_id, rebuilder, revoked, reason)"
+                " VALUES (?,?,?,?)",
+                revocation_rows,
+            )
+        if counts:
+            await self._w.executemany(
+                "INSERT INTO counts(rebuilder, verdict, n) VALUES (?,?,?)"
+                " ON CONFLICT(rebuilder, verdict) DO UPDATE SET n = n + excluded.n",
+                [(r, v, n) for (r, v), n in counts.items()],
+            )
+        await self._w.executemany(
+            "UPDATE rebuilders SET last_seen = MAX(COALESCE(last_seen, 0), ?), state = 'online'"
+            " WHERE id = ?",
+            [(t, r) for r, t in seen_rebuilders.items()],
+        )
+        artifacts = sorted({(a.source, a.version, n) for a in new for n, _ in a.subjects})
+        if artifacts:
+            result.new_disagreements.extend(await self._detect(artifacts, now))
+
+    async def _detect(
+        self, artifacts: Sequence[tuple[str | None, str | None, str]], now: float
+    ) -> list[Disagreement]:
+        """Record a disagreement for every touched artifact that now has two digests."""
+        conflicted: list[tuple[str, str, str]] = []
+        for chunk in _chunks(artifacts, 300):
+            values = ",".join("(?,?,?)" for _ in chunk)
+            params = [p for a in chunk for p in a]
+            async with self._w.execute(
+                "SELECT source, version, name FROM subjects"  # noqa: S608  # only ? marks
+                f" WHERE (source, version, name) IN (VALUES {values})"
+                " GROUP BY source, version, name HAVING COUNT(DISTINCT sha256) > 1",
+                params,
+            ) as cur:
+                conflicted.extend((r[0], r[1], r[2]) for r in await cur.fetchall())
+        fresh: list[Disagreement] = []
+        for source, version, name in conflicted:
+            async with self._w.execute(
+                "SELECT s.rebuilder, s.sha256, e.digest FROM subjects s"
+                " JOIN envelopes e ON e.id = s.envelope_id"
+                " WHERE s.source = ? AND s.version = ? AND s.name = ? ORDER BY s.envelope_id",
+                (source, version, name),
+            ) as cur:
+                rows = await cur.fetchall()
+            digests: dict[str, str] = {}
+            conflicts: list[dict[str, str]] = []
+            pairs: set[tuple[str, bytes]] = set()
+            for rebuilder, sha, env in rows:
+                digests[rebuilder] = sha.hex()
+                if (rebuilder, sha) not in pairs:
+                    pairs.add((rebuilder, sha))
+                    conflicts.append(
+                        {"rebuilder": rebuilder, "sha256": sha.hex(), "envelope": env.hex()}
+                    )
+            async with self._w.execute(
+                "SELECT id, detected_at FROM disagreements"
+                " WHERE source = ? AND version = ? AND artifact = ?",
+                (source, version, name),
+            ) as cur:
+                old = await cur.fetchone()
+            if old is None:
+                async with self._w.execute(
+                    "INSERT INTO disagreements(source, version, artifact, digests, conflicts,"
+                    " detected_at) VALUES (?,?,?,?,?,?) RETURNING id",
+                    (source, version, name, json.dumps(digests), json.dumps(conflicts), now),
+                ) as cur:
+                    row = await cur.fetchone()
+                assert row is not None
+                fresh.append(
+                    Disagreement(int(row[0]), source, version, name, digests, conflicts, now)
+                )
+            else:
+                await self._w.execute(
+                    "UPDATE disagreements SET digests = ?, conflicts = ? WHERE id = ?",
+                    (json.dumps(digests), json.dumps(conflicts), old[0]),
+                )
+        return fresh
+
+    async def record_status(
+        self, rebuilder: str, state: str, status: dict[str, Any], seen: float | None
+    ) -> None:
+        """Store a status message; ``seen`` (None for 'offline') moves last_seen forward."""
+        async with self._lock:
+            await self._w.execute(
+                "UPDATE rebuilders SET state = ?, status = ?,"
+                " last_seen = MAX(COALESCE(last_seen, 0), COALESCE(?, 0)) WHERE id = ?",
+                (state, json.dumps(status), seen, rebuilder),
+            )
+
+    async def record_catchup_error(self, rebuilder: str, error: str, now: float) -> None:
+        async with self._lock:
+            await self._w.execute(
+                "UPDATE rebuilders SET last_error = ?, last_catchup = ? WHERE id = ?",
+                (error[:500], now, rebuilder),
+            )
+
+    async def record_catchup_ok(self, rebuilder: str, now: float) -> None:
+        async with self._lock:
+            await self._w.execute(
+                "UPDATE rebuilders SET last_error = NULL, last_catchup = ?, state = 'online',"
+                " last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+                (now, now, rebuilder),
+            )
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def cursor(self, rebuilder: str) -> str:
+        rows = await self._all("SELECT cursor FROM rebuilders WHERE id = ?", (rebuilder,))
+        return str(rows[0][0]) if rows else "0"
+
+    async def rebuilder_states(self) -> dict[str, RebuilderState]:
+        rows = await self._all(
+            "SELECT id, cursor, last_seen, state, status, last_error, last_catchup FROM rebuilders"
+        )
+        return {
+            r[0]: RebuilderState(
+                r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6]
+            )
+            for r in rows
+        }
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for rebuilder, verdict, n in await self._all("SELECT rebuilder, verdict, n FROM counts"):
+            out.setdefault(rebuilder, {})[verdict] = int(n)
+        return out
+
+    async def envelopes_for_digest(self, sha256_hex: str) -> list[bytes]:
+        """Every stored envelope with a subject of that digest, then the revocations of those."""
+        rows = await self._all(
+            "SELECT e.digest, e.body FROM subjects s JOIN envelopes e ON e.id = s.envelope_id"
+            " WHERE s.sha256 = ? ORDER BY e.id",
+            (bytes.fromhex(sha256_hex),),
+        )
+        bodies: list[bytes] = []
+        seen: set[bytes] = set()
+        for digest, body in rows:
+            if digest not in seen:
+                seen.add(digest)
+                bodies.append(body)
+        return bodies + await self._revocations_of(list(seen))
+
+    async def _revocations_of(self, digests: Sequence[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in _chunks(list(digests)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self._all(
+                "SELECT DISTINCT e.id, e.body FROM revocations r"  # noqa: S608  # only ? marks
+                f" JOIN envelopes e ON e.id = r.envelope_id WHERE r.revoked IN ({marks})"
+                " ORDER BY e.id",
+                tuple(chunk),
+            )
+            out.extend(r[1] for r in rows)
+        return out
+
+    async def envelopes_for_package(self, source: str, version: str) -> list[bytes]:
+        rows = await self._all(
+            "SELECT digest, body FROM envelopes WHERE source = ? AND version = ? ORDER BY id",
+            (source, version),
+        )
+        return [r[1] for r in rows] + await self._revocations_of([r[0] for r in rows])
+
+    async def package_results(self, source: str, version: str) -> list[dict[str, Any]]:
+        """Per envelope of that package: rebuilder, verdict, outputs, revoked or not."""
+        rows = await self._all(
+            "SELECT e.id, e.digest, e.rebuilder, e.kind, e.architecture, e.verdict, e.invocation,"
+            " e.finished, e.failure, EXISTS(SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
+            " AND r.rebuilder = e.rebuilder) FROM envelopes e"
+            " WHERE e.source = ? AND e.version = ? ORDER BY e.id",
+            (source, version),
+        )
+        results: list[dict[str, Any]] = []
+        by_id: dict[int, dict[str, Any]] = {}
+        for eid, digest, rebuilder, kind, arch, verdict, invocation, finished, failure, revoked in (
+            rows
+        ):
+            entry = {
+                "envelope": digest.hex(),
+                "rebuilder": rebuilder,
+                "kind": kind,
+                "architecture": arch,
+                "verdict": verdict,
+                "invocation": invocation,
+                "finished": finished,
+                "failure": failure,
+                "revoked": bool(revoked),
+                "outputs": [],
+            }
+            by_id[eid] = entry
+            results.append(entry)
+        if by_id:
+            ids = list(by_id)
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for eid, name, verdict, rebuilt, buildinfo, repo, report in await self._all(
+                    "SELECT envelope_id, name, verdict, rebuilt, buildinfo, repository,"  # noqa: S608
+                    f" report_url FROM outputs WHERE envelope_id IN ({marks}) ORDER BY rowid",
+                    tuple(chunk),
+                ):
+                    by_id[eid]["outputs"].append(
+                        {
+                            "name": name,
+                            "verdict": verdict,
+                            "rebuilt": rebuilt,
+                            "buildinfo": buildinfo,
+                            "repository": repo,
+                            "report_url": report,
+                        }
+                    )
+        return results
+
+    async def search_packages(
+        self, query: str, limit: int, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Package versions whose source name contains ``query``, with per-rebuilder verdicts."""
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pkgs = await self._all(
+            "SELECT source, version, MAX(id) AS latest FROM envelopes"
+            " WHERE source IS NOT NULL AND source LIKE ? ESCAPE '\\'"
+            " GROUP BY source, version ORDER BY source, latest DESC LIMIT ? OFFSET ?",
+            (pattern, limit, offset),
+        )
+        out = []
+        for source, version, _ in pkgs:
+            verdicts: dict[str, str] = {}
+            for rebuilder, verdict in await self._all(
+                "SELECT rebuilder, verdict FROM envelopes WHERE source = ? AND version = ?"
+                " AND verdict IS NOT NULL ORDER BY id",
+                (source, version),
+            ):
+                verdicts[rebuilder] = verdict  # the latest attestation of each rebuilder wins
+            out.append({"source": source, "version": version, "verdicts": verdicts})
+        return out
+
+    async def disagreements(self, limit: int = 100, offset: int = 0) -> list[Disagreement]:
+        rows = await self._all(
+            "SELECT id, source, version, artifact, digests, conflicts, detected_at"
+            " FROM disagreements ORDER BY id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [
+            Disagreement(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
+            for r in rows
+        ]
+
+    async def disagreements_for(self, source: str, version: str) -> list[Disagreement]:
+        rows = await self._all(
+            "SELECT id, source, version, artifact, digests, conflicts, detected_at"
+            " FROM disagreements WHERE source = ? AND version = ? ORDER BY id",
+            (source, version),
+        )
+        return [
+            Disagreement(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6])
+            for r in rows
+        ]
+
+    async def output_report(
+        self, envelope_hex: str, artifact: str
+    ) -> tuple[str, str, str, dict[str, Any]] | None:
+        """(rebuilder, source, version, output row) of one output of one stored envelope."""
+        rows = await self._all(
+            "SELECT e.rebuilder, e.source, e.version, o.name, o.verdict, o.rebuilt, o.buildinfo,"
+            " o.repository, o.report_url FROM envelopes e JOIN outputs o ON o.envelope_id = e.id"
+            " WHERE e.digest = ? AND o.name = ?",
+            (bytes.fromhex(envelope_hex), artifact),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return (
+            r[0],
+            r[1],
+            r[2],
+            {
+                "name": r[3],
+                "verdict": r[4],
+                "rebuilt": r[5],
+                "buildinfo": r[6],
+                "repository": r[7],
+                "report_url": r[8],
+            },
+        )
+
+    async def totals(self) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT (SELECT COUNT(*) FROM envelopes), (SELECT COUNT(*) FROM disagreements),"
+            " (SELECT COUNT(*) FROM revocations)"
+        )
+        envelopes, disagreements, revocations = rows[0]
+        return {
+            "envelopes": int(envelopes),
+            "disagreements": int(disagreements),
+            "revocations": int(revocations),
+        }
+
+    async def count_for_rebuilder(self, rebuilder: str) -> int:
+        rows = await self._all("SELECT COUNT(*) FROM envelopes WHERE rebuilder = ?", (rebuilder,))
+        return int(rows[0][0])
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this coordinator's "
+            f"({SCHEMA_VERSION}); upgrade repro-quorum"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        log.info("migrating coordinator database to schema version %d", target)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {int(target)}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise

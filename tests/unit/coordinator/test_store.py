@@ -1,0 +1,137 @@
+"""The coordinator's database: idempotent storing, indexes, disagreement detection, migrations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from coordinator.checks import Accepted, check_envelope
+from coordinator.store import SCHEMA_VERSION, Store
+from tests.unit.coordinator.factory import Signer, sha
+from verifier.dsse import Envelope
+from verifier.keys import keyid
+
+A = Signer("rb-alpha")
+B = Signer("rb-beta")
+DEB = "hello_1.0-1_amd64.deb"
+
+
+def accepted(signer: Signer, env: Envelope) -> Accepted:
+    pub = signer.key.public_key()
+    r = check_envelope(env.to_bytes(), signer.id, pub, keyid(pub))
+    assert isinstance(r, Accepted)
+    return r
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = await Store.open(tmp_path / "c.db")
+    await s.ensure_rebuilders(["rb-alpha", "rb-beta"])
+    yield s
+    await s.close()
+
+
+async def test_same_envelope_twice_is_one_row(store: Store) -> None:
+    a = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    r1 = await store.store_batch([a, a])
+    r2 = await store.store_batch([a])
+    assert (len(r1.stored), r1.duplicates) == (1, 1)
+    assert (len(r2.stored), r2.duplicates) == (0, 1)
+    assert (await store.totals())["envelopes"] == 1
+    assert await store.envelopes_for_digest(sha("h")) == [a.body]
+    assert (await store.counts()) == {"rb-alpha": {"reproduced": 1}}
+
+
+async def test_lookup_by_digest_includes_revocations(store: Store) -> None:
+    env = A.rebuild("hello", "1.0-1", {DEB: sha("h")})
+    rev = A.revoke(env)
+    other = B.rebuild("other", "2", {"other_2_amd64.deb": sha("o")})
+    await store.store_batch([accepted(A, env), accepted(B, other)])
+    await store.store_batch([accepted(A, rev)])
+    bodies = await store.envelopes_for_digest(sha("h"))
+    assert bodies == [env.to_bytes(), rev.to_bytes()]
+    assert await store.envelopes_for_digest(sha("nothing")) == []
+    results = await store.package_results("hello", "1.0-1")
+    assert results[0]["revoked"] is True
+
+
+async def test_disagreement_between_rebuilders_recorded_once(store: Store) -> None:
+    a = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    b = accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("DIFFERENT")}, upstream={DEB: sha("h")}))
+    first = await store.store_batch([a])
+    assert first.new_disagreements == []
+    second = await store.store_batch([b])
+    assert len(second.new_disagreements) == 1
+    d = second.new_disagreements[0]
+    assert (d.source, d.version, d.artifact) == ("hello", "1.0-1", DEB)
+    assert d.digests == {"rb-alpha": sha("h"), "rb-beta": sha("DIFFERENT")}
+    # Another attestation for the same artifact does not record it again.
+    b2 = accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("DIFFERENT")}, invocation="again"))
+    third = await store.store_batch([b2])
+    assert third.new_disagreements == []
+    assert len(await store.disagreements()) == 1
+    assert (await store.disagreements())[0].to_dict()["package"]["name"] == "hello"
+
+
+async def test_one_rebuilder_signing_two_digests_is_a_disagreement(store: Store) -> None:
+    a1 = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("one")}, invocation="1"))
+    a2 = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("two")}, invocation="2"))
+    result = await store.store_batch([a1, a2])
+    assert len(result.new_disagreements) == 1
+    assert {c["sha256"] for c in result.new_disagreements[0].conflicts} == {sha("one"), sha("two")}
+
+
+async def test_agreement_is_not_a_disagreement(store: Store) -> None:
+    a = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    b = accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    assert (await store.store_batch([a, b])).new_disagreements == []
+    found = await store.envelopes_for_digest(sha("h"))
+    assert sorted(found) == sorted([a.body, b.body])
+
+
+async def test_cursor_saved_with_the_page(store: Store) -> None:
+    a = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    assert await store.cursor("rb-alpha") == "0"
+    await store.store_batch([a], cursor=("rb-alpha", "17"))
+    assert await store.cursor("rb-alpha") == "17"
+    states = await store.rebuilder_states()
+    assert states["rb-alpha"].state == "online" and states["rb-alpha"].last_seen
+
+
+async def test_search_and_package_views(store: Store) -> None:
+    await store.store_batch(
+        [
+            accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
+            accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("x")}, upstream={DEB: sha("h")})),
+            accepted(A, A.rebuild("world", "2", {"world_2_amd64.deb": sha("w")})),
+        ]
+    )
+    found = await store.search_packages("hel", 10)
+    assert found == [
+        {"source": "hello", "version": "1.0-1",
+         "verdicts": {"rb-alpha": "reproduced", "rb-beta": "mismatch"}}
+    ]
+    # LIKE wildcards in the query are literal characters.
+    assert await store.search_packages("%", 10) == []
+    assert len(await store.search_packages("", 10)) == 2
+
+
+async def test_schema_version_and_refuses_newer(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "c.db")
+    await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        await Store.open(tmp_path / "c.db")
+
+
+def test_disagreement_json_shape() -> None:
+    from coordinator.store import Disagreement
+
+    d = Disagreement(1, "hello", "1.0", DEB, {"rb-a": sha("a")}, [], 0.0)
+    assert json.loads(json.dumps(d.to_dict()))["detected_at"] == "1970-01-01T00:00:00Z"

@@ -1,0 +1,275 @@
+"""The verifier policy: which rebuilders to trust and how many must agree (ARCHITECTURE §4.4).
+
+A policy is a TOML file; ``Policy.load(path)`` reads and validates it and refuses anything
+ambiguous with a ``ConfigError`` naming the entry at fault::
+
+    policy = Policy.load(Path("/etc/repro-quorum/policy.toml"))
+    policy.threshold, [r.id for r in policy.rebuilders]
+
+Every check lives in the constructors, so an invalid ``Policy`` cannot exist.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from verifier.errors import BadDataError, ConfigError
+from verifier.keys import Ed25519PublicKey, KeyId, keyid, load_public_key
+from verifier.statement import Digest
+
+__all__ = ["DEFAULT_POLICY_PATH", "Distrust", "Policy", "TrustedRebuilder"]
+
+DEFAULT_POLICY_PATH = Path("/etc/repro-quorum/policy.toml")
+MAX_POLICY_BYTES = 1024 * 1024
+MAX_REBUILDERS = 256
+
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TOP_KEYS = frozenset(
+    {
+        "threshold",
+        "require_distinct_operators",
+        "reject_on_mismatch",
+        "max_age_days",
+        "rebuilder",
+        "distrust",
+    }
+)
+_REBUILDER_KEYS = frozenset({"id", "operator", "url", "public_key", "public_key_file"})
+_DISTRUST_KEYS = frozenset({"keyids", "digests"})
+
+
+def _int(value: object, name: str, minimum: int) -> int:
+    # bool is a subclass of int: `threshold = true` must not read as 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"policy: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"policy: {name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedRebuilder:
+    """One ``[[rebuilder]]`` entry: who runs it, where to ask, which key signs for it."""
+
+    id: str
+    operator: str
+    url: str
+    public_key: Ed25519PublicKey = field(compare=False, repr=False)
+    keyid: KeyId = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not _ID.fullmatch(self.id):
+            raise ConfigError(
+                f"policy: rebuilder id {self.id!r} must match [a-z0-9][a-z0-9-]{{0,62}}"
+            )
+        if not isinstance(self.operator, str) or not self.operator.strip():
+            raise ConfigError(f"policy: rebuilder {self.id!r} has an empty operator")
+        if len(self.operator) > 200:
+            raise ConfigError(f"policy: rebuilder {self.id!r} operator is over 200 characters")
+        if not isinstance(self.url, str):
+            raise ConfigError(f"policy: rebuilder {self.id!r} url must be a string")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(self.url) > 2048:
+            raise ConfigError(
+                f"policy: rebuilder {self.id!r} url {self.url!r} is not an http(s) URL"
+            )
+        if not isinstance(self.public_key, Ed25519PublicKey):
+            raise ConfigError(f"policy: rebuilder {self.id!r} public key is not Ed25519")
+        object.__setattr__(self, "keyid", keyid(self.public_key))
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+    @classmethod
+    def from_dict(cls, d: object, index: int, base_dir: Path) -> TrustedRebuilder:
+        where = f"[[rebuilder]] #{index + 1}"
+        if not isinstance(d, dict):
+            raise ConfigError(f"policy: {where} is not a table")
+        rid = d.get("id")
+        if isinstance(rid, str):
+            where = f"rebuilder {rid!r}"
+        unknown = sorted(set(d) - _REBUILDER_KEYS)
+        if unknown:
+            raise ConfigError(f"policy: {where} has unknown keys {', '.join(unknown)}")
+        for required in ("id", "operator", "url"):
+            if required not in d:
+                raise ConfigError(f"policy: {where} lacks {required!r}")
+        has_inline, has_file = "public_key" in d, "public_key_file" in d
+        if has_inline == has_file:
+            raise ConfigError(
+                f"policy: {where} needs exactly one of public_key and public_key_file"
+            )
+        if has_inline:
+            pem = d["public_key"]
+            if not isinstance(pem, str):
+                raise ConfigError(f"policy: {where} public_key must be a PEM string")
+            source = "public_key"
+        else:
+            name = d["public_key_file"]
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"policy: {where} public_key_file must be a path")
+            path = base_dir / name
+            source = f"public_key_file {path}"
+            try:
+                pem = path.read_text("ascii")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"policy: {where} cannot read {source}: {e}") from e
+        try:
+            key = load_public_key(pem)
+        except BadDataError as e:
+            raise ConfigError(f"policy: {where} {source} is unusable: {e.reason}") from e
+        return cls(id=rid, operator=d["operator"], url=d["url"], public_key=key)  # type: ignore[arg-type]  # types checked in __post_init__
+
+
+@dataclass(frozen=True, slots=True)
+class Distrust:
+    """Withdrawn keys and artifacts that must never pass."""
+
+    keyids: frozenset[KeyId] = frozenset()
+    digests: frozenset[Digest] = frozenset()
+
+    def __post_init__(self) -> None:
+        for k in self.keyids:
+            if not isinstance(k, str) or not _HEX64.fullmatch(k):
+                raise ConfigError(f"policy: [distrust] keyid {k!r} is not a lowercase hex sha256")
+        for d in self.digests:
+            if not isinstance(d, str) or not _HEX64.fullmatch(d):
+                raise ConfigError(
+                    f"policy: [distrust] digest {d!r} is not a lowercase hex sha256"
+                )
+
+    @classmethod
+    def from_dict(cls, d: object) -> Distrust:
+        if not isinstance(d, dict):
+            raise ConfigError("policy: [distrust] is not a table")
+        unknown = sorted(set(d) - _DISTRUST_KEYS)
+        if unknown:
+            raise ConfigError(f"policy: [distrust] has unknown keys {', '.join(unknown)}")
+
+        def strings(name: str) -> list[str]:
+            v = d.get(name, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"policy: [distrust] {name} must be a list of strings")
+            # "sha256:<hex>" is accepted as well as bare hex; upper case is normalized.
+            return [x.strip().lower().removeprefix("sha256:") for x in v]
+
+        return cls(
+            keyids=frozenset(KeyId(k) for k in strings("keyids")),
+            digests=frozenset(Digest(x) for x in strings("digests")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated verifier policy. ``load`` / ``from_toml`` / ``from_dict`` build one."""
+
+    threshold: int
+    rebuilders: tuple[TrustedRebuilder, ...]
+    require_distinct_operators: bool = True
+    reject_on_mismatch: int = 1
+    max_age_days: int = 0
+    distrust: Distrust = Distrust()
+    source: str = field(default="<policy>", compare=False)
+
+    def __post_init__(self) -> None:
+        _int(self.threshold, "threshold", 1)
+        _int(self.reject_on_mismatch, "reject_on_mismatch", 0)
+        _int(self.max_age_days, "max_age_days", 0)
+        if not isinstance(self.require_distinct_operators, bool):
+            raise ConfigError("policy: require_distinct_operators must be true or false")
+        if not self.rebuilders:
+            raise ConfigError("policy: no [[rebuilder]] entries")
+        if len(self.rebuilders) > MAX_REBUILDERS:
+            raise ConfigError(f"policy: {len(self.rebuilders)} rebuilders, limit {MAX_REBUILDERS}")
+        seen_ids: set[str] = set()
+        seen_keys: dict[KeyId, str] = {}
+        for r in self.rebuilders:
+            if r.id in seen_ids:
+                raise ConfigError(f"policy: rebuilder id {r.id!r} is listed twice")
+            seen_ids.add(r.id)
+            if r.keyid in seen_keys:
+                raise ConfigError(
+                    f"policy: rebuilder {r.id!r} has the same public key as"
+                    f" {seen_keys[r.keyid]!r} (keyid {r.keyid}); one key must count once"
+                )
+            seen_keys[r.keyid] = r.id
+        if self.threshold > len(self.rebuilders):
+            raise ConfigError(
+                f"policy: threshold {self.threshold} is above the number of rebuilders"
+                f" ({len(self.rebuilders)}); no decision could ever pass"
+            )
+        operators = {r.operator for r in self.rebuilders}
+        if self.require_distinct_operators and self.threshold > len(operators):
+            raise ConfigError(
+                f"policy: threshold {self.threshold} needs {self.threshold} distinct operators"
+                f" but the rebuilders belong to only {len(operators)}"
+                f" ({', '.join(sorted(operators))}); add rebuilders of other operators or set"
+                " require_distinct_operators = false"
+            )
+
+    def rebuilder(self, rebuilder_id: str) -> TrustedRebuilder | None:
+        for r in self.rebuilders:
+            if r.id == rebuilder_id:
+                return r
+        return None
+
+    @property
+    def keys(self) -> Mapping[KeyId, TrustedRebuilder]:
+        return {r.keyid: r for r in self.rebuilders}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: Path, source: str = "<policy>") -> Policy:
+        unknown = sorted(set(d) - _TOP_KEYS)
+        if unknown:
+            raise ConfigError(f"policy: unknown top-level keys {', '.join(unknown)}")
+        if "threshold" not in d:
+            raise ConfigError("policy: threshold is missing")
+        raw_rebuilders = d.get("rebuilder", [])
+        if not isinstance(raw_rebuilders, list):
+            raise ConfigError("policy: rebuilder must be an array of tables ([[rebuilder]])")
+        if len(raw_rebuilders) > MAX_REBUILDERS:
+            raise ConfigError(f"policy: {len(raw_rebuilders)} rebuilders, limit {MAX_REBUILDERS}")
+        rebuilders = tuple(
+            TrustedRebuilder.from_dict(r, i, base_dir) for i, r in enumerate(raw_rebuilders)
+        )
+        return cls(
+            threshold=d["threshold"],
+            rebuilders=rebuilders,
+            require_distinct_operators=d.get("require_distinct_operators", True),
+            reject_on_mismatch=d.get("reject_on_mismatch", 1),
+            max_age_days=d.get("max_age_days", 0),
+            distrust=Distrust.from_dict(d.get("distrust", {})),
+            source=source,
+        )
+
+    @classmethod
+    def from_toml(cls, text: str, base_dir: Path, source: str = "<policy>") -> Policy:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"policy: {source} is not valid TOML: {e}") from e
+        return cls.from_dict(data, base_dir, source)
+
+    @classmethod
+    def load(cls, path: Path) -> Policy:
+        """Read a policy file; ``public_key_file`` paths are relative to its directory."""
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_POLICY_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"policy: cannot read {path}: {e.strerror or e}") from e
+        if len(data) > MAX_POLICY_BYTES:
+            raise ConfigError(f"policy: {path} is over {MAX_POLICY_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"policy: {path} is not UTF-8") from e
+        return cls.from_toml(text, path.parent, str(path))
