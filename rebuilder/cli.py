@@ -1,4 +1,4 @@
-"""The ``rebuilder`` command: init, run, rebuild, status, revoke, keyinfo.
+"""The ``rebuilder`` command: init, run, rebuild, status, revoke, requeue, keyinfo.
 
 Environment and argv are read here only; everything below takes a ``Config``.
 
@@ -397,6 +397,27 @@ def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_revoke(args, config))
 
 
+async def _requeue(args: argparse.Namespace, config: Config) -> int:
+    if not args.job_ids and not args.all_failed:
+        raise CliError("name job ids (see `rebuilder status`) or pass --all-failed")
+    store = await Store.open(config.node.db_path)
+    try:
+        done = await store.requeue_finished(args.job_ids, all_failed=args.all_failed)
+    finally:
+        await store.close()
+    skipped = sorted(set(args.job_ids) - set(done))
+    print(f"re-queued {len(done)} job(s){': ' + ' '.join(map(str, done)) if done else ''}")
+    if skipped:
+        print(f"not re-queued (unknown, queued or running): {' '.join(map(str, skipped))}")
+    print("the running daemon picks them up within seconds; each gets a new attempt and a new"
+          " attestation")
+    return EXIT_OK
+
+
+def cmd_requeue(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_requeue(args, config))
+
+
 def cmd_keyinfo(args: argparse.Namespace, config: Config) -> int:
     pub = load_private_key(config.node.signing_key).public_key()
     if args.json:
@@ -453,13 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--reason", required=True)
     rv.add_argument("--publish-now", action="store_true",
                     help="publish the outbox to the broker now instead of leaving it to the daemon")
+    rq = with_config("requeue", "queue finished jobs again (a new attempt each)")
+    rq.add_argument("job_ids", metavar="JOB_ID", type=int, nargs="*")
+    rq.add_argument("--all-failed", action="store_true", help="every failed job")
     k = with_config("keyinfo", "print this node's identity and public key")
     k.add_argument("--json", action="store_true")
     return p
 
 
 COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
-            "revoke": cmd_revoke, "keyinfo": cmd_keyinfo}
+            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo}
 
 
 def main(argv: list[str] | None = None) -> int:

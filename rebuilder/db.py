@@ -394,6 +394,27 @@ class Store:
                 n += cur.rowcount
             return n
 
+    async def requeue_finished(self, job_ids: Iterable[int] = (), all_failed: bool = False
+                               ) -> list[int]:
+        """Queue finished jobs again (operator's ``rebuilder requeue``); the ids re-queued.
+
+        The next attempt gets a new attempt number, so a new invocation and a new attestation;
+        earlier attestations stay (append-only) until revoked.
+        """
+        done: list[int] = []
+        async with self.transaction() as db:
+            if all_failed:
+                async with db.execute("SELECT id FROM jobs WHERE state = 'failed'") as cur:
+                    job_ids = [int(r[0]) for r in await cur.fetchall()]
+            for jid in job_ids:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
+                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                )
+                if cur.rowcount:
+                    done.append(jid)
+        return done
+
     async def job(self, job_id: int) -> JobRow | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(row) if row else None
