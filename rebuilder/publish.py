@@ -4,9 +4,10 @@ Guarantee: **at least once, in order**. An attestation is stored (with its outbo
 is published; a row is marked published only after ``aiomqtt.Client.publish`` with QoS 1 returns,
 which aiomqtt does only once the broker's PUBACK arrived (it waits on paho's ``on_publish``, which
 paho calls for QoS 1 on PUBACK), and only when that PUBACK's MQTT 5 reason code is a success
-(``_AckWatch``: aiomqtt itself ignores the code, so an ACL refusal would otherwise pass). A broker outage only delays rows; a crash between the PUBACK and
-the mark re-sends that row after restart, so consumers dedupe by envelope sha256 (the
-coordinator stores envelopes under that key anyway).
+(``_AckWatch``: aiomqtt itself ignores the code, so an ACL refusal would otherwise pass). A
+broker outage only delays rows; a crash between the PUBACK and the mark re-sends that row after
+restart, so consumers dedupe by envelope sha256 (the coordinator stores envelopes under that key
+anyway).
 
 Topics (docs/api.md): ``rq/v1/attestations/<id>`` (QoS 1) and retained ``rq/v1/status/<id>``
 whose last will is ``{"state": "offline"}``.
