@@ -518,6 +518,7 @@ async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, 
         {n: d for n, (d, _) in rebuilt.items()},
         {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
         {n: d for n, (d, _) in job.published.items()},
+        architecture=job.architecture,
     )
     reports = run.work / "reports"
     for v in verdicts:
