@@ -154,7 +154,8 @@ async def run_diffoscope(
     kept: dict[str, Path | None] = {}
     for label, src, dest in (("html", "report.html", html), ("text", "report.txt", text)):
         problem = await asyncio.to_thread(_copy_report, scratch / src, dest, max_report_bytes)
-        if problem and result.returncode in (0, 1):
+        # with no difference (exit 0) diffoscope writes no report at all
+        if problem and result.returncode == 1:
             error = error or f"diffoscope {label} report: {problem}"
         kept[label] = dest if dest.exists() else None
     await asyncio.to_thread(shutil.rmtree, scratch, True)
