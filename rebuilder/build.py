@@ -195,6 +195,9 @@ def _remove_tree(path: Path) -> None:
 
 async def _pipeline(run: _Run) -> None:
     settings = run.settings
+    # a retried job starts clean: nothing of an earlier attempt may be mistaken for this one's
+    for leftover in ("inputs", "tree", "artifacts", "published", "reports"):
+        _remove_tree(run.work / leftover)
     inputs = run.work / "inputs"
     _mkdirs(inputs)
     run.internal.update(

@@ -223,3 +223,19 @@ async def test_buildinfo_for_a_foreign_architecture(repo: TestRepository, tmp_pa
 
     outcome = await rebuild(repo, tmp_path / "w", "rq-hello-c", alter=as_foreign)
     failed(outcome, "environment", f"builds for {foreign}", f"this node is {arch}")
+
+
+async def test_retry_in_the_same_work_dir_starts_clean(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    """Files of an earlier attempt (a crash, a re-queue) never mix with the new outcome."""
+    work = tmp_path / "w"
+    for d in ("reports", "artifacts", "inputs", "tree"):
+        (work / d).mkdir(parents=True)
+        (work / d / "stale_1.0_all.deb").write_text("old")
+    outcome = await rebuild(repo, work)
+    assert outcome.verdict == "reproduced", outcome.failure
+    assert outcome.artifacts_dir is not None
+    assert sorted(p.name for p in outcome.artifacts_dir.iterdir()) == ["rq-hello_1.0_all.deb"]
+    assert not (work / "reports").exists() and not (work / "tree").exists()
+    assert not (work / "inputs" / "stale_1.0_all.deb").exists()
