@@ -25,31 +25,44 @@ from rebuilder.api import create_app
 from rebuilder.config import parse_config
 from rebuilder.db import NewAttestation, Store
 from tests.support import free_port
-from verifier.dsse import sign
+from verifier.dsse import Envelope, sign
 from verifier.keys import generate_private_key, save_private_key
-from verifier.statement import Digest, PackageIdentity, RebuildStatement, Subject
+from verifier.statement import (
+    Digest,
+    PackageIdentity,
+    RebuildStatement,
+    Subject,
+    parse_statement,
+)
 
 
 def _attestations(n: int, key: Any) -> tuple[list[NewAttestation], list[str]]:
+    """``n`` distinct signed statements. One real ``RebuildStatement`` is serialized with
+    sentinel values that are then substituted (same length, so still valid canonical JSON):
+    building each statement from scratch would make the setup, not the lookups, dominate."""
     t = datetime(2026, 1, 1, tzinfo=UTC)
+    s1, s2, name = "a" * 64, "b" * 64, "pkgxxxxxxxxx"
+    template = RebuildStatement(
+        package=PackageIdentity("debian", name, "1.0-1", "amd64"),
+        subjects=(Subject(f"{name}_1.0-1_amd64.deb", Digest(s1)),
+                  Subject(f"{name}-doc_1.0-1_all.deb", Digest(s2))),
+        builder_id="http://127.0.0.1/v1/node", started_on=t, finished_on=t,
+        invocation_id=f"bench/{name}/1", buildinfo_uri=f"http://h/{name}.buildinfo",
+        buildinfo_sha256=Digest(s1), repository="http://h stable",
+    ).to_bytes()
     items: list[NewAttestation] = []
     digests: list[str] = []
     for i in range(n):
-        d1 = Digest(hashlib.sha256(b"deb%d" % i).hexdigest())
-        d2 = Digest(hashlib.sha256(b"doc%d" % i).hexdigest())
-        st = RebuildStatement(
-            package=PackageIdentity("debian", f"pkg{i}", "1.0-1", "amd64"),
-            subjects=(Subject(f"pkg{i}_1.0-1_amd64.deb", d1),
-                      Subject(f"pkg{i}-doc_1.0-1_all.deb", d2)),
-            builder_id="http://127.0.0.1/v1/node", started_on=t, finished_on=t,
-            invocation_id=f"bench/{i}/1", buildinfo_uri=f"http://h/{i}.buildinfo",
-            buildinfo_sha256=d1, repository="http://h stable",
-        )
-        env = sign(st.to_bytes(), key)
+        d1 = hashlib.sha256(b"deb%d" % i).hexdigest()
+        d2 = hashlib.sha256(b"doc%d" % i).hexdigest()
+        pkg = f"pkg{i:09d}"
+        payload = (template.replace(s1.encode(), d1.encode()).replace(s2.encode(), d2.encode())
+                   .replace(name.encode(), pkg.encode()))
+        env = sign(payload, key)
         items.append(NewAttestation(
             envelope_sha256=env.digest(), envelope=env.to_bytes(), kind="rebuild",
-            source=f"pkg{i}", version="1.0-1", arch="amd64",
-            subjects=((f"pkg{i}_1.0-1_amd64.deb", d1), (f"pkg{i}-doc_1.0-1_all.deb", d2)),
+            source=pkg, version="1.0-1", arch="amd64",
+            subjects=((f"{pkg}_1.0-1_amd64.deb", d1), (f"{pkg}-doc_1.0-1_all.deb", d2)),
         ))
         digests.append(d1)
     return items, digests
@@ -79,6 +92,9 @@ async def _run(quick: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         items, digests = await asyncio.to_thread(_attestations, n_att, key)
         t_sign = time.perf_counter() - t0
+        check = parse_statement(Envelope.from_bytes(items[-1].envelope).payload)
+        if not isinstance(check, RebuildStatement) or check.subjects[0].sha256 != digests[-1]:
+            raise AssertionError("the synthetic statements do not parse back")
         t0 = time.perf_counter()
         for i in range(0, n_att, 10_000):
             await store.add_attestations_bulk(items[i:i + 10_000])

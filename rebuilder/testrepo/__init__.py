@@ -48,6 +48,7 @@ from rebuilder.testrepo._repo import (
     add_custom_source,
     build_test_repository_sync,
     default_cache_dir,
+    host_arch,
 )
 from rebuilder.testrepo._sources import Kind, PackageSpec
 
@@ -64,6 +65,7 @@ __all__ = [
     "build_test_repository",
     "default_cache_dir",
     "default_packages",
+    "host_arch",
     "serve_repository",
 ]
 
@@ -85,14 +87,19 @@ DEFAULT_PACKAGES = default_packages()
 
 
 def build_test_repository(
-    dest: Path, packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES, cache_dir: Path | None = None
+    dest: Path,
+    packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES,
+    cache_dir: Path | None = None,
+    chroot: Path | None = None,
 ) -> TestRepository:
     """Build (or copy from the cache) the repository of ``packages`` into ``dest``.
 
+    The packages are built with the host's toolchain, or with the one of ``chroot`` (a
+    directory tree, e.g. made by mmdebstrap) used as the sandbox's system root.
     Blocking (real builds take a few seconds per package the first time); from async code use
     ``await asyncio.to_thread(build_test_repository, dest)``.
     """
-    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir)
+    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir, chroot)
 
 
 @asynccontextmanager

@@ -41,6 +41,10 @@ def test_init_prints_identity_and_rejects_bad_id(
                "--public-url", "http://127.0.0.1:1"])
     assert rc == 3 and "--id" in capsys.readouterr().err
     assert not (tmp_path / "n2" / "keys").exists()
+    rc = main(["init", "--dir", str(tmp_path / "n3"), "--id", "ok", "--operator", "x",
+               "--public-url", "ftp://nope"])
+    assert rc == 3 and "node.public_url" in capsys.readouterr().err
+    assert not (tmp_path / "n3").exists()
 
 
 def test_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,3 +114,23 @@ def test_keyinfo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keyinfo", "--config", str(cfg.path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["id"] == "rb-test" and info["public_key"].startswith("-----BEGIN PUBLIC KEY")
+
+
+def test_requeue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_node(tmp_path)
+    conf = str(cfg.path)
+    asyncio.run(_one_build(cfg))  # job 1 done, job 2 queued
+    capsys.readouterr()
+    assert main(["requeue", "--config", conf]) == 3
+    assert main(["requeue", "--config", conf, "1", "2", "99"]) == 0
+    out = capsys.readouterr().out
+    assert "re-queued 1 job(s): 1" in out
+    assert "not re-queued (unknown, queued or running): 2 99" in out
+
+    async def check() -> None:
+        store = await Store.open(cfg.node.db_path, readonly=True)
+        row = await store.job(1)
+        assert row is not None and (row.state, row.attempts) == ("queued", 1)
+        await store.close()
+
+    asyncio.run(check())

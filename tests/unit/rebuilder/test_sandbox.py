@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,23 @@ async def test_real_sandbox_runs(tmp_path: Path, command: str, expect_ok: bool) 
     assert result.ok is expect_ok, log.getvalue()
     if command.startswith("echo"):
         assert (tmp_path / "out").read_text() == "hello\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody first")
+def test_unprivileged_sandbox_runs_as_the_invoking_user() -> None:
+    """The command line built for a non-root node, run as nobody: isolated, no capabilities."""
+    with tempfile.TemporaryDirectory() as d:
+        build = Path(d)
+        build.chmod(0o777)
+        cfg = SandboxConfig(binds=(Bind(build, "/build", writable=True),), chdir="/build")
+        script = "touch out; grep CapEff /proc/self/status; unshare -U true || echo nested-refused"
+        argv = bwrap_argv(["sh", "-c", script], cfg, Limits(), euid=65534)
+        assert "setpriv" not in argv and "--disable-userns" in argv
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "CapEff:\t0000000000000000" in result.stdout
+        assert "nested-refused" in result.stdout
+        assert (build / "out").exists()
