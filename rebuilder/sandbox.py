@@ -180,6 +180,14 @@ def bwrap_argv(
             "--no-new-privs",
             "--",
         ]
+        if (cfg.root / "usr" / "bin" / "bwrap").exists():
+            # A second, unprivileged bwrap as nobody: its own user namespace, in which nested
+            # user namespaces are disabled. Without it a build could create one and reach
+            # kernel code that only "root" may call (the outer sandbox has no user namespace).
+            a += [
+                "bwrap", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--dev-bind", "/", "/", "--chdir", cfg.chdir, "--",
+            ]  # fmt: skip
     return a + list(argv)
 
 

@@ -49,6 +49,8 @@ def test_isolation_options(tmp_path: Path) -> None:
         i = argv.index("setpriv")
         assert "--reuid=65534" in argv[i:] and "--no-new-privs" in argv[i:]
         assert "--bounding-set=-all" in argv[i:]
+        inner = argv[i:]
+        assert inner[inner.index("--") + 1 :][:3] == ["bwrap", "--unshare-user", "--disable-userns"]
     else:
         assert "--unshare-all" in argv and "--share-net" not in argv
 
@@ -89,6 +91,7 @@ def test_limits_reach_the_command_line() -> None:
         ("touch /usr/x", False),
         ("touch /etc/x", False),
         ("ls /root", False),
+        ("unshare --user --map-root-user true", False),
         ("test -e /home", False),
         ("test $(id -u) -ne 0 || test $(id -u) = 0 -a ! -w /usr", True),
     ],
