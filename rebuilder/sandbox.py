@@ -38,6 +38,7 @@ __all__ = [
     "SandboxResult",
     "bwrap_argv",
     "bwrap_version",
+    "check_hidden",
     "directory_size",
     "run_sandboxed",
 ]
@@ -113,6 +114,23 @@ def bwrap_version() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
     return out.strip().removeprefix("bubblewrap ").strip() or "unknown"
+
+
+def check_hidden(paths: Sequence[Path]) -> None:
+    """Refuse paths that cannot be hidden without hiding the system a build needs.
+
+    Covering ``/etc`` (say, because a signing key lives directly in it) would leave the build
+    without its configuration; name the key file itself instead.
+    """
+    for h in paths:
+        if not h.is_absolute():
+            raise ValueError(f"hidden path {h} is not absolute")
+        for rel in HOST_SYSTEM_PATHS:
+            if (Path("/") / rel).is_relative_to(h):
+                raise ValueError(
+                    f"hidden path {h} contains the system directory /{rel} that builds need; "
+                    "hide the secret file or its own directory instead"
+                )
 
 
 def _parents(dest: str) -> list[str]:
