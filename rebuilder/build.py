@@ -88,6 +88,9 @@ class BuildSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"build setting {name} must be positive")
+        # relative paths (a config loaded from ".") are taken from the current directory
+        object.__setattr__(self, "hidden_paths", tuple(p.absolute() for p in self.hidden_paths))
+        sandbox.check_hidden(self.hidden_paths)
 
 
 class StageError(Exception):

@@ -131,6 +131,8 @@ def attacks(state: Path, outside: Path, port: int) -> dict[str, str]:
         "write-etc": "touch /etc/rq-owned",
         "mount-filesystem": "mount -t tmpfs none /tmp",
         "read-shadow": "cat /etc/shadow",
+        "create-user-namespace": "unshare --user --map-root-user true",
+        "ptrace-init": "cat /proc/1/environ",
     }
 
 
