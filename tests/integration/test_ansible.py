@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -352,3 +356,225 @@ def test_broker_play_is_idempotent_and_keeps_accounts_in_sync(
     assert "rb-two" not in (tmp / "mosquitto" / "repro-quorum.acl").read_text()
     kept = {line for line in before.decode().splitlines() if not line.startswith("rb-two:")}
     assert set(passwd.read_text().splitlines()) == kept
+
+
+# --- the whole playbook on this machine: broker, rebuilder and coordinator --------------------
+
+RB_USER, COORD_USER = "rqtest-rebuilder", "rqtest-coordinator"
+
+
+def doc_toml_blocks() -> list[dict[str, Any]]:
+    """The TOML examples of docs/configuration.md (the contract the roles render)."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    return [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", text, re.DOTALL)]
+
+
+def full_inventory(base: Path, ports: dict[str, int]) -> dict[str, Any]:
+    host = localhost_vars()
+    return {
+        "all": {
+            "vars": {
+                "repro_quorum_manage_services": False,
+                "repro_quorum_install_source_dir": str(REPO),
+                "repro_quorum_venv_dir": str(base / "opt" / "venv"),
+                "repro_quorum_systemd_unit_dir": str(base / "systemd"),
+                "repro_quorum_secrets_dir": str(base / "control" / "secrets"),
+                "repro_quorum_public_keys_dir": str(base / "control" / "public-keys"),
+                "repro_quorum_mqtt_host": "127.0.0.1",
+                "repro_quorum_mqtt_port": ports["mqtt"],
+                "mqtt_broker_conf_dir": str(base / "mosquitto" / "conf.d"),
+                "mqtt_broker_password_file": str(base / "mosquitto" / "repro-quorum.passwd"),
+                "mqtt_broker_acl_file": str(base / "mosquitto" / "repro-quorum.acl"),
+                "mqtt_broker_bind_address": "127.0.0.1",
+                "rebuilder_node_id": "rb-test",
+                "rebuilder_node_operator": "test-operator",
+                "rebuilder_listen": f"127.0.0.1:{ports['node']}",
+                "rebuilder_public_url": f"http://127.0.0.1:{ports['node']}",
+                "rebuilder_user": RB_USER,
+                "rebuilder_config_dir": str(base / "etc" / "rebuilder"),
+                "rebuilder_state_dir": str(base / "var" / "rebuilder"),
+                "rebuilder_build_environment": "host",
+                "rebuilder_repositories": [
+                    {
+                        "name": "local",
+                        # nothing listens there: the watcher's polls fail and the node carries on
+                        "base_url": f"http://127.0.0.1:{ports['repo']}/debian",
+                        "suite": "stable",
+                    }
+                ],
+                "coordinator_listen": f"127.0.0.1:{ports['coordinator']}",
+                "coordinator_public_url": f"http://127.0.0.1:{ports['coordinator']}",
+                "coordinator_user": COORD_USER,
+                "coordinator_config_dir": str(base / "etc" / "coordinator"),
+                "coordinator_state_dir": str(base / "var" / "coordinator"),
+                "coordinator_catchup_interval": 5,
+            },
+            "children": {
+                group: {"hosts": {"localhost": host}}
+                for group in ("mqtt_broker", "rebuilders", "coordinator")
+            },
+        }
+    }
+
+
+@pytest.fixture
+def deploy_base() -> Iterator[Path]:
+    """A world-traversable directory (pytest's tmp is private to root) for everything installed,
+    so the daemons can run as the system users the roles create."""
+    base = Path(tempfile.mkdtemp(prefix="rq-ansible-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        remove_users(RB_USER, COORD_USER)
+
+
+def start_as(user: str, argv: list[str], log: Path, home: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"},
+        )
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def answers(url: str) -> bool:
+    try:
+        get_json(url)
+    except OSError:
+        return False
+    return True
+
+
+@needs_root
+@pytest.mark.slow
+def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> None:
+    base = deploy_base
+    ports = {name: free_port() for name in ("mqtt", "node", "coordinator", "repo")}
+    inventory = write_inventory(base / "inventory.json", full_inventory(base, ports))
+    state = base / "var" / "rebuilder"
+    key = state / "keys" / "signing.pem"
+
+    output, recap = run_playbook(inventory, base)
+    assert recap["localhost"] > 0
+
+    # The signing key was generated on the host, belongs to the node's user, mode 0600.
+    st = key.stat()
+    assert (st.st_mode & 0o777, pwd.getpwuid(st.st_uid).pw_name) == (0o600, RB_USER)
+    assert not (state / "config.toml").exists(), "rebuilder init's config was left behind"
+    public_keys = base / "control" / "public-keys"
+    registration = json.loads((public_keys / "rb-test.json").read_text())
+    assert registration["public_key"] == (public_keys / "rb-test.pub").read_text()
+    assert (registration["id"], registration["operator"]) == ("rb-test", "test-operator")
+    for account in ("rb-test", "coordinator"):
+        password = (base / "control" / "secrets" / "mqtt" / account).read_text().strip()
+        assert password not in output, f"{account}'s MQTT password appears in the playbook output"
+
+    # The rendered configurations have exactly the keys of docs/configuration.md.
+    node_doc, coord_doc = doc_toml_blocks()
+    node = tomllib.loads((base / "etc" / "rebuilder" / "config.toml").read_text())
+    coord = tomllib.loads((base / "etc" / "coordinator" / "coordinator.toml").read_text())
+    assert set(node) == set(node_doc)
+    for table in ("node", "mqtt", "build", "diffoscope"):
+        assert set(node[table]) == set(node_doc[table]), table
+    assert set(node["repository"][0]) == set(node_doc["repository"][0])
+    assert set(coord) == set(coord_doc)
+    assert set(coord["coordinator"]) == set(coord_doc["coordinator"])
+    assert set(coord["mqtt"]) == set(node_doc["mqtt"])  # "same keys as the node's"
+    assert [r["id"] for r in coord["rebuilder"]] == ["rb-test"]
+    assert set(coord["rebuilder"][0]) == set(coord_doc["rebuilder"][0])
+    assert (base / "etc" / "coordinator" / "keys" / "rb-test.pub").read_text() == registration[
+        "public_key"
+    ]
+    unit = (base / "systemd" / "repro-quorum-rebuilder.service").read_text()
+    for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={state}"):
+        assert setting in unit
+    assert "\nProtectKernelTunables=" not in unit and "\nRestrictNamespaces=" not in unit
+
+    # A second run changes nothing and keeps the key.
+    key_bytes = key.read_bytes()
+    output, recap = run_playbook(inventory, base)
+    assert recap["localhost"] == 0, changed_tasks(output)
+    assert key.read_bytes() == key_bytes
+
+    # Start what was installed, as the users the roles created, with the rendered files.
+    venv_bin = base / "opt" / "venv" / "bin"
+    broker = start_mosquitto(base, base / "mosquitto" / "conf.d", ports["mqtt"])
+    processes = [broker]
+    try:
+        processes.append(
+            start_as(
+                RB_USER,
+                [
+                    str(venv_bin / "rebuilder"),
+                    "run",
+                    "--config",
+                    str(base / "etc/rebuilder/config.toml"),
+                ],
+                base / "rebuilder.log",
+                state,
+            )
+        )
+        processes.append(
+            start_as(
+                COORD_USER,
+                [
+                    str(venv_bin / "coordinator"),
+                    "run",
+                    "--config",
+                    str(base / "etc/coordinator/coordinator.toml"),
+                ],
+                base / "coordinator.log",
+                base / "var" / "coordinator",
+            )
+        )
+
+        def logs() -> str:
+            return "\n".join(
+                f"--- {name}\n{(base / name).read_text(errors='replace')[-3000:]}"
+                for name in ("rebuilder.log", "coordinator.log", "mosquitto.log")
+                if (base / name).exists()
+            )
+
+        node_url = f"http://127.0.0.1:{ports['node']}"
+        coord_url = f"http://127.0.0.1:{ports['coordinator']}"
+        for url in (f"{node_url}/v1/node", f"{coord_url}/v1/rebuilders"):
+            try:
+                wait_until(lambda url=url: answers(url), 60, url)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{logs()}") from None
+        served = get_json(f"{node_url}/v1/node")
+        assert served["public_key"] == registration["public_key"]
+        assert served["keyid"] == registration["keyid"]
+        assert (served["id"], served["url"]) == ("rb-test", node_url)
+
+        # Both daemons log in to the broker with the generated passwords, and the coordinator
+        # hears the node (its retained status over MQTT, or the HTTP catch-up).
+        log = base / "mosquitto.log"
+        for user in ("rb-test", "coordinator"):
+            try:
+                wait_until(lambda user=user: f"u'{user}'" in log.read_text(), 30, f"{user} on MQTT")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{logs()}") from None
+        assert "not authorised" not in log.read_text().lower(), logs()
+
+        def coordinator_sees_node() -> bool:
+            rebuilders = get_json(f"{coord_url}/v1/rebuilders")["rebuilders"]
+            return any(r["id"] == "rb-test" and r["online"] for r in rebuilders)
+
+        try:
+            wait_until(coordinator_sees_node, 30, "the coordinator to see rb-test online")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{logs()}") from None
+        listed = get_json(f"{coord_url}/v1/rebuilders")["rebuilders"]
+        assert [(r["id"], r["keyid"]) for r in listed] == [("rb-test", registration["keyid"])]
+    finally:
+        for proc in reversed(processes):
+            stop(proc)
