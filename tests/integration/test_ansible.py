@@ -495,8 +495,17 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     ]
     unit = (base / "systemd" / "repro-quorum-rebuilder.service").read_text()
     for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={state}"):
-        assert setting in unit
-    assert "\nProtectKernelTunables=" not in unit and "\nRestrictNamespaces=" not in unit
+        assert f"\n{setting}\n" in unit
+    assert f"\nUser={RB_USER}\n" in unit  # host mode: not root
+    for breaks_bwrap in (
+        "ProtectKernelTunables",
+        "ProtectKernelLogs",
+        "RestrictNamespaces",
+        "PrivateUsers",
+        "ProtectHostname",
+        "MemoryDenyWriteExecute",
+    ):
+        assert f"\n{breaks_bwrap}=" not in unit, breaks_bwrap
 
     # A second run changes nothing and keeps the key.
     key_bytes = key.read_bytes()
