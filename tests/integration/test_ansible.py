@@ -452,7 +452,7 @@ def full_inventory(base: Path, ports: dict[str, int]) -> dict[str, Any]:
         "all": {
             "vars": {
                 "repro_quorum_manage_services": False,
-                "repro_quorum_install_source_dir": str(REPO),
+                "repro_quorum_install_source_dir": str(base / "src"),
                 "repro_quorum_venv_dir": str(base / "opt" / "venv"),
                 "repro_quorum_systemd_unit_dir": str(base / "systemd"),
                 "repro_quorum_secrets_dir": str(base / "control" / "secrets"),
@@ -500,6 +500,12 @@ def deploy_base() -> Iterator[Path]:
     so the daemons can run as the system users the roles create."""
     base = Path(tempfile.mkdtemp(prefix="rq-ansible-"))
     base.chmod(0o755)
+    # The source tree to install, copied so pip's in-tree build leaves nothing in the checkout.
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("verifier", "rebuilder", "coordinator"):
+        shutil.copytree(REPO / name, base / "src" / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, base / "src" / name)
     try:
         yield base
     finally:
