@@ -308,7 +308,6 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         id="catch-up",
         max_instances=1,
         coalesce=True,
-        next_run_time=None,
     )
     scheduler.start()
     app[SCHEDULER] = scheduler

@@ -104,3 +104,27 @@ async def test_paging_follows_next_until_more_is_false(tmp_path: Path) -> None:
             assert app[INGEST].metrics.duplicates == 26
             doc = json.loads((await app[STORE].envelopes_for_package("late", "1"))[0])
             assert doc["payloadType"] == "application/vnd.in-toto+json"
+
+
+async def test_periodic_rounds_run_by_themselves(tmp_path: Path) -> None:
+    from tests.support import wait_for
+
+    alpha = Signer("rb-alpha")
+    node = StandInNode(alpha)
+    async with serving(node.app()) as url:
+        alpha.url = url
+        port = free_port()
+        config = load_config(coordinator_toml(tmp_path, [alpha], None, port, catchup_interval=1))
+        app = create_app(config)
+        async with serving(app, port):
+            await wait_for(lambda: _asked(node, 1), 10, "the first round at start")
+            node.envelopes.append(alpha.rebuild("late", "1", {"late_1_all.deb": sha("l")}))
+
+            async def stored() -> bool:
+                return await app[STORE].count_for_rebuilder("rb-alpha") == 1
+            await wait_for(stored, 10, "a scheduled round to fetch the new envelope")
+            await wait_for(lambda: _asked(node, 3), 10, "rounds to keep coming")
+
+
+async def _asked(node: StandInNode, n: int) -> bool:
+    return node.requests >= n
