@@ -49,6 +49,7 @@ class Limits:
     max_log_bytes: int = 50 * 1024 * 1024
     report_timeout: float = 20.0
     ingest_queue: int = 20_000  # received, not yet verified messages
+    max_queued_bytes: int = 256 * 1024 * 1024  # and their size together
     ingest_batch: int = 500  # messages verified and stored per transaction
 
 

@@ -40,6 +40,10 @@ _IN_FLIGHT = 4  # batches being checked while one is stored
 _COALESCE_S = 0.005
 
 
+def _printable(rebuilder_id: str) -> str:
+    return rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
+
+
 @dataclass
 class Metrics:
     received: Counter[str] = field(default_factory=Counter)  # by source: mqtt | http
@@ -77,20 +81,38 @@ class Ingest:
         self._log_budget: Counter[str] = Counter()
         self._pool: ProcessPoolExecutor | None = None
         self._in_flight = 0
+        self._queued_bytes = 0
+        self._space = asyncio.Event()
 
     # ---- receiving -----------------------------------------------------------------------
 
     async def submit(self, rebuilder_id: str, payload: bytes) -> None:
-        """Queue one MQTT attestation message (waits when the queue is full: backpressure)."""
+        """Queue one MQTT attestation message.
+
+        Oversized messages are dropped here, before they take memory in the queue; when the
+        queue holds ``max_queued_bytes`` this waits (backpressure on the MQTT reader).
+        """
         self.metrics.received["mqtt"] += 1
+        limit = self.config.limits.max_envelope_bytes
+        if len(payload) > limit:
+            self.drop(
+                Dropped(_printable(rebuilder_id), "oversized",
+                        f"{len(payload)} bytes, limit {limit}"),
+                "mqtt",
+            )
+            return
+        while self._queued_bytes > self.config.limits.max_queued_bytes:
+            self._space.clear()
+            await self._space.wait()
         self._idle.clear()
+        self._queued_bytes += len(payload)
         await self._queue.put((rebuilder_id, payload))
 
     def queued(self) -> int:
         return self._queue.qsize()
 
     async def drained(self) -> None:
-        """Wait until every submitted message has been checked and stored (for tests, demo)."""
+        """Wait until every submitted message has been checked and stored."""
         await self._idle.wait()
 
     def drop(self, d: Dropped, source: str) -> None:
@@ -215,6 +237,8 @@ class Ingest:
                 await asyncio.sleep(_COALESCE_S)
             while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._queued_bytes -= sum(len(p) for _, p in batch)
+            self._space.set()
             self._in_flight += 1
             await checked.put(asyncio.create_task(self._check_many(batch)))
 
