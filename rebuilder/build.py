@@ -33,10 +33,10 @@ import aiohttp
 
 from rebuilder import compare, environment, sandbox
 from rebuilder.buildinfo import (
+    ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
     MAX_DSC_BYTES,
     Buildinfo,
-    Dsc,
     parse_buildinfo,
     parse_dsc,
     validate_file_name,
@@ -51,6 +51,7 @@ __all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
 
 BACKEND = "repro-quorum-bwrap/1"
 _MB = 1024 * 1024
+_INPUTS = "/run/rebuild-inputs"  # where the fetched inputs appear, read-only, in the sandbox
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,13 @@ def _mkdirs(*paths: Path) -> None:
         p.mkdir(parents=True, exist_ok=True)
 
 
+def _share_read_only(directory: Path) -> None:
+    directory.chmod(0o755)
+    for p in directory.iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o644)
+
+
 def _remove_tree(path: Path) -> None:
     if path.exists():
         # the sandbox may have left read-only directories behind
@@ -197,7 +205,7 @@ async def _pipeline(run: _Run) -> None:
     build_path = info.build_path or f"/build/{info.source}-{version_noepoch(info.version)}"
     run.internal["build_path"] = build_path
     run.internal["build_path_recorded"] = info.build_path is not None
-    dsc, dsc_path = await _fetch_source(run, inputs, info)
+    dsc_path = await _fetch_source(run, inputs, info)
 
     # 2. environment
     host_arch = await asyncio.to_thread(environment.host_architecture)
@@ -215,8 +223,8 @@ async def _pipeline(run: _Run) -> None:
             entry["annotations"]["architecture"] = dep.arch
         run.resolved.append(entry)
 
-    env = {k: v for k, v in info.environment if k not in _denied()}
-    ignored = sorted(k for k, _ in info.environment if k in _denied())
+    env = {k: v for k, v in info.environment if k not in ENV_DENYLIST}
+    ignored = sorted(k for k, _ in info.environment if k in ENV_DENYLIST)
     run.internal["environment_variables"] = env
     if ignored:
         run.internal["environment_ignored"] = ignored
@@ -226,6 +234,10 @@ async def _pipeline(run: _Run) -> None:
     tree = run.work / "tree"
     _remove_tree(tree)
     tree.mkdir()
+    # explicit modes: the daemon's umask may be 077, and the sandbox user must read the
+    # (public) inputs and own the tree
+    _share_read_only(inputs)
+    tree.chmod(0o755)
     parent, leaf = build_path.rsplit("/", 1)
     drop = os.geteuid() == 0
     if drop:
@@ -236,9 +248,10 @@ async def _pipeline(run: _Run) -> None:
         max_disk_bytes=settings.max_disk_mb * _MB,
     )
     cfg = sandbox.SandboxConfig(
-        binds=(sandbox.Bind(inputs, "/srv/inputs"), sandbox.Bind(tree, parent, writable=True)),
+        # /run is a reserved top directory, so no Build-Path can overlap the inputs
+        binds=(sandbox.Bind(inputs, _INPUTS), sandbox.Bind(tree, parent, writable=True)),
         chdir=parent,
-        env={"LC_ALL": "C.UTF-8", **env},
+        env=env,
         root=root,
         system_paths=system_paths,
         hidden=settings.hidden_paths,
@@ -247,7 +260,7 @@ async def _pipeline(run: _Run) -> None:
     run.say(f"unpacking {dsc_path.name} at {build_path}")
     await _sandboxed(
         run,
-        ["dpkg-source", "--no-copy", "-x", f"/srv/inputs/{dsc_path.name}", leaf],
+        ["dpkg-source", "--no-copy", "-x", f"{_INPUTS}/{dsc_path.name}", leaf],
         cfg,
         limits,
         tree,
@@ -280,13 +293,6 @@ async def _pipeline(run: _Run) -> None:
     # 4. collect, hash, compare
     rebuilt = _collect(run, tree, info)
     await _compare(run, info, rebuilt)
-    del dsc
-
-
-def _denied() -> frozenset[str]:
-    from rebuilder.buildinfo import ENV_DENYLIST
-
-    return ENV_DENYLIST
 
 
 def _arch_flag(info: Buildinfo) -> str:
@@ -337,7 +343,7 @@ def _dsc_location(job: BuildJob, info: Buildinfo) -> str:
     )
 
 
-async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> tuple[Dsc, Path]:
+async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> Path:
     job, settings = run.job, run.settings
     url = _dsc_location(job, info)
     run.say(f"fetching {url}")
@@ -387,7 +393,7 @@ async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> tuple[Dsc, 
             {"name": f.name, "uri": f"{base}/{f.name}", "digest": {"sha256": f.sha256}}
         )
     run.say(f"source {dsc.source} {dsc.version}: {len(dsc.files)} files, all hashes match")
-    return dsc, dsc_path
+    return dsc_path
 
 
 async def _prepare_environment(

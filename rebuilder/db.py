@@ -132,6 +132,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_pending ON outbox (seq) WHERE published_at IS NULL;
     """,
+    # 2: the .dsc named by the repository's Sources index, hash-pinned
+    """
+    ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
+    ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,6 +155,8 @@ class JobRow:
     queued_at: str
     started_at: str | None
     finished_at: str | None
+    dsc_url: str | None = None
+    dsc_sha256: str | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -159,6 +166,8 @@ class JobRow:
             repository=self.repository,
             buildinfo_url=self.buildinfo_url,
             published=dict(self.published),
+            dsc_url=self.dsc_url,
+            dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -225,7 +234,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         version=row["version"], arch=row["arch"], buildinfo_url=row["buildinfo_url"],
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
     )
 
 
@@ -327,9 +336,11 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
-                     job.buildinfo_url, _published_json(job.published), now),
+                     job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
+                     job.dsc_sha256),
                 )
                 if cur.rowcount:
                     added.append(job)
@@ -382,6 +393,27 @@ class Store:
                 )
                 n += cur.rowcount
             return n
+
+    async def requeue_finished(self, job_ids: Iterable[int] = (), all_failed: bool = False
+                               ) -> list[int]:
+        """Queue finished jobs again (operator's ``rebuilder requeue``); the ids re-queued.
+
+        The next attempt gets a new attempt number, so a new invocation and a new attestation;
+        earlier attestations stay (append-only) until revoked.
+        """
+        done: list[int] = []
+        async with self.transaction() as db:
+            if all_failed:
+                async with db.execute("SELECT id FROM jobs WHERE state = 'failed'") as cur:
+                    job_ids = [int(r[0]) for r in await cur.fetchall()]
+            for jid in job_ids:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
+                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                )
+                if cur.rowcount:
+                    done.append(jid)
+        return done
 
     async def job(self, job_id: int) -> JobRow | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -439,10 +471,32 @@ class Store:
             return await self._insert_attestation(db, attestation, None)
 
     async def add_attestations_bulk(self, items: Sequence[NewAttestation]) -> None:
-        """Many attestations in one transaction (benchmarks, imports)."""
+        """Many attestations (no build) in one transaction with ``executemany`` (imports,
+        benchmarks). Sequence numbers are assigned under the write lock, in order."""
+        now = now_iso()
         async with self.transaction() as db:
-            for a in items:
-                await self._insert_attestation(db, a, None)
+            async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM attestations") as cur:
+                row = await cur.fetchone()
+            first = int(row[0]) + 1 if row else 1
+            # AUTOINCREMENT never reuses a seq: start after the highest ever handed out too.
+            async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'attestations'"
+                                  ) as cur:
+                sq = await cur.fetchone()
+            if sq is not None:
+                first = max(first, int(sq[0]) + 1)
+            seqs = range(first, first + len(items))
+            await db.executemany(
+                "INSERT INTO attestations (seq, envelope_sha256, envelope, kind, source, version,"
+                " arch, build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [(seq, a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch,
+                  a.revokes, now) for seq, a in zip(seqs, items, strict=True)],
+            )
+            await db.executemany(
+                "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
+                [(seq, name, sha) for seq, a in zip(seqs, items, strict=True)
+                 for name, sha in a.subjects],
+            )
+            await db.executemany("INSERT INTO outbox (seq) VALUES (?)", [(q,) for q in seqs])
 
     @staticmethod
     async def _insert_attestation(

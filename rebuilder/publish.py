@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -112,13 +113,14 @@ class Publisher:
                     log.info("connected to MQTT broker %s:%d", self.config.mqtt.host,
                              self.config.mqtt.port)
                     await self._session(c)
-            except aiomqtt.MqttError as e:
+            except (aiomqtt.MqttError, sqlite3.Error, OSError) as e:
                 self.connected = False
                 failures += 1
                 delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 10))
                 delay *= random.uniform(0.5, 1.0)
                 log.warning("MQTT broker %s:%d unavailable (%s); outbox kept, retry in %.1fs",
                             self.config.mqtt.host, self.config.mqtt.port, e, delay)
+                self.drained.clear()
                 await asyncio.sleep(delay)
 
     async def _session(self, client: aiomqtt.Client) -> None:

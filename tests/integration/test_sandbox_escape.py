@@ -127,7 +127,7 @@ def attacks(state: Path, outside: Path, port: int) -> dict[str, str]:
         "network-loopback": f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'",
         "write-system-dir": "touch /usr/bin/rq-owned",
         "write-host-path": f"touch {outside}/marker",
-        "write-fetched-inputs": "touch /srv/inputs/rq-owned",
+        "write-fetched-inputs": "touch /run/rebuild-inputs/rq-owned",
         "write-etc": "touch /etc/rq-owned",
         "mount-filesystem": "mount -t tmpfs none /tmp",
         "read-shadow": "cat /etc/shadow",

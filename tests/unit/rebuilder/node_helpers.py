@@ -95,3 +95,46 @@ async def amake_node(tmp_path: Path, *extra: str, **kw: object) -> Config:
     import asyncio
 
     return await asyncio.to_thread(lambda: make_node(tmp_path, *extra, **kw))  # type: ignore[arg-type]
+
+
+class Subscriber:
+    """A test MQTT subscriber counting attestations by envelope sha256 (real aiomqtt client)."""
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        self.host, self.port, self.topic = host, port, topic
+        self.received: list[str] = []
+        self.payloads: dict[str, bytes] = {}
+        self._task: object = None
+
+    async def __aenter__(self) -> Subscriber:
+        import asyncio
+
+        import aiomqtt
+
+        self._client = aiomqtt.Client(self.host, self.port,
+                                      protocol=aiomqtt.ProtocolVersion.V5)
+        await self._client.__aenter__()
+        await self._client.subscribe(self.topic, qos=1)
+        ready = asyncio.Event()
+
+        async def collect() -> None:
+            ready.set()
+            async for message in self._client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes | bytearray)
+                digest = hashlib.sha256(bytes(payload)).hexdigest()
+                self.received.append(digest)
+                self.payloads[digest] = bytes(payload)
+
+        self._task = asyncio.create_task(collect())
+        await ready.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        assert isinstance(self._task, asyncio.Task)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._client.__aexit__(None, None, None)

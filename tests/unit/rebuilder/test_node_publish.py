@@ -58,9 +58,11 @@ async def test_outbox_survives_broker_outage(
     await store.add_attestations_bulk([fake_attestation(i) for i in range(5)])
     publisher = Publisher(cfg, store, _status)
     monkeypatch.setattr("rebuilder.publish.BACKOFF_MAX_S", 1.0)  # reconnect quickly
-    task = asyncio.create_task(publisher.run())
+    task: asyncio.Task[None] | None = None
     try:
         async with subscriber(mosquitto, attestation_topic(cfg.node.id)) as got:
+            # Subscribe first: the broker keeps nothing for subscribers that come later.
+            task = asyncio.create_task(publisher.run())
             await wait_for(lambda: _true(len(got) >= 5), 15, "first five attestations")
             assert [json.loads(p)["n"] for _, p, _ in got] == list(range(5))
             assert (await store.counts())["backlog"] == 0
@@ -78,9 +80,10 @@ async def test_outbox_survives_broker_outage(
             assert {json.loads(p)["n"] for _, p, _ in got} <= set(range(5, 10))
         assert publisher.published == 10
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await store.close()
 
 
