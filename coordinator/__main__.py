@@ -1,5 +1,8 @@
+"""``python -m coordinator``: the same as the ``coordinator`` command."""
+
 import sys
 
 from coordinator.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (spawn) import this module too
+    sys.exit(main())

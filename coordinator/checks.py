@@ -12,6 +12,7 @@ Everything returned is plain data (picklable), so checking can run in a worker p
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,8 +30,11 @@ __all__ = [
     "Dropped",
     "OutputRow",
     "Status",
+    "check_batch",
     "check_envelope",
     "check_envelope_dict",
+    "check_message",
+    "init_worker",
     "parse_status",
 ]
 
@@ -118,7 +122,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
     except BadDataError as e:
         return Dropped(rebuilder_id, "bad-statement", str(e))
     body = env.to_bytes()
-    digest = env.digest()
+    digest = hashlib.sha256(body).hexdigest()  # Envelope.digest(), without serializing twice
     if isinstance(statement, RevocationStatement):
         return Accepted(
             rebuilder=rebuilder_id,
@@ -195,6 +199,45 @@ def check_envelope_dict(
     if len(env.payload) > max_bytes:
         return Dropped(rebuilder_id, "oversized", f"payload over {max_bytes} bytes")
     return _verify(env, rebuilder_id, key, kid) or _summarize(rebuilder_id, env)
+
+
+Keys = dict[str, tuple[Ed25519PublicKey, KeyId]]
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_message(
+    rebuilder_id: str, payload: bytes, keys: Keys, max_bytes: int = 1024 * 1024
+) -> Accepted | Dropped:
+    """Check one MQTT message for the rebuilder its topic names (``keys``: the registered)."""
+    key, kid = keys.get(rebuilder_id, (None, None))
+    if key is None and not _ID.fullmatch(rebuilder_id):
+        # The topic level is attacker-chosen text: keep it printable and short in logs.
+        rebuilder_id = rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
+    return check_envelope(payload, rebuilder_id, key, kid, max_bytes)
+
+
+# ---- checking in worker processes ----------------------------------------------------------
+# Ed25519 verification holds the GIL, so on a multi-core machine the coordinator checks
+# batches in a process pool; each worker loads the registered public keys once.
+
+_worker_keys: Keys = {}
+_worker_max_bytes = 1024 * 1024
+
+
+def init_worker(pems: dict[str, str], max_bytes: int) -> None:
+    from verifier.keys import keyid, load_public_key
+
+    global _worker_max_bytes
+    _worker_keys.clear()
+    for rid, pem in pems.items():
+        key = load_public_key(pem)
+        _worker_keys[rid] = (key, keyid(key))
+    _worker_max_bytes = max_bytes
+
+
+def check_batch(items: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
+    """``check_message`` over a batch, in a worker set up by ``init_worker``."""
+    return [check_message(rid, payload, _worker_keys, _worker_max_bytes) for rid, payload in items]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ Relative paths (database, key files, password files) are relative to the file's 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Limits:
     max_log_bytes: int = 50 * 1024 * 1024
     report_timeout: float = 20.0
     ingest_queue: int = 20_000  # received, not yet verified messages
+    max_queued_bytes: int = 256 * 1024 * 1024  # and their size together
     ingest_batch: int = 500  # messages verified and stored per transaction
 
 
@@ -96,6 +98,7 @@ class CoordinatorConfig:
     database: Path = Path("coordinator.db")
     catchup_interval: float = 60.0
     online_after: float = 120.0
+    verify_workers: int = -1  # processes checking signatures; 0: none, -1: one per CPU
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     rebuilders: tuple[RebuilderConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -111,6 +114,15 @@ class CoordinatorConfig:
         if not 0 < self.online_after <= 7 * 86400:
             raise ConfigError("online_after must be between 0 and 604800 seconds")
         _check_url(self.public_url, "public_url")
+        if not -1 <= self.verify_workers <= 64:
+            raise ConfigError("verify_workers must be -1 (one per CPU), 0 (none) or up to 64")
+
+    def workers(self) -> int:
+        """How many verification processes to start (none on a single CPU)."""
+        if self.verify_workers >= 0:
+            return self.verify_workers
+        cpus = os.cpu_count() or 1
+        return 0 if cpus < 2 else min(cpus, 8)
 
     def rebuilder(self, rebuilder_id: str) -> RebuilderConfig | None:
         for r in self.rebuilders:
@@ -208,7 +220,14 @@ def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
     c = data.get("coordinator", {})
     if not isinstance(c, dict):
         raise ConfigError("[coordinator] must be a table")
-    known = {"listen", "public_url", "database", "catchup_interval", "online_after"}
+    known = {
+        "listen",
+        "public_url",
+        "database",
+        "catchup_interval",
+        "online_after",
+        "verify_workers",
+    }
     if set(c) - known:
         raise ConfigError(f"[coordinator] has unknown keys {sorted(set(c) - known)}")
     host, port = _listen(_get(c, "listen", str, "127.0.0.1:8500"))
@@ -227,6 +246,7 @@ def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
         database=_path(base, _get(c, "database", str, "coordinator.db")),
         catchup_interval=float(_get(c, "catchup_interval", (int, float), 60)),
         online_after=float(_get(c, "online_after", (int, float), 120)),
+        verify_workers=_get(c, "verify_workers", int, -1),
         mqtt=_mqtt(mqtt, base),
         rebuilders=tuple(_rebuilder(r, base) for r in rebuilders),
     )

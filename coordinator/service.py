@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from coordinator.checks import Accepted, Dropped, check_envelope, parse_status
-from coordinator.config import REBUILDER_ID, CoordinatorConfig
+from coordinator.checks import (
+    Accepted,
+    Dropped,
+    check_batch,
+    check_message,
+    init_worker,
+    parse_status,
+)
+from coordinator.config import CoordinatorConfig
 from coordinator.store import BatchResult, Disagreement, Store
 from verifier.errors import BadDataError
+from verifier.keys import public_key_pem
 
 __all__ = ["Ingest", "Metrics"]
 
@@ -26,6 +36,12 @@ log = logging.getLogger(__name__)
 # Checking one envelope takes ~0.2 ms; yielding every few of them keeps queries answered fast
 # while a large batch is being verified.
 _YIELD_EVERY = 16
+_IN_FLIGHT = 4  # batches being checked while one is stored
+_COALESCE_S = 0.005
+
+
+def _printable(rebuilder_id: str) -> str:
+    return rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
 
 
 @dataclass
@@ -63,20 +79,40 @@ class Ingest:
         self._idle = asyncio.Event()
         self._idle.set()
         self._log_budget: Counter[str] = Counter()
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_flight = 0
+        self._queued_bytes = 0
+        self._space = asyncio.Event()
 
     # ---- receiving -----------------------------------------------------------------------
 
     async def submit(self, rebuilder_id: str, payload: bytes) -> None:
-        """Queue one MQTT attestation message (waits when the queue is full: backpressure)."""
+        """Queue one MQTT attestation message.
+
+        Oversized messages are dropped here, before they take memory in the queue; when the
+        queue holds ``max_queued_bytes`` this waits (backpressure on the MQTT reader).
+        """
         self.metrics.received["mqtt"] += 1
+        limit = self.config.limits.max_envelope_bytes
+        if len(payload) > limit:
+            self.drop(
+                Dropped(_printable(rebuilder_id), "oversized",
+                        f"{len(payload)} bytes, limit {limit}"),
+                "mqtt",
+            )
+            return
+        while self._queued_bytes > self.config.limits.max_queued_bytes:
+            self._space.clear()
+            await self._space.wait()
         self._idle.clear()
+        self._queued_bytes += len(payload)
         await self._queue.put((rebuilder_id, payload))
 
     def queued(self) -> int:
         return self._queue.qsize()
 
     async def drained(self) -> None:
-        """Wait until every submitted message has been checked and stored (for tests, demo)."""
+        """Wait until every submitted message has been checked and stored."""
         await self._idle.wait()
 
     def drop(self, d: Dropped, source: str) -> None:
@@ -97,12 +133,38 @@ class Ingest:
             )
 
     def check(self, rebuilder_id: str, payload: bytes) -> Accepted | Dropped:
-        key, kid = self._keys.get(rebuilder_id, (None, None))
-        if key is None and not REBUILDER_ID.fullmatch(rebuilder_id):
-            rebuilder_id = rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
-        return check_envelope(
-            payload, rebuilder_id, key, kid, self.config.limits.max_envelope_bytes
+        return check_message(
+            rebuilder_id, payload, self._keys, self.config.limits.max_envelope_bytes
         )
+
+    def start_workers(self, n: int) -> None:
+        """Check envelopes in ``n`` worker processes (0: in this process, between tasks)."""
+        if n <= 0:
+            return
+        pems = {r.id: public_key_pem(r.public_key) for r in self.config.rebuilders}
+        # spawn, not fork: this process already runs threads (aiosqlite, the MQTT client).
+        self._pool = ProcessPoolExecutor(
+            n,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(pems, self.config.limits.max_envelope_bytes),
+        )
+
+    def stop_workers(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _check_many(self, batch: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, check_batch, batch)
+        results: list[Accepted | Dropped] = []
+        for i, (rebuilder_id, payload) in enumerate(batch):
+            results.append(self.check(rebuilder_id, payload))
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        return results
 
     async def handle_status(self, rebuilder_id: str, payload: bytes) -> None:
         if rebuilder_id not in self._keys:
@@ -152,22 +214,50 @@ class Ingest:
         return result
 
     async def run(self) -> None:
-        """The writer task: take what is queued, check it, store it in one transaction."""
-        batch_limit = self.config.limits.ingest_batch
+        """Take what is queued, check it (in workers when there are), store it in batches.
+
+        Checking and storing overlap: while one batch is written, the next ones are checked.
+        """
+        checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]] = asyncio.Queue(
+            _IN_FLIGHT
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._check_stage(checked), name="ingest check")
+            tg.create_task(self._store_stage(checked), name="ingest store")
+
+    async def _check_stage(
+        self, checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]]
+    ) -> None:
+        limit = self.config.limits.ingest_batch
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < batch_limit and not self._queue.empty():
+            batch = [await self._queue.get()]
+            if self._pool is not None and self._queue.qsize() < limit // 4:
+                # Sending a handful of messages to a worker costs more than checking them;
+                # a few milliseconds of patience make the batches worth the trip.
+                await asyncio.sleep(_COALESCE_S)
+            while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._queued_bytes -= sum(len(p) for _, p in batch)
+            self._space.set()
+            self._in_flight += 1
+            await checked.put(asyncio.create_task(self._check_many(batch)))
+
+    async def _store_stage(
+        self, checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]]
+    ) -> None:
+        while True:
+            task = await checked.get()
+            try:
+                results = await task
+            except Exception:
+                log.exception("checking a batch failed; catch-up will fetch it again")
+                results = []
             accepted: list[Accepted] = []
-            for i, (rebuilder_id, payload) in enumerate(batch):
-                result = self.check(rebuilder_id, payload)
+            for result in results:
                 if isinstance(result, Dropped):
                     self.drop(result, "mqtt")
                 else:
                     accepted.append(result)
-                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                    await asyncio.sleep(0)
             if accepted:
                 try:
                     await self.save(accepted, "mqtt")
@@ -175,5 +265,6 @@ class Ingest:
                     # The database refused (disk full?). The messages are lost here but not
                     # for good: catch-up fetches them from their rebuilders again.
                     log.exception("could not store %d envelopes", len(accepted))
-            if self._queue.empty():
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._queue.empty():
                 self._idle.set()

@@ -82,6 +82,8 @@ async def _errors(
         if e.status < 400:
             raise
         response = _error(e.status, e.reason)
+        if "Allow" in e.headers:
+            response.headers["Allow"] = e.headers["Allow"]
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
@@ -205,7 +207,9 @@ async def build_log(request: web.Request) -> web.Response:
     if row is None or not row["log_path"]:
         return _error(404, "no log for that build")
     try:
-        data = await asyncio.to_thread(_read_capped, Path(row["log_path"]), MAX_LOG_SERVE)
+        # Stored relative to the state directory, so the directory can move.
+        path = request.app[CONFIG_KEY].node.state_dir / row["log_path"]
+        data = await asyncio.to_thread(_read_capped, path, MAX_LOG_SERVE)
     except OSError:
         return _error(404, "the log file is gone")
     return web.Response(body=data, content_type="text/plain", charset="utf-8")
@@ -221,7 +225,9 @@ async def report(request: web.Request) -> web.Response:
         return _error(404, "no such report")
     limit = request.app[CONFIG_KEY].diffoscope.max_report_mb * 1024 * 1024 + 4096
     try:
-        data = await asyncio.to_thread(_read_capped, Path(path), limit)
+        data = await asyncio.to_thread(
+            _read_capped, request.app[CONFIG_KEY].node.state_dir / path, limit
+        )
     except OSError:
         return _error(404, "the report file is gone")
     if m.group(2) == "txt":

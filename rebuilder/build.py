@@ -33,10 +33,10 @@ import aiohttp
 
 from rebuilder import compare, environment, sandbox
 from rebuilder.buildinfo import (
+    ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
     MAX_DSC_BYTES,
     Buildinfo,
-    Dsc,
     parse_buildinfo,
     parse_dsc,
     validate_file_name,
@@ -51,6 +51,7 @@ __all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
 
 BACKEND = "repro-quorum-bwrap/1"
 _MB = 1024 * 1024
+_INPUTS = "/run/rebuild-inputs"  # where the fetched inputs appear, read-only, in the sandbox
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class _Run:
     log: BinaryIO
     started: datetime
     buildinfo: Buildinfo | None = None
+    buildinfo_sha256: Digest | None = None  # set once fetched, even if it then fails to parse
     resolved: list[dict[str, Any]] = field(default_factory=list)
     internal: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
@@ -151,7 +153,7 @@ async def run_rebuild(
         job=job,
         started_on=started,
         finished_on=datetime.now(UTC),
-        buildinfo_sha256=run.buildinfo.sha256 if run.buildinfo else None,
+        buildinfo_sha256=run.buildinfo_sha256,
         outputs=() if failure else tuple(run.outputs),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
@@ -173,6 +175,13 @@ def _mkdirs(*paths: Path) -> None:
         p.mkdir(parents=True, exist_ok=True)
 
 
+def _share_read_only(directory: Path) -> None:
+    directory.chmod(0o755)
+    for p in directory.iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o644)
+
+
 def _remove_tree(path: Path) -> None:
     if path.exists():
         # the sandbox may have left read-only directories behind
@@ -186,6 +195,9 @@ def _remove_tree(path: Path) -> None:
 
 async def _pipeline(run: _Run) -> None:
     settings = run.settings
+    # a retried job starts clean: nothing of an earlier attempt may be mistaken for this one's
+    for leftover in ("inputs", "tree", "artifacts", "published", "reports"):
+        _remove_tree(run.work / leftover)
     inputs = run.work / "inputs"
     _mkdirs(inputs)
     run.internal.update(
@@ -197,7 +209,7 @@ async def _pipeline(run: _Run) -> None:
     build_path = info.build_path or f"/build/{info.source}-{version_noepoch(info.version)}"
     run.internal["build_path"] = build_path
     run.internal["build_path_recorded"] = info.build_path is not None
-    dsc, dsc_path = await _fetch_source(run, inputs, info)
+    dsc_path = await _fetch_source(run, inputs, info)
 
     # 2. environment
     host_arch = await asyncio.to_thread(environment.host_architecture)
@@ -215,8 +227,8 @@ async def _pipeline(run: _Run) -> None:
             entry["annotations"]["architecture"] = dep.arch
         run.resolved.append(entry)
 
-    env = {k: v for k, v in info.environment if k not in _denied()}
-    ignored = sorted(k for k, _ in info.environment if k in _denied())
+    env = {k: v for k, v in info.environment if k not in ENV_DENYLIST}
+    ignored = sorted(k for k, _ in info.environment if k in ENV_DENYLIST)
     run.internal["environment_variables"] = env
     if ignored:
         run.internal["environment_ignored"] = ignored
@@ -226,6 +238,10 @@ async def _pipeline(run: _Run) -> None:
     tree = run.work / "tree"
     _remove_tree(tree)
     tree.mkdir()
+    # explicit modes: the daemon's umask may be 077, and the sandbox user must read the
+    # (public) inputs and own the tree
+    _share_read_only(inputs)
+    tree.chmod(0o755)
     parent, leaf = build_path.rsplit("/", 1)
     drop = os.geteuid() == 0
     if drop:
@@ -236,9 +252,10 @@ async def _pipeline(run: _Run) -> None:
         max_disk_bytes=settings.max_disk_mb * _MB,
     )
     cfg = sandbox.SandboxConfig(
-        binds=(sandbox.Bind(inputs, "/srv/inputs"), sandbox.Bind(tree, parent, writable=True)),
+        # /run is a reserved top directory, so no Build-Path can overlap the inputs
+        binds=(sandbox.Bind(inputs, _INPUTS), sandbox.Bind(tree, parent, writable=True)),
         chdir=parent,
-        env={"LC_ALL": "C.UTF-8", **env},
+        env=env,
         root=root,
         system_paths=system_paths,
         hidden=settings.hidden_paths,
@@ -247,7 +264,7 @@ async def _pipeline(run: _Run) -> None:
     run.say(f"unpacking {dsc_path.name} at {build_path}")
     await _sandboxed(
         run,
-        ["dpkg-source", "--no-copy", "-x", f"/srv/inputs/{dsc_path.name}", leaf],
+        ["dpkg-source", "--no-copy", "-x", f"{_INPUTS}/{dsc_path.name}", leaf],
         cfg,
         limits,
         tree,
@@ -280,13 +297,6 @@ async def _pipeline(run: _Run) -> None:
     # 4. collect, hash, compare
     rebuilt = _collect(run, tree, info)
     await _compare(run, info, rebuilt)
-    del dsc
-
-
-def _denied() -> frozenset[str]:
-    from rebuilder.buildinfo import ENV_DENYLIST
-
-    return ENV_DENYLIST
 
 
 def _arch_flag(info: Buildinfo) -> str:
@@ -305,10 +315,15 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
         data = await fetch_bytes(
             run.session, job.buildinfo_url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
         )
-        info = parse_buildinfo(data)
     except (BadDataError, UnreachableError) as e:
         raise StageError("fetch", f"buildinfo: {e}") from e
+    # the digest names the document a failure statement is about, valid or not
+    run.buildinfo_sha256 = Digest(hashlib.sha256(data).hexdigest())
     (inputs / "job.buildinfo").write_bytes(data)
+    try:
+        info = parse_buildinfo(data)
+    except BadDataError as e:
+        raise StageError("fetch", f"buildinfo: {e}") from e
     run.buildinfo = info
     if (info.source, info.version) != (job.source, job.version):
         raise StageError(
@@ -337,7 +352,7 @@ def _dsc_location(job: BuildJob, info: Buildinfo) -> str:
     )
 
 
-async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> tuple[Dsc, Path]:
+async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> Path:
     job, settings = run.job, run.settings
     url = _dsc_location(job, info)
     run.say(f"fetching {url}")
@@ -387,7 +402,7 @@ async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> tuple[Dsc, 
             {"name": f.name, "uri": f"{base}/{f.name}", "digest": {"sha256": f.sha256}}
         )
     run.say(f"source {dsc.source} {dsc.version}: {len(dsc.files)} files, all hashes match")
-    return dsc, dsc_path
+    return dsc_path
 
 
 async def _prepare_environment(
@@ -512,6 +527,7 @@ async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, 
         {n: d for n, (d, _) in rebuilt.items()},
         {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
         {n: d for n, (d, _) in job.published.items()},
+        architecture=job.architecture,
     )
     reports = run.work / "reports"
     for v in verdicts:

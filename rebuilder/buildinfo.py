@@ -181,11 +181,21 @@ def _single_paragraph(data: bytes, what: str, limit: int) -> dict[str, str]:
             raise BadDataError(what, f"malformed PGP clear-signed wrapper: {e}") from e
         lines = [ln.decode("utf-8") if isinstance(ln, bytes) else ln for ln in payload]
         text = "\n".join(ln.rstrip("\n") for ln in lines) + "\n"
+    seen: set[str] = set()
     for n, line in enumerate(text.splitlines(), 1):
-        if line and not line[0].isspace() and ":" not in line and not line.startswith("#"):
+        if not line.strip():
+            seen = set()  # a new paragraph; more than one is refused below
+            continue
+        if line[0].isspace() or line.startswith("#"):
+            continue
+        if ":" not in line:
             raise BadDataError(
                 what, f"line {n} is neither a field nor a continuation: {line[:60]!r}"
             )
+        name = line.split(":", 1)[0].lower()
+        if name in seen:
+            raise BadDataError(what, f"field {name[:60]!r} appears twice")
+        seen.add(name)
     paragraphs = [
         p for p in deb822.Deb822.iter_paragraphs(io.StringIO(text), use_apt_pkg=False) if p
     ]
@@ -245,7 +255,7 @@ def _dependencies(value: str) -> tuple[Dependency, ...]:
             )
         if not _VERSION.fullmatch(m["version"]):
             raise BadDataError(
-                "buildinfo", f"version {m['version'][:80]!r} of {m['name']} is invalid"
+                "buildinfo", f"version {m['version'][:80]!r} of package {m['name']} is invalid"
             )
         deps.append(Dependency(m["name"], m["arch"], m["version"]))
         if len(deps) > MAX_DEPENDS:

@@ -1,4 +1,4 @@
-"""The ``rebuilder`` command: init, run, rebuild, status, revoke, keyinfo.
+"""The ``rebuilder`` command: init, run, rebuild, status, revoke, requeue, keyinfo.
 
 Environment and argv are read here only; everything below takes a ``Config``.
 
@@ -14,6 +14,8 @@ import json
 import logging
 import re
 import sys
+import tomllib
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,16 @@ import aiohttp
 from debian import deb822
 
 from rebuilder import __version__
+from rebuilder._template import render_config
 from rebuilder.attest import revocation_statement, sign_statement
-from rebuilder.config import NODE_ID, Config, ConfigError, load_config, parse_listen
+from rebuilder.config import (
+    NODE_ID,
+    Config,
+    ConfigError,
+    RepositoryConfig,
+    load_config,
+    parse_config,
+)
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
 from verifier.errors import BadDataError, UnreachableError, VerifierError
@@ -57,83 +67,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def render_config(args: argparse.Namespace) -> str:
-    host, port = parse_listen(args.listen, "--listen")
-    repos = []
-    urls = args.repository_url or []
-    suites = args.suite or []
-    names = args.repository_name or []
-    if len(suites) > len(urls) or len(names) > len(urls):
-        raise CliError("give one --repository-url per --suite/--repository-name")
-    for i, url in enumerate(urls):
-        suite = suites[i] if i < len(suites) else "stable"
-        name = names[i] if i < len(names) else (f"repo{i + 1}" if len(urls) > 1 else "local")
-        archs = ", ".join(_toml_str(a) for a in args.architectures.split(","))
-        repos.append(f"""
-[[repository]]
-name = {_toml_str(name)}                # short name, used in logs and job rows
-base_url = {_toml_str(url)}   # APT root (dists/, pool/)
-suite = {_toml_str(suite)}
-components = ["main"]
-architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep builds
-# placeholders: {{base}} {{source}} {{version}} {{version_noepoch}} {{arch}}
-buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version}}_{{arch}}.buildinfo"
-poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
-""")
-    if not repos:
-        repos.append("""
-# [[repository]]                      # add one table per APT repository to watch
-# name = "local"
-# base_url = "http://127.0.0.1:8400/debian"
-# suite = "stable"
-# components = ["main"]
-# architectures = ["amd64", "all"]
-# buildinfo_url = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
-# poll_interval = 300
-""")
-    return f"""# repro-quorum rebuilder node configuration (docs/configuration.md).
-# Relative paths are relative to the directory holding this file.
-
-[node]
-id = {_toml_str(args.id)}               # [a-z0-9][a-z0-9-]{{0,62}}; appears in MQTT topics
-operator = {_toml_str(args.operator)}   # who runs this node; policies count distinct operators
-listen = {_toml_str(f"{host}:{port}")}            # host:port of the public read-only HTTP API
-# how others reach that API (report and log links use it):
-public_url = {_toml_str(args.public_url.rstrip("/"))}
-state_dir = "."                       # holds state.db, builds/, reports/, logs/, cache/
-signing_key = "keys/signing.pem"      # PKCS#8 PEM, mode 0600; never mounted into a build
-
-[mqtt]
-enabled = {"false" if args.no_mqtt else "true"}
-host = {_toml_str(args.mqtt_host)}
-port = {args.mqtt_port}
-tls = false
-ca_file = ""                          # CA bundle when tls = true
-username = ""
-password_file = ""                    # file holding the password; never inline
-keepalive = 30                        # seconds
-{"".join(repos)}
-[build]
-environment = {_toml_str(args.environment)}                  # "host" or "mmdebstrap"
-mirror = "http://deb.debian.org/debian"   # where mmdebstrap fetches pinned build dependencies
-timeout = 3600                        # seconds per build
-max_disk_mb = 10240                   # build directory
-max_output_mb = 2048                  # all produced files together
-max_log_mb = 50
-max_source_mb = 2048                  # fetched source files together
-parallel = {args.parallel}                          # builds at once
-
-[diffoscope]
-enabled = true                        # write a report for every mismatching output
-timeout = 600                         # seconds per report
-max_report_mb = 20
-"""
-
-
 async def _create_db(path: Path) -> None:
     store = await Store.open(path)
     await store.close()
@@ -153,6 +86,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config_path.exists():
         raise CliError(f"{config_path} already exists; refusing to overwrite it")
     text = render_config(args)
+    # Validate what would be written before anything touches the disk.
+    parse_config(tomllib.loads(text), d)
     d.mkdir(parents=True, exist_ok=True)
     (d / "keys").mkdir(mode=0o700, exist_ok=True)
     key = generate_private_key()
@@ -172,9 +107,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from rebuilder.daemon import run_daemon
+    from rebuilder.daemon import DaemonError, run_daemon
 
-    asyncio.run(run_daemon(config, grace=args.grace))
+    try:
+        asyncio.run(run_daemon(config, grace=args.grace))
+    except DaemonError as e:
+        print(f"rebuilder run: {e}; see the log above", file=sys.stderr)
+        return EXIT_MISMATCH  # 1: systemd's Restart=on-failure restarts the node
     return EXIT_OK
 
 
@@ -219,6 +158,26 @@ def _read_local_buildinfo(where: str) -> bytes:
     return data
 
 
+async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
+    """The watcher's job for the same triple (published digests, .dsc), when the repository
+    lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
+    from rebuilder.indexes import group_jobs
+    from rebuilder.watch import Watcher
+
+    async with aiohttp.ClientSession() as session:
+        try:
+            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo)
+        except (BadDataError, UnreachableError) as e:
+            print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
+            return job
+    for found in group_jobs(binaries, repo, sources):
+        if (found.source, found.version, found.architecture) == (
+                job.source, job.version, job.architecture):
+            return replace(found, buildinfo_url=job.buildinfo_url)
+    print(f"repository {repo.name} does not list {job.source} {job.version} {job.architecture}")
+    return job
+
+
 async def _rebuild(args: argparse.Namespace, config: Config) -> int:
     from rebuilder.daemon import make_builder
     from rebuilder.queue import JobRunner
@@ -248,8 +207,10 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                                    " it and its sources from; or pass an http(s) URL")
                 url = repo.buildinfo_for(source, version, arch)
                 print(f"fetching the buildinfo from {url}")
-            name = repo.name if repo else "cli"
-            row = await store.ensure_job(BuildJob(source, version, arch, name, url, {}))
+            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
+            if repo is not None:
+                candidate = await _from_repository(repo, candidate)
+            row = await store.ensure_job(candidate)
             job_id = row.id
             print(f"job {job_id}: {source} {version} {arch}; comparing with "
                   f"{len(row.published)} published binaries")
@@ -359,6 +320,27 @@ def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_revoke(args, config))
 
 
+async def _requeue(args: argparse.Namespace, config: Config) -> int:
+    if not args.job_ids and not args.all_failed:
+        raise CliError("name job ids (see `rebuilder status`) or pass --all-failed")
+    store = await Store.open(config.node.db_path)
+    try:
+        done = await store.requeue_finished(args.job_ids, all_failed=args.all_failed)
+    finally:
+        await store.close()
+    skipped = sorted(set(args.job_ids) - set(done))
+    print(f"re-queued {len(done)} job(s){': ' + ' '.join(map(str, done)) if done else ''}")
+    if skipped:
+        print(f"not re-queued (unknown, queued or running): {' '.join(map(str, skipped))}")
+    print("the running daemon picks them up within seconds; each gets a new attempt and a new"
+          " attestation")
+    return EXIT_OK
+
+
+def cmd_requeue(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_requeue(args, config))
+
+
 def cmd_keyinfo(args: argparse.Namespace, config: Config) -> int:
     pub = load_private_key(config.node.signing_key).public_key()
     if args.json:
@@ -415,13 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--reason", required=True)
     rv.add_argument("--publish-now", action="store_true",
                     help="publish the outbox to the broker now instead of leaving it to the daemon")
+    rq = with_config("requeue", "queue finished jobs again (a new attempt each)")
+    rq.add_argument("job_ids", metavar="JOB_ID", type=int, nargs="*")
+    rq.add_argument("--all-failed", action="store_true", help="every failed job")
     k = with_config("keyinfo", "print this node's identity and public key")
     k.add_argument("--json", action="store_true")
     return p
 
 
 COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
-            "revoke": cmd_revoke, "keyinfo": cmd_keyinfo}
+            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,15 @@ from rebuilder.queue import Builder, JobRunner, WorkerPool
 from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
 
-__all__ = ["DEFAULT_GRACE_S", "make_builder", "run_daemon"]
+__all__ = ["DEFAULT_GRACE_S", "DaemonError", "make_builder", "run_daemon"]
 
 log = logging.getLogger("rebuilder.daemon")
 DEFAULT_GRACE_S = 60.0
 DRAIN_S = 5.0
+
+class DaemonError(Exception):
+    """A part of the daemon stopped on its own; the process should exit non-zero."""
+
 
 BuilderFactory = Callable[[Config, aiohttp.ClientSession], Builder]
 
@@ -66,9 +70,10 @@ def build_settings(config: Config) -> Any:
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
         cache_dir=config.node.cache_dir,
-        # Never visible inside a build: the state directory (database, other builds, reports)
-        # and the signing key wherever it lives.
-        hidden_paths=(config.node.state_dir, config.node.signing_key.parent),
+        # Never visible inside a build: the state directory (database, other builds, reports),
+        # the signing key and the broker password wherever they live.
+        hidden_paths=tuple(p for p in (config.node.state_dir, config.node.signing_key,
+                                       config.mqtt.password_file) if p is not None),
     )
 
 
@@ -113,8 +118,7 @@ async def _serve(
     grace: float,
     builder_factory: BuilderFactory,
 ) -> None:
-    pool: WorkerPool | None = None
-
+    died: list[asyncio.Task[Any]] = []
     async def status() -> dict[str, Any]:
         counts = await store.counts()
         return {"queue": counts["queued"], "running": counts["running"],
@@ -142,9 +146,10 @@ async def _serve(
     try:
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not stopper and t.exception() is not None:
-                log.error("task %s died: %r", t.get_name(), t.exception())
+        died = [t for t in done if t is not stopper]
+        for t in died:
+            log.error("task %s stopped unexpectedly: %r", t.get_name(),
+                      t.exception() if not t.cancelled() else "cancelled")
         stopper.cancel()
         log.info("stopping: no new jobs; running builds get %.0fs", grace)
     finally:
@@ -160,6 +165,9 @@ async def _serve(
         if publisher is not None:
             await publisher.goodbye()
         await web_runner.cleanup()
+    if died:
+        # Exit non-zero so that systemd (Restart=on-failure) starts a fresh process.
+        raise DaemonError(f"{', '.join(t.get_name() for t in died)} stopped unexpectedly")
 
 
 async def _drain(store: Store, publisher: Publisher) -> None:

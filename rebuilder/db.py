@@ -27,6 +27,7 @@ from typing import Any
 
 import aiosqlite
 
+from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
 from rebuilder.outcome import BuildJob
 from verifier.statement import Digest
 
@@ -47,93 +48,6 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class SchemaError(Exception):
-    """The database was written by a newer version, or is not a rebuilder state database."""
-
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the first schema
-    """
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
-        repository TEXT NOT NULL,
-        source TEXT NOT NULL,
-        version TEXT NOT NULL,
-        arch TEXT NOT NULL,
-        buildinfo_url TEXT NOT NULL,
-        published TEXT NOT NULL,            -- JSON {deb name: [sha256, pool url]}
-        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        queued_at TEXT NOT NULL,
-        started_at TEXT,
-        finished_at TEXT,
-        UNIQUE (repository, source, version, arch)
-    );
-    CREATE INDEX jobs_state ON jobs (state, id);
-    CREATE INDEX jobs_package ON jobs (source, version);
-
-    CREATE TABLE builds (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs (id),
-        attempt INTEGER NOT NULL,
-        invocation_id TEXT NOT NULL UNIQUE,   -- one attempt is never signed twice
-        verdict TEXT NOT NULL CHECK (verdict IN ('reproduced', 'mismatch', 'failed')),
-        failure TEXT,
-        failure_stage TEXT,
-        environment TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        finished_at TEXT NOT NULL,
-        duration_s REAL NOT NULL,
-        log_path TEXT,
-        UNIQUE (job_id, attempt)
-    );
-    CREATE INDEX builds_job ON builds (job_id, id);
-
-    CREATE TABLE outputs (
-        id INTEGER PRIMARY KEY,
-        build_id INTEGER NOT NULL REFERENCES builds (id),
-        name TEXT NOT NULL,
-        verdict TEXT NOT NULL,
-        rebuilt TEXT,
-        buildinfo TEXT,
-        repository TEXT,
-        report_id TEXT UNIQUE,
-        report_html TEXT,
-        report_txt TEXT,
-        report_sha256 TEXT
-    );
-    CREATE INDEX outputs_build ON outputs (build_id);
-
-    CREATE TABLE attestations (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the catch-up cursor; never reused
-        envelope_sha256 TEXT NOT NULL UNIQUE,
-        envelope BLOB NOT NULL,                 -- canonical Envelope.to_bytes()
-        kind TEXT NOT NULL CHECK (kind IN ('rebuild', 'failure', 'revocation')),
-        source TEXT,
-        version TEXT,
-        arch TEXT,
-        build_id INTEGER UNIQUE REFERENCES builds (id),
-        revokes TEXT,                           -- envelope sha256 a revocation names
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX attestations_package ON attestations (source, version);
-    CREATE INDEX attestations_revokes ON attestations (revokes);
-
-    CREATE TABLE subjects (
-        seq INTEGER NOT NULL REFERENCES attestations (seq),
-        name TEXT NOT NULL,
-        sha256 TEXT NOT NULL
-    );
-    CREATE INDEX subjects_sha256 ON subjects (sha256);
-
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY REFERENCES attestations (seq),
-        published_at TEXT
-    );
-    CREATE INDEX outbox_pending ON outbox (seq) WHERE published_at IS NULL;
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -150,6 +64,8 @@ class JobRow:
     queued_at: str
     started_at: str | None
     finished_at: str | None
+    dsc_url: str | None = None
+    dsc_sha256: str | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -159,6 +75,8 @@ class JobRow:
             repository=self.repository,
             buildinfo_url=self.buildinfo_url,
             published=dict(self.published),
+            dsc_url=self.dsc_url,
+            dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -225,7 +143,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         version=row["version"], arch=row["arch"], buildinfo_url=row["buildinfo_url"],
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
     )
 
 
@@ -327,9 +245,11 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
-                     job.buildinfo_url, _published_json(job.published), now),
+                     job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
+                     job.dsc_sha256),
                 )
                 if cur.rowcount:
                     added.append(job)
@@ -382,6 +302,27 @@ class Store:
                 )
                 n += cur.rowcount
             return n
+
+    async def requeue_finished(self, job_ids: Iterable[int] = (), all_failed: bool = False
+                               ) -> list[int]:
+        """Queue finished jobs again (operator's ``rebuilder requeue``); the ids re-queued.
+
+        The next attempt gets a new attempt number, so a new invocation and a new attestation;
+        earlier attestations stay (append-only) until revoked.
+        """
+        done: list[int] = []
+        async with self.transaction() as db:
+            if all_failed:
+                async with db.execute("SELECT id FROM jobs WHERE state = 'failed'") as cur:
+                    job_ids = [int(r[0]) for r in await cur.fetchall()]
+            for jid in job_ids:
+                cur = await db.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
+                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                )
+                if cur.rowcount:
+                    done.append(jid)
+        return done
 
     async def job(self, job_id: int) -> JobRow | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -439,10 +380,32 @@ class Store:
             return await self._insert_attestation(db, attestation, None)
 
     async def add_attestations_bulk(self, items: Sequence[NewAttestation]) -> None:
-        """Many attestations in one transaction (benchmarks, imports)."""
+        """Many attestations (no build) in one transaction with ``executemany`` (imports,
+        benchmarks). Sequence numbers are assigned under the write lock, in order."""
+        now = now_iso()
         async with self.transaction() as db:
-            for a in items:
-                await self._insert_attestation(db, a, None)
+            async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM attestations") as cur:
+                row = await cur.fetchone()
+            first = int(row[0]) + 1 if row else 1
+            # AUTOINCREMENT never reuses a seq: start after the highest ever handed out too.
+            async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'attestations'"
+                                  ) as cur:
+                sq = await cur.fetchone()
+            if sq is not None:
+                first = max(first, int(sq[0]) + 1)
+            seqs = range(first, first + len(items))
+            await db.executemany(
+                "INSERT INTO attestations (seq, envelope_sha256, envelope, kind, source, version,"
+                " arch, build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                [(seq, a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch,
+                  a.revokes, now) for seq, a in zip(seqs, items, strict=True)],
+            )
+            await db.executemany(
+                "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
+                [(seq, name, sha) for seq, a in zip(seqs, items, strict=True)
+                 for name, sha in a.subjects],
+            )
+            await db.executemany("INSERT INTO outbox (seq) VALUES (?)", [(q,) for q in seqs])
 
     @staticmethod
     async def _insert_attestation(
@@ -596,35 +559,3 @@ class Store:
         assert r is not None
         values = list(r)
         return [int(v or 0) for v in values[:-2]], int(values[-2]), float(values[-1])
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT version FROM schema_version") as cur:
-            row = await cur.fetchone()
-        if row is None:
-            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            current = 0
-        else:
-            current = int(row[0])
-        if current > SCHEMA_VERSION:
-            raise SchemaError(
-                f"database schema version {current} is newer than this rebuilder's "
-                f"{SCHEMA_VERSION}; upgrade repro-quorum"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in _split_sql(MIGRATIONS[version - 1]):
-                await db.execute(statement)
-            await db.execute("UPDATE schema_version SET version = ?", (version,))
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-    await db.execute("COMMIT")
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside our literals); comments dropped."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

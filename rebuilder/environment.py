@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 
+@functools.cache
 def host_architecture() -> str:
     return subprocess.run(
         ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True, timeout=30
@@ -116,6 +118,38 @@ def _open_append(path: Path) -> IO[bytes]:
     return open(path, "ab")  # closed by the caller's with statement
 
 
+async def _run_mmdebstrap(cmd: list[str], log_path: Path, time_limit: float) -> None:
+    with await asyncio.to_thread(_open_append, log_path) as log:
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(time_limit):
+                rc = await proc.wait()
+        except TimeoutError as e:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+            raise ChrootError(f"mmdebstrap did not finish within {time_limit:.0f}s") from e
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+            raise
+    if rc != 0:
+        mirror, suite = cmd[-1], cmd[-3]
+        raise ChrootError(
+            f"mmdebstrap exited with status {rc}: a pinned version may be missing from "
+            f"{mirror} {suite} (see the log)"
+        )
+
+
 def _apt_pins(deps: Iterable[Dependency]) -> list[str]:
     return [f"{d.name}{':' + d.arch if d.arch else ''}={d.version}" for d in deps]
 
@@ -133,7 +167,7 @@ async def prepare_chroot(
 
     mmdebstrap installs the ``buildd`` variant (essential + build-essential) from ``mirror``;
     a customize hook then runs ``apt-get install --allow-downgrades pkg=version ...`` for the
-    whole list and checks with dpkg-query that every version is exact. The finished tree is
+    whole list, and the chroot's dpkg database is checked to hold every exact version. The tree is
     renamed into place atomically, so a crashed build never leaves a half chroot in the cache.
     """
     key = chroot_key(deps, mirror, suite, arch)
@@ -147,42 +181,37 @@ async def prepare_chroot(
             if work.exists():
                 await asyncio.to_thread(shutil.rmtree, work)
             pins = " ".join(_apt_pins(deps))
-            check = " ".join(f"'{d.name}{':' + d.arch if d.arch else ''}'" for d in deps)
             cmd = [
                 "mmdebstrap",
                 "--variant=buildd",
                 f"--architectures={arch}",
                 "--mode=root",
                 "--format=directory",
+                # fakeroot: dpkg-buildpackage's root command for packages that need one
+                "--include=fakeroot",
                 '--aptopt=Acquire::Check-Valid-Until "false"',
                 '--customize-hook=chroot "$1" apt-get install --yes --allow-downgrades '
-                "--no-install-recommends -o Dpkg::Options::=--force-confdef " + pins,
-                '--customize-hook=chroot "$1" dpkg-query -W ' + check,
+                "--no-install-recommends " + pins,
                 '--customize-hook=rm -f "$1"/etc/resolv.conf "$1"/etc/hostname',
                 suite,
                 str(work),
                 mirror,
             ]
-            with await asyncio.to_thread(_open_append, log_path) as log:
-                log.write(("$ " + " ".join(cmd) + "\n").encode())
-                log.flush()
-                proc = await asyncio.create_subprocess_exec(
-                    *cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+            try:
+                await _run_mmdebstrap(cmd, log_path, time_limit)
+                installed = await asyncio.to_thread(
+                    installed_packages, work / "var" / "lib" / "dpkg"
                 )
-                try:
-                    async with asyncio.timeout(time_limit):
-                        rc = await proc.wait()
-                except BaseException:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, 9)
-                    await proc.wait()
-                    raise
-            if rc != 0:
-                raise ChrootError(f"mmdebstrap exited with status {rc} (see the log)")
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+                raise
+            diffs = compare_installed(deps, installed, arch)
+            if diffs:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+                raise ChrootError(
+                    f"the chroot differs from Installed-Build-Depends in {len(diffs)} packages: "
+                    + "; ".join(diffs[:20])
+                )
             (work / ".repro-quorum-ready").write_text(key + "\n")
             work.rename(final)
             return PreparedChroot(final, key, cached=False)

@@ -40,6 +40,8 @@ __all__ = [
     "packages_candidates",
     "parse_packages",
     "parse_release",
+    "parse_sources",
+    "sources_candidates",
 ]
 
 MAX_RELEASE_BYTES = 8 * 1024 * 1024
@@ -99,6 +101,11 @@ def packages_candidates(component: str, arch: str) -> list[tuple[str, str]]:
     return [(base + ".xz", ".xz"), (base + ".gz", ".gz"), (base, "")]
 
 
+def sources_candidates(component: str) -> list[tuple[str, str]]:
+    base = f"{component}/source/Sources"
+    return [(base + ".xz", ".xz"), (base + ".gz", ".gz"), (base, "")]
+
+
 def check_digest(data: bytes, expected: tuple[Digest, int], what: str) -> None:
     sha, size = expected
     if len(data) != size:
@@ -153,7 +160,7 @@ class Binary:
         return canonical_deb_name(self.package, self.version, self.architecture)
 
 
-def _field(para: deb822.Packages, name: str, pattern: re.Pattern[str], n: int) -> str:
+def _field(para: deb822.Deb822, name: str, pattern: re.Pattern[str], n: int) -> str:
     value = para.get(name)
     if not isinstance(value, str):
         raise BadDataError("Packages", f"paragraph {n} has no {name} field")
@@ -206,10 +213,59 @@ def parse_packages(data: bytes) -> list[Binary]:
     return binaries
 
 
-def group_jobs(binaries: Iterable[Binary], repo: RepositoryConfig) -> list[BuildJob]:
+_DIRECTORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,255}")
+_CHECKSUM_LINE = re.compile(
+    r"([0-9a-f]{64})\s+([0-9]{1,15})\s+([A-Za-z0-9][A-Za-z0-9._+~-]{0,254})"
+)
+
+SourceIndex = dict[tuple[str, str], tuple[str, Digest]]  # (source, version) -> (dsc path, sha256)
+
+
+def parse_sources(data: bytes) -> SourceIndex:
+    """(source, version) -> (pool path of the .dsc, its sha256) from a Sources index."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadDataError("Sources", f"not UTF-8 text: {e}") from e
+    out: SourceIndex = {}
+    try:
+        for n, para in enumerate(deb822.Sources.iter_paragraphs(text.splitlines(),
+                                                                use_apt_pkg=False), 1):
+            if n > MAX_PARAGRAPHS:
+                raise BadDataError("Sources", f"more than {MAX_PARAGRAPHS} paragraphs")
+            if not para:
+                continue
+            name = _field(para, "Package", _PKG, n)
+            version = _field(para, "Version", _VERSION, n)
+            directory = _field(para, "Directory", _DIRECTORY, n)
+            if ".." in directory.split("/"):
+                raise BadDataError("Sources", f"paragraph {n}: Directory has '..'")
+            raw = para.get("Checksums-Sha256")  # deb822.Sources splits it into dicts
+            if not isinstance(raw, list) or not raw:
+                raise BadDataError("Sources", f"paragraph {n} has no Checksums-Sha256")
+            dsc = None
+            for item in raw:
+                line = f"{item.get('sha256', '')} {item.get('size', '')} {item.get('name', '')}"
+                m = _CHECKSUM_LINE.fullmatch(line)
+                if not m:
+                    raise BadDataError("Sources", f"paragraph {n}: checksum line {line[:80]!r}")
+                if m.group(3).endswith(".dsc"):
+                    dsc = (f"{directory}/{m.group(3)}", Digest(m.group(1)))
+            if dsc is None:
+                raise BadDataError("Sources", f"paragraph {n} ({name}) lists no .dsc")
+            out[(name, version)] = dsc
+    except (ValueError, KeyError) as e:
+        raise BadDataError("Sources", f"cannot be parsed: {e}") from e
+    return out
+
+
+def group_jobs(
+    binaries: Iterable[Binary], repo: RepositoryConfig, sources: SourceIndex | None = None
+) -> list[BuildJob]:
     """One job per (source, source version, build architecture) among the configured archs.
 
-    An ``Architecture: all`` binary belongs to the build of architecture ``all``.
+    An ``Architecture: all`` binary belongs to the build of architecture ``all``. When the
+    Sources index names the version's .dsc, the job carries its URL and sha256.
     """
     groups: dict[tuple[str, str, str], dict[str, tuple[Digest, str]]] = {}
     base = repo.base_url.rstrip("/")
@@ -221,8 +277,10 @@ def group_jobs(binaries: Iterable[Binary], repo: RepositoryConfig) -> list[Build
         published[b.deb_name] = (b.sha256, f"{base}/{b.filename}")
     jobs = []
     for (source, version, arch), published in sorted(groups.items()):
+        dsc = (sources or {}).get((source, version))
         jobs.append(BuildJob(
             source=source, version=version, architecture=arch, repository=repo.name,
             buildinfo_url=repo.buildinfo_for(source, version, arch), published=published,
+            dsc_url=f"{base}/{dsc[0]}" if dsc else None, dsc_sha256=dsc[1] if dsc else None,
         ))
     return jobs

@@ -148,12 +148,12 @@ class JobRunner:
                 if out.report_html is not None and out.report_html.is_file():
                     dest = node.reports_dir / f"{report_id}.html"
                     await asyncio.to_thread(_copy_capped, out.report_html, dest, max_report)
-                    html_path = str(dest)
+                    html_path = str(dest.relative_to(node.state_dir))
                     report_sha = await asyncio.to_thread(sha256_file, dest)
                 if out.report_txt is not None and out.report_txt.is_file():
                     dest = node.reports_dir / f"{report_id}.txt"
                     await asyncio.to_thread(_copy_capped, out.report_txt, dest, max_report)
-                    txt_path = str(dest)
+                    txt_path = str(dest.relative_to(node.state_dir))
                 if html_path is None and txt_path is None:
                     report_id = None
                 elif report_sha is not None:
@@ -170,7 +170,7 @@ class JobRunner:
             dest = node.logs_dir / f"{job_key}.log"
             await asyncio.to_thread(_copy_capped, outcome.log_path, dest,
                                     self.config.build.max_log_mb * 1024 * 1024)
-            log_path = str(dest)
+            log_path = str(dest.relative_to(node.state_dir))
 
         repo = self.config.repository(job.repository)
         invocation = job.invocation_id(node.id)
@@ -245,7 +245,12 @@ class WorkerPool:
 
     async def _worker(self, index: int) -> None:
         while not self._stopping.is_set():
-            job = await self.store.claim_job()
+            try:
+                job = await self.store.claim_job()
+            except sqlite3.Error as e:  # e.g. the disk is full: wait, do not spin or die
+                log.error("worker %d: cannot claim a job (%s); retrying in %.0fs", index, e,
+                          IDLE_POLL_S)
+                job = None
             if job is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -103,6 +104,7 @@ class SandboxResult:
         return self.returncode == 0 and self.limit is None
 
 
+@functools.cache
 def bwrap_version() -> str:
     try:
         out = subprocess.run(
@@ -118,15 +120,17 @@ def _parents(dest: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _drop(cfg: SandboxConfig) -> bool:
-    return os.geteuid() == 0 if cfg.drop_to_nobody is None else cfg.drop_to_nobody
+def bwrap_argv(
+    argv: Sequence[str], cfg: SandboxConfig, limits: Limits, euid: int | None = None
+) -> list[str]:
+    """The full command line: bwrap options, then the privilege drop, then ``argv``.
 
-
-def bwrap_argv(argv: Sequence[str], cfg: SandboxConfig, limits: Limits) -> list[str]:
-    """The full command line: bwrap options, then the privilege drop, then ``argv``."""
-    drop = _drop(cfg)
+    ``euid`` is the user bwrap will run as (default: this process's).
+    """
+    root = (os.geteuid() if euid is None else euid) == 0
+    drop = root if cfg.drop_to_nobody is None else cfg.drop_to_nobody and root
     a = ["bwrap", "--die-with-parent", "--new-session"]
-    if os.geteuid() == 0:
+    if root:
         # A privileged bwrap keeps every capability unless told otherwise; keep only what
         # setpriv needs to switch to nobody (it then clears all of them, bounding set included).
         a += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -134,7 +138,9 @@ def bwrap_argv(argv: Sequence[str], cfg: SandboxConfig, limits: Limits) -> list[
         if drop:
             a += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     else:
-        a += ["--unshare-all", "--disable-userns"]
+        # an unprivileged bwrap gets no capability in its user namespace; nested user
+        # namespaces (a way back to capabilities) are refused
+        a += ["--unshare-all", "--unshare-user", "--disable-userns"]
     a += ["--hostname", cfg.hostname, "--clearenv"]
     for rel in cfg.system_paths:
         src = cfg.root / rel

@@ -24,12 +24,15 @@ from rebuilder.indexes import (
     MAX_RELEASE_BYTES,
     Binary,
     Release,
+    SourceIndex,
     check_digest,
     decompress,
     group_jobs,
     packages_candidates,
     parse_packages,
     parse_release,
+    parse_sources,
+    sources_candidates,
 )
 from rebuilder.outcome import BuildJob
 from verifier.errors import BadDataError, UnreachableError
@@ -69,7 +72,7 @@ class Watcher:
     def __init__(
         self,
         repositories: tuple[RepositoryConfig, ...],
-        store: Store,
+        store: Store | None,
         session: aiohttp.ClientSession,
         on_new_jobs: Callable[[list[BuildJob]], None] | None = None,
     ) -> None:
@@ -97,7 +100,7 @@ class Watcher:
     async def poll(self, repo: RepositoryConfig) -> list[BuildJob]:
         """One round for one repository; never raises (a daemon must survive any index)."""
         try:
-            binaries = await self.read_indexes(repo)
+            binaries, sources = await self.read_indexes(repo)
         except (BadDataError, UnreachableError) as e:
             self.errors += 1
             log.warning("repository %s: round skipped, previous state kept: %s", repo.name, e)
@@ -109,7 +112,8 @@ class Watcher:
             return []
         finally:
             self.rounds += 1
-        jobs = group_jobs(binaries, repo)
+        jobs = group_jobs(binaries, repo, sources)
+        assert self.store is not None, "a Watcher without a store only reads indexes"
         try:
             added = await self.store.add_jobs(jobs)
         except Exception:
@@ -131,7 +135,9 @@ class Watcher:
             self.on_new_jobs(added)
         return added
 
-    async def read_indexes(self, repo: RepositoryConfig) -> list[Binary]:
+    async def read_indexes(self, repo: RepositoryConfig) -> tuple[list[Binary], SourceIndex]:
+        """Every binary of the configured components and architectures, and the .dsc of
+        each source version when the repository has a Sources index (optional)."""
         dists = f"{repo.base_url.rstrip('/')}/dists/{repo.suite}"
         release = parse_release(await fetch_bounded(self.session, f"{dists}/Release",
                                                     MAX_RELEASE_BYTES))
@@ -145,7 +151,19 @@ class Watcher:
                 ):
                     continue
                 binaries += await self._read_packages(dists, release, component, arch)
-        return binaries
+        sources: SourceIndex = {}
+        for component in repo.components:
+            for path, suffix in sources_candidates(component):
+                entry = release.entry(path)
+                if entry is None:
+                    continue
+                if entry[1] > (MAX_COMPRESSED_BYTES if suffix else MAX_PACKAGES_BYTES):
+                    raise BadDataError(path, f"Release lists {entry[1]} bytes, over the limit")
+                data = await fetch_bounded(self.session, f"{dists}/{path}", entry[1])
+                check_digest(data, entry, path)
+                sources.update(parse_sources(decompress(data, suffix, MAX_PACKAGES_BYTES)))
+                break
+        return binaries, sources
 
     async def _read_packages(
         self, dists: str, release: Release, component: str, arch: str

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TextIO
 
 from verifier.debian import read_deb_identity, sha256_file
-from verifier.decision import Artifact, QuorumResult
+from verifier.decision import Artifact, QuorumResult, decide
 from verifier.errors import BadDataError, ConfigError, VerifierError
 from verifier.keys import generate_private_key, keyid, public_key_pem, save_private_key
 from verifier.policy import DEFAULT_POLICY_PATH, Policy
 from verifier.sources import (
     ClientConfig,
-    check_offline,
     check_online,
     check_via_coordinator,
+    group_by_key,
     load_attestations,
     open_fetcher,
 )
@@ -103,8 +103,9 @@ async def _check_all(
     now = datetime.now(UTC)
     artifacts = [(p, _artifact(p)) for p in paths]
     if attestation_dirs:
-        pool = load_attestations(attestation_dirs)
-        return [Checked(p, check_offline(a, policy, pool, now)) for p, a in artifacts]
+        # Attribute the pool to rebuilders once; every artifact's decision re-verifies its part.
+        grouped, _ = group_by_key(load_attestations(attestation_dirs), policy)
+        return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
 
@@ -123,12 +124,20 @@ async def _check_all(
     return [t.result() for t in tasks]
 
 
+def printable(text: str) -> str:
+    """Escape control characters: details quote peers (failure reasons, errors), and a terminal
+    must not execute escape sequences a hostile rebuilder put there."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render(checked: Checked, out: TextIO) -> None:
     """One verdict line, the rebuilders table, then what would make it pass."""
     r = checked.result
-    print(f"{r.summary} [{checked.path}]", file=out)
+    print(printable(f"{r.summary} [{checked.path}]"), file=out)
     rows = [("REBUILDER", "OPERATOR", "STATUS", "DETAIL")] + [
-        (x.id, x.operator, str(x.status), x.detail) for x in r.rebuilders
+        (x.id, printable(x.operator), str(x.status), printable(x.detail)) for x in r.rebuilders
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -140,7 +149,7 @@ def render(checked: Checked, out: TextIO) -> None:
             file=out,
         )
     for i, reason in enumerate(r.reasons):
-        print(("  why: " if i == 0 else "       ") + reason, file=out)
+        print(("  why: " if i == 0 else "       ") + printable(reason), file=out)
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -212,7 +221,7 @@ def _run_checks(args: argparse.Namespace, paths: Sequence[Path], hook: bool) -> 
     elif hook:
         for c in checked:
             if c.result.accepted:
-                print(f"verifier: {c.result.summary}", file=sys.stderr)
+                print(f"verifier: {printable(c.result.summary)}", file=sys.stderr)
             else:
                 render(c, sys.stderr)
         if rejected:

@@ -234,12 +234,15 @@ def _read(
 ) -> _Findings:
     """Step (a) for every envelope: verify under this rebuilder's key, then parse."""
     f = _Findings()
+    envelopes = list(envelopes)
+    single = len(envelopes) == 1  # the common case needs no duplicate bookkeeping
     seen_raw: set[bytes] = set()
     seen: set[Envelope] = set()
     for raw in envelopes:
-        if raw in seen_raw:
-            continue
-        seen_raw.add(raw)
+        if not single:
+            if raw in seen_raw:
+                continue
+            seen_raw.add(raw)
         if len(raw) > MAX_ENVELOPE_BYTES:
             f.junk.append(
                 f"an envelope of {len(raw)} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit"
@@ -250,9 +253,10 @@ def _read(
         except BadDataError as e:
             f.junk.append(f"malformed envelope ({e.reason})")
             continue
-        if env in seen:  # the same envelope twice counts, and costs, once
-            continue
-        seen.add(env)
+        if not single:
+            if env in seen:  # the same envelope twice counts, and costs, once
+                continue
+            seen.add(env)
         # The keyid hint orders the signatures; one Ed25519 verification in the normal case.
         if not env.verify(rebuilder.public_key, rebuilder.keyid):
             f.junk.append(
@@ -305,7 +309,7 @@ def assess(
                 reason = f.revocations.get(a.envelope.digest())
                 if reason is None:
                     kept.append(a)
-                elif bucket is f.agreements:
+                elif bucket is not f.contradictions:
                     revoked.append(reason)
             bucket[:] = kept
 
@@ -352,24 +356,25 @@ def assess(
             digest=artifact.sha256,
         )
 
-    if f.junk:
-        more = f" (and {len(f.junk) - 1} more)" if len(f.junk) > 1 else ""
-        return result(Status.INVALID, f.junk[0] + more)
-
-    name = artifact.identity.subject_name
+    # Nothing counts. Signed facts (revoked, expired, failed) explain that better than junk.
     if revoked:
-        return result(Status.NO_ATTESTATION, f"its attestation was revoked: {revoked[0]}")
+        return result(
+            Status.NO_ATTESTATION, f"its attestation was revoked: {revoked[0]}" + ignored
+        )
     if expired:
         return result(
             Status.NO_ATTESTATION,
             f"its attestation finished {format_time(max(expired))}, older than the policy's"
-            f" max_age_days = {policy.max_age_days}",
+            f" max_age_days = {policy.max_age_days}" + ignored,
         )
     if f.failures:
-        return result(Status.NO_ATTESTATION, f"its rebuild failed: {f.failures[0]}")
+        return result(Status.NO_ATTESTATION, f"its rebuild failed: {f.failures[0]}" + ignored)
     if f.missing:
-        return result(Status.NO_ATTESTATION, f.missing[0])
-    return result(Status.NO_ATTESTATION, f"no attestation for {name}")
+        return result(Status.NO_ATTESTATION, f.missing[0] + ignored)
+    if f.junk:
+        more = f" (and {len(f.junk) - 1} more)" if len(f.junk) > 1 else ""
+        return result(Status.INVALID, f.junk[0] + more)
+    return result(Status.NO_ATTESTATION, f"no attestation for {artifact.identity.subject_name}")
 
 
 def _counted(rs: Iterable[RebuilderResult], distinct: bool) -> int:

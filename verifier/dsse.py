@@ -46,11 +46,11 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise BadDataError("json", f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # built in C; a duplicate shows as a shorter dict
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise BadDataError("json", f"duplicate key {dup!r}")
     return out
 
 
@@ -58,12 +58,17 @@ def _reject_constant(name: str) -> Any:
     raise BadDataError("json", f"non-standard constant {name}")
 
 
+# One decoder for every call: json.loads with hooks would build a new one each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def strict_json_loads(data: bytes | str, what: str) -> Any:
     """Parse JSON refusing duplicate keys and NaN/Infinity, as a ``BadDataError`` on failure."""
     try:
-        return json.loads(
-            data, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _DECODER.decode(text)
+    except UnicodeDecodeError as e:
+        raise BadDataError(what, "not UTF-8") from e
     except BadDataError as e:
         raise BadDataError(what, e.reason) from e
     except (ValueError, RecursionError) as e:

@@ -15,7 +15,7 @@ import abc
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,7 +73,7 @@ class FetcherInterface(abc.ABC):
     """Fetch one URL. Implement ``_fetch``; callers use ``fetch``."""
 
     @abc.abstractmethod
-    def _fetch(self, url: str) -> AsyncIterator[bytes]:
+    def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
         """Yield the body of a GET ``url`` in chunks. Raise ``HTTPStatusError`` for a status
         other than 200; any other exception means the peer could not be reached."""
 
@@ -84,7 +84,7 @@ class FetcherInterface(abc.ABC):
         buf = bytearray()
         try:
             async with asyncio.timeout(timeout):
-                async with contextlib.aclosing(self._fetch(url)) as chunks:  # type: ignore[type-var]  # an async generator in practice
+                async with contextlib.aclosing(self._fetch(url)) as chunks:
                     async for chunk in chunks:
                         buf += chunk
                         if len(buf) > max_bytes:
@@ -106,7 +106,7 @@ class AiohttpFetcher(FetcherInterface):
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    async def _fetch(self, url: str) -> AsyncIterator[bytes]:
+    async def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
         async with self._session.get(
             url, allow_redirects=False, headers={"Accept": "application/json"}
         ) as resp:
@@ -285,8 +285,10 @@ async def check_online(
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
+            me = asyncio.current_task()
             for t in tasks:
-                t.cancel()  # cancelling a finished task (this one) is a no-op
+                if t is not me:
+                    t.cancel()  # its rebuilder then shows as "not queried"
 
     if pending and not is_settled(artifact, policy, results.values(), pending.values()):
         async with asyncio.TaskGroup() as tg:

@@ -114,6 +114,25 @@ def _sha256_of(descriptor: object, where: str) -> Digest:
     return validate_sha256(digest.get("sha256"), f"{where}.digest.sha256")
 
 
+# For fields whose constructor validates the digest anyway (Subject, OutputVerdict): extracting
+# without validating twice keeps parsing, which every verification pays for, cheaper.
+def _unchecked_sha256(descriptor: object, where: str) -> Digest:
+    digest = _obj(_obj(descriptor, where).get("digest"), f"{where}.digest")
+    value = digest.get("sha256")
+    if not isinstance(value, str):
+        raise BadDataError("statement", f"{where}.digest.sha256 is not a lowercase hex sha256")
+    return Digest(value)
+
+
+def _opt_sha256(o: object, where: str) -> Digest | None:
+    if o is None:
+        return None
+    value = _obj(o, where).get("sha256")
+    if not isinstance(value, str):
+        raise BadDataError("statement", f"{where} is not a lowercase hex sha256")
+    return Digest(value)
+
+
 @dataclass(frozen=True, slots=True)
 class PackageIdentity:
     """What was rebuilt: ecosystem, source name, source version, build architecture."""
@@ -215,11 +234,6 @@ class OutputVerdict:
         name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
         ann = _obj(d.get("annotations"), "verdict annotations")
 
-        def opt_digest(o: object, where: str) -> Digest | None:
-            if o is None:
-                return None
-            return validate_sha256(_obj(o, where).get("sha256"), where)
-
         report = ann.get("report")
         report_url = report_sha = None
         if report is not None:
@@ -232,9 +246,9 @@ class OutputVerdict:
         return cls(
             name=name,
             verdict=verdict,  # type: ignore[arg-type]  # checked against _VERDICTS above
-            rebuilt=_sha256_of(d, "verdict") if "digest" in d else None,
-            buildinfo=opt_digest(ann.get("buildinfo"), "verdict buildinfo"),
-            repository=opt_digest(ann.get("repository"), "verdict repository"),
+            rebuilt=_unchecked_sha256(d, "verdict") if "digest" in d else None,
+            buildinfo=_opt_sha256(ann.get("buildinfo"), "verdict buildinfo"),
+            repository=_opt_sha256(ann.get("repository"), "verdict repository"),
             report_sha256=report_sha,
             report_url=report_url,
         )
@@ -343,7 +357,7 @@ class RebuildStatement:
         subjects = tuple(
             Subject(
                 name=_text(_obj(s, "subject").get("name"), "subject name", MAX_NAME),
-                sha256=_sha256_of(s, "subject"),
+                sha256=_unchecked_sha256(s, "subject"),
             )
             for s in _list(d.get("subject"), "subject")
         )

@@ -48,6 +48,7 @@ from rebuilder.testrepo._repo import (
     add_custom_source,
     build_test_repository_sync,
     default_cache_dir,
+    host_arch,
 )
 from rebuilder.testrepo._sources import Kind, PackageSpec
 
@@ -64,6 +65,7 @@ __all__ = [
     "build_test_repository",
     "default_cache_dir",
     "default_packages",
+    "host_arch",
     "serve_repository",
 ]
 
@@ -85,14 +87,19 @@ DEFAULT_PACKAGES = default_packages()
 
 
 def build_test_repository(
-    dest: Path, packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES, cache_dir: Path | None = None
+    dest: Path,
+    packages: tuple[PackageSpec, ...] = DEFAULT_PACKAGES,
+    cache_dir: Path | None = None,
+    chroot: Path | None = None,
 ) -> TestRepository:
     """Build (or copy from the cache) the repository of ``packages`` into ``dest``.
 
+    The packages are built with the host's toolchain, or with the one of ``chroot`` (a
+    directory tree, e.g. made by mmdebstrap) used as the sandbox's system root.
     Blocking (real builds take a few seconds per package the first time); from async code use
     ``await asyncio.to_thread(build_test_repository, dest)``.
     """
-    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir)
+    return build_test_repository_sync(Path(dest), tuple(packages), cache_dir, chroot)
 
 
 @asynccontextmanager
@@ -102,16 +109,12 @@ async def serve_repository(
     """Serve ``path`` over HTTP on ``host`` (a free port unless given); yields the base URL."""
     app = web.Application()
     app.router.add_static("/", Path(path), show_index=False, follow_symlinks=False)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     try:
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        actual = sockets[0].getsockname()[1] if sockets else port
-        yield f"http://{host}:{actual}"
+        yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 

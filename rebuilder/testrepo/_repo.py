@@ -156,10 +156,11 @@ def host_arch() -> str:
     ).stdout.strip()
 
 
-def _host_fingerprint() -> str:
+def _host_fingerprint(chroot: Path | None = None) -> str:
     """Installed packages: a cached repository is rebuilt when the toolchain changes."""
+    admin = [f"--admindir={chroot / 'var' / 'lib' / 'dpkg'}"] if chroot else []
     out = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package}:${Architecture}=${Version}\n"],
+        ["dpkg-query", *admin, "-W", "-f", "${Package}:${Architecture}=${Version}\n"],
         capture_output=True,
         text=True,
         check=True,
@@ -167,17 +168,20 @@ def _host_fingerprint() -> str:
     return hashlib.sha256(out.encode()).hexdigest()
 
 
-def cache_key(packages: tuple[PackageSpec, ...]) -> str:
+def cache_key(packages: tuple[PackageSpec, ...], chroot: Path | None = None) -> str:
     spec = {
         "generator": GENERATOR_VERSION,
         "packages": [p.to_dict() for p in packages],
-        "host": _host_fingerprint(),
+        "host": _host_fingerprint(chroot),
+        "chroot": str(chroot) if chroot else None,
         "arch": host_arch(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _build_one(spec: PackageSpec, work: Path, repo: Path, arch: str, log: Path) -> TestPackage:
+def _build_one(
+    spec: PackageSpec, work: Path, repo: Path, arch: str, log: Path, chroot: Path | None
+) -> TestPackage:
     """Build ``spec`` at /build/<source>-<version> in the sandbox and publish it into ``repo``."""
     top = work / spec.source
     top.mkdir()
@@ -193,6 +197,8 @@ def _build_one(spec: PackageSpec, work: Path, repo: Path, arch: str, log: Path) 
         binds=(sandbox.Bind(top, "/build", writable=True),),
         chdir=f"/build/{leaf}",
         env={"LC_ALL": "C.UTF-8"},
+        root=chroot or Path("/"),
+        system_paths=sandbox.CHROOT_SYSTEM_PATHS if chroot else sandbox.HOST_SYSTEM_PATHS,
     )
     build_arch = "all" if spec.arch_all else arch
     argv = ["dpkg-buildpackage", "-A" if spec.arch_all else "-B", "--no-sign", "-rfakeroot"]
@@ -307,7 +313,9 @@ def _write_index(path: Path, data: bytes) -> None:
     path.with_suffix(".xz").write_bytes(lzma.compress(data))
 
 
-def build_into(cache: Path, packages: tuple[PackageSpec, ...], key: str) -> TestRepository:
+def build_into(
+    cache: Path, packages: tuple[PackageSpec, ...], key: str, chroot: Path | None = None
+) -> TestRepository:
     """Build every package and the indexes into ``cache`` (which must not exist yet)."""
     arch = host_arch()
     tmp = cache.with_name(cache.name + ".tmp")
@@ -319,7 +327,7 @@ def build_into(cache: Path, packages: tuple[PackageSpec, ...], key: str) -> Test
     work = Path(tempfile.mkdtemp(prefix="rq-testrepo-"))
     try:
         os.chmod(work, 0o755)  # noqa: S103  # the sandbox user must reach the build tree
-        built = tuple(_build_one(spec, work, repo, arch, log) for spec in packages)
+        built = tuple(_build_one(spec, work, repo, arch, log, chroot) for spec in packages)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _indexes(repo, arch, log)
@@ -343,9 +351,12 @@ def load(repo: Path) -> TestRepository | None:
 
 
 def build_test_repository_sync(
-    dest: Path, packages: tuple[PackageSpec, ...], cache_dir: Path | None = None
+    dest: Path,
+    packages: tuple[PackageSpec, ...],
+    cache_dir: Path | None = None,
+    chroot: Path | None = None,
 ) -> TestRepository:
-    key = cache_key(packages)
+    key = cache_key(packages, chroot)
     existing = load(dest)
     if existing is not None and json.loads((dest / _MARKER).read_text())["key"] == key:
         return existing
@@ -356,7 +367,7 @@ def build_test_repository_sync(
         fcntl.flock(lock, fcntl.LOCK_EX)
         was_cached = cached.exists()
         if not was_cached:
-            build_into(cached, packages, key)
+            build_into(cached, packages, key, chroot)
     if dest.exists():
         if any(dest.iterdir()) and existing is None:
             raise FileExistsError(f"{dest} is not empty and holds no test repository")

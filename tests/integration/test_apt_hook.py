@@ -1,4 +1,4 @@
-"""Real ``apt-get install`` guarded by ``verifier apt-hook``: blocked without a quorum, then done
+"""Real ``apt-get install`` guarded by ``verifier apt-hook``: refused, then allowed by a quorum.
 
 A tiny .deb in a local file repository (``[trusted=yes]``), two rebuilders served by real aiohttp
 servers on loopback, and an APT configuration passed through ``APT_CONFIG`` so the system's own

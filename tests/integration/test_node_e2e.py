@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import lzma
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,12 @@ from rebuilder.publish import attestation_topic
 from rebuilder.testrepo import build_test_repository, serve_repository
 from tests.support import Mosquitto, wait_for
 from tests.unit.rebuilder.node_helpers import Subscriber, amake_node
+from verifier.debian import read_deb_identity
+from verifier.decision import Artifact
 from verifier.dsse import Envelope
 from verifier.keys import load_public_key
+from verifier.policy import Policy, TrustedRebuilder
+from verifier.sources import check_online, open_fetcher
 from verifier.statement import RebuildStatement, parse_statement
 
 pytestmark = pytest.mark.slow
@@ -64,53 +69,65 @@ async def test_node_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
         store = await Store.open(cfg.node.db_path, readonly=True)
         n_jobs = len(repo.packages)
         async with Subscriber(mosquitto.host, mosquitto.port,
-                              attestation_topic(cfg.node.id)) as sub:
-            async with running_node(cfg):
-                await wait_for(lambda: _finished(store, n_jobs), 240, "every job finished",
-                               interval=0.5)
-                await wait_for(lambda: _backlog_zero(store), 30, "outbox drained")
-                api = cfg.node.public_url
-                node = await _get(session, f"{api}/v1/node")
-                pub = load_public_key(node["public_key"])
+                              attestation_topic(cfg.node.id)) as sub, running_node(cfg):
+            await wait_for(lambda: _finished(store, n_jobs), 240, "every job finished",
+                           interval=0.5)
+            await wait_for(lambda: _backlog_zero(store), 30, "outbox drained")
+            api = cfg.node.public_url
+            node = await _get(session, f"{api}/v1/node")
+            pub = load_public_key(node["public_key"])
 
-                for pkg in repo.packages:
-                    job_row = await store.find_job(pkg.source, pkg.version, pkg.architecture)
-                    assert job_row is not None, pkg.source
-                    build = await _get(session, f"{api}/v1/builds/{job_row.id}")
-                    expected = "reproduced" if pkg.kind == "reproducible" else "mismatch"
-                    assert build["verdict"] == expected, (pkg.source, build)
-                    for out in build["outputs"]:
-                        # Every attestation is found by the digest this node built...
+            for pkg in repo.packages:
+                job_row = await store.find_job(pkg.source, pkg.version, pkg.architecture)
+                assert job_row is not None, pkg.source
+                build = await _get(session, f"{api}/v1/builds/{job_row.id}")
+                expected = "reproduced" if pkg.kind == "reproducible" else "mismatch"
+                assert build["verdict"] == expected, (pkg.source, build)
+                for out in build["outputs"]:
+                    # Every attestation is found by the digest this node built...
+                    found = await _get(
+                        session, f"{api}/v1/attestations?digest=sha256:{out['rebuilt']}")
+                    envs = [Envelope.from_dict(e) for e in found["attestations"]]
+                    assert [e.digest() for e in envs] == [build["envelope_sha256"]]
+                    assert envs[0].verify(pub)
+                    st = parse_statement(envs[0].payload)
+                    assert isinstance(st, RebuildStatement)
+                    assert st.package == job_row.to_build_job().package
+                    assert st.subject_named(out["name"]) is not None
+                    if expected == "mismatch" and out["verdict"] == "mismatch":
+                        assert out["report_html_url"], out
+                        async with session.get(out["report_html_url"]) as r:
+                            assert r.status == 200
+                            assert "sandbox" in r.headers["Content-Security-Policy"]
+                            html = await r.read()
+                        v = st.verdict_for(out["name"])
+                        assert v is not None
+                        assert v.report_sha256 == hashlib.sha256(html).hexdigest()
+                if expected == "reproduced":
+                    # ...and, when reproduced, by the published digest a verifier looks up.
+                    for deb in pkg.debs:
                         found = await _get(
-                            session, f"{api}/v1/attestations?digest=sha256:{out['rebuilt']}")
-                        envs = [Envelope.from_dict(e) for e in found["attestations"]]
-                        assert [e.digest() for e in envs] == [build["envelope_sha256"]]
-                        assert envs[0].verify(pub)
-                        st = parse_statement(envs[0].payload)
-                        assert isinstance(st, RebuildStatement)
-                        assert st.package == job_row.to_build_job().package
-                        assert st.subject_named(out["name"]) is not None
-                        if expected == "mismatch" and out["verdict"] == "mismatch":
-                            assert out["report_html_url"], out
-                            async with session.get(out["report_html_url"]) as r:
-                                assert r.status == 200
-                                assert "sandbox" in r.headers["Content-Security-Policy"]
-                                html = await r.read()
-                            v = st.verdict_for(out["name"])
-                            assert v is not None
-                            assert v.report_sha256 == hashlib.sha256(html).hexdigest()
-                    if expected == "reproduced":
-                        # ...and, when reproduced, by the published digest a verifier looks up.
-                        for deb in pkg.debs:
-                            found = await _get(
-                                session, f"{api}/v1/attestations?digest=sha256:{deb.sha256}")
-                            assert len(found["attestations"]) == 1, deb.name
+                            session, f"{api}/v1/attestations?digest=sha256:{deb.sha256}")
+                        assert len(found["attestations"]) == 1, deb.name
 
-                catch_up = await _get(session, f"{api}/v1/attestations?since=0&limit=1000")
-                stored = [Envelope.from_dict(i["envelope"]).digest()
-                          for i in catch_up["attestations"]]
-                assert len(stored) == n_jobs
-                await wait_for(lambda: _has_all(sub, stored), 30, "every attestation on MQTT")
+            # The verifier's own quorum check (threshold 1, this node trusted) accepts
+            # exactly the reproducible packages' published files.
+            policy = Policy(threshold=1, rebuilders=(TrustedRebuilder(
+                id=cfg.node.id, operator=cfg.node.operator, url=api, public_key=pub),))
+            async with open_fetcher() as fetcher:
+                for pkg in repo.packages:
+                    for deb in pkg.debs:
+                        artifact = Artifact(deb.sha256, read_deb_identity(repo.path / deb.path))
+                        result = await check_online(artifact, policy, fetcher,
+                                                    now=datetime.now(UTC))
+                        assert result.accepted == (pkg.kind == "reproducible"), (
+                            pkg.source, result)
+
+            catch_up = await _get(session, f"{api}/v1/attestations?since=0&limit=1000")
+            stored = [Envelope.from_dict(i["envelope"]).digest()
+                      for i in catch_up["attestations"]]
+            assert len(stored) == n_jobs
+            await wait_for(lambda: _has_all(sub, stored), 30, "every attestation on MQTT")
         counts = collections.Counter(sub.received)
         assert set(counts) == set(stored)
         assert all(n == 1 for n in counts.values()), counts  # no crash here: exactly once

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder.config import parse_config
+from rebuilder.config import RepositoryConfig, parse_config
 from rebuilder.indexes import (
     check_digest,
     decompress,
@@ -49,11 +49,12 @@ SHA256: {H3}
 """.encode()
 
 
-def _repo():  # type: ignore[no-untyped-def]
+def _repo() -> RepositoryConfig:
+    template = "{base}/bi/{source}_{version_noepoch}_{arch}.buildinfo"
     return parse_config(
         {"node": {"id": "a", "operator": "o"},
          "repository": [{"name": "r", "base_url": "http://h/debian/", "suite": "stable",
-                         "buildinfo_url": "{base}/bi/{source}_{version_noepoch}_{arch}.buildinfo"}]},
+                         "buildinfo_url": template}]},
         Path("/"),
     ).repositories[0]
 
@@ -154,3 +155,40 @@ def test_digest_check() -> None:
         check_digest(data, (good[0], 4), "x")  # type: ignore[arg-type]
     with pytest.raises(BadDataError, match="sha256 is"):
         check_digest(b"abd", good, "x")  # type: ignore[arg-type]
+
+
+SOURCES = f"""Package: foo
+Version: 2:3.1-2
+Directory: pool/main/f/foo
+Checksums-Sha256:
+ {H1} 528 foo_3.1-2.dsc
+ {H2} 932 foo_3.1.orig.tar.xz
+""".encode()
+
+
+def test_sources_pin_the_dsc() -> None:
+    from rebuilder.indexes import parse_sources
+
+    sources = parse_sources(SOURCES)
+    assert sources == {("foo", "2:3.1-2"): ("pool/main/f/foo/foo_3.1-2.dsc", H1)}
+    jobs = group_jobs(parse_packages(PACKAGES), _repo(), sources)
+    foo = next(j for j in jobs if j.source == "foo")
+    assert foo.dsc_url == "http://h/debian/pool/main/f/foo/foo_3.1-2.dsc"
+    assert foo.dsc_sha256 == H1
+    assert next(j for j in jobs if j.source == "hello").dsc_url is None
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("no-dsc", SOURCES.replace(b"foo_3.1-2.dsc", b"foo_3.1-2.txt"), "lists no .dsc"),
+        ("traversal", SOURCES.replace(b"pool/main/f/foo", b"pool/../../etc"), "'..'"),
+        ("bad-digest", SOURCES.replace(H1.encode(), b"abc"), "checksum line"),
+        ("no-checksums", b"Package: foo\nVersion: 1\nDirectory: p\n", "Checksums-Sha256"),
+    ],
+)
+def test_hostile_sources(name: str, text: bytes, needle: str) -> None:
+    from rebuilder.indexes import parse_sources
+
+    with pytest.raises(BadDataError, match=needle):
+        parse_sources(text)

@@ -179,3 +179,20 @@ def test_apt_hook_accepts_and_refuses(
     assert "refusing to install: 1 of 2 packages" in err
     assert run_hook(monkeypatch, b"/nonexistent.deb\n", args) == 1
     assert run_hook(monkeypatch, b"VERSION 7\n\n", args) == 1
+
+
+def test_terminal_escapes_from_a_peer_are_neutralized(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.verifier._vectors import make_vectors
+    from verifier.dsse import sign
+
+    mv = make_vectors()
+    stmt = mv.rebuild("rb-beta", (), failure="\x1b]0;pwned\x07\x1b[2Jbuild failed")
+    d = tmp_path / "att"
+    d.mkdir()
+    (d / "failed.json").write_bytes(sign(stmt.to_bytes(), mv.private_key("rb-beta")).to_bytes())
+    assert main(["check", "--policy", str(POLICY), "--attestations", str(d), str(DEB)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2Jbuild failed" in out

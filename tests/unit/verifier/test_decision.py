@@ -21,6 +21,7 @@ from verifier.decision import (
     is_settled,
 )
 from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope, Signature, sign
+from verifier.keys import Ed25519PublicKey
 from verifier.policy import Policy
 from verifier.sources import group_by_key
 from verifier.statement import Digest, OutputVerdict, PackageIdentity, Subject
@@ -246,3 +247,96 @@ def test_group_by_key_uses_the_key_not_the_hint() -> None:
     assert len(dropped) == 2
     result = decide(ARTIFACT, POLICY, grouped, NOW)
     assert result.accepted
+
+
+def test_revocation_explains_better_than_junk() -> None:
+    rev = (VECTORS / "attestations/revocation-rb-beta.json").read_bytes()
+    result = decide(ARTIFACT, POLICY, {"rb-beta": [B, rev, b"junk"]}, NOW)
+    beta = result.rebuilders[1]
+    assert beta.status == Status.NO_ATTESTATION
+    assert "revoked: built on a compromised host" in beta.detail
+    assert "ignored 1 unusable envelope" in beta.detail
+
+
+# --- cost: one Ed25519 verification per envelope in the normal case -------------------------
+
+
+class CountingKey(Ed25519PublicKey):
+    """Wraps a real public key and counts verifications (a unit-test double, pure logic)."""
+
+    def __init__(self, inner: Ed25519PublicKey) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls += 1
+        self.inner.verify(signature, data)
+
+    def public_bytes(self, encoding, format):  # type: ignore[no-untyped-def]
+        return self.inner.public_bytes(encoding, format)
+
+    def public_bytes_raw(self) -> bytes:
+        return self.inner.public_bytes_raw()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __copy__(self) -> CountingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CountingKey:
+        return self
+
+
+def test_one_verification_per_envelope_even_among_other_signatures() -> None:
+    counting = {r.id: CountingKey(r.public_key) for r in POLICY.rebuilders}
+    policy = dataclasses.replace(
+        POLICY,
+        rebuilders=tuple(
+            dataclasses.replace(r, public_key=counting[r.id]) for r in POLICY.rebuilders
+        ),
+    )
+    # rb-alpha's envelope also carries three other signatures placed before its own.
+    stmt = Envelope.from_bytes(A).payload
+    keys = [mv.private_key(n) for n in ("mallory", "rb-beta", "rb-gamma", "rb-alpha")]
+    multi = sign(stmt, keys).to_bytes()
+    result = decide(
+        ARTIFACT, policy, {"rb-alpha": [multi, multi], "rb-beta": [B], "rb-gamma": []}, NOW
+    )
+    assert [str(r.status) for r in result.rebuilders[:3]] == ["agrees", "agrees", "no_attestation"]
+    assert counting["rb-alpha"].calls == 1  # the keyid hint picks its signature first; dedup
+    assert counting["rb-beta"].calls == 1
+    assert counting["rb-gamma"].calls == 0
+
+
+@pytest.mark.parametrize("reject_on_mismatch", [0, 1, 2])
+@pytest.mark.parametrize("distinct", [True, False])
+def test_is_settled_is_exact_over_every_completion(reject_on_mismatch: int, distinct: bool) -> None:
+    """Exhaustively, on four rebuilders (two share an operator): settled iff every way the
+    pending rebuilders could answer gives the same outcome."""
+    import itertools
+
+    policy = dataclasses.replace(
+        POLICY,
+        rebuilders=POLICY.rebuilders[:4],
+        reject_on_mismatch=reject_on_mismatch,
+        require_distinct_operators=distinct,
+    )
+    kinds = (Status.AGREES, Status.DISAGREES, Status.NO_ATTESTATION)
+    ids = [t.id for t in policy.rebuilders]
+    for pending_mask in range(16):
+        pending = [t for i, t in enumerate(policy.rebuilders) if pending_mask >> i & 1]
+        known_ids = [rid for i, rid in enumerate(ids) if not pending_mask >> i & 1]
+        for known_statuses in itertools.product(kinds, repeat=len(known_ids)):
+            known = [r(rid, s) for rid, s in zip(known_ids, known_statuses, strict=True)]
+            outcomes = set()
+            for rest in itertools.product(kinds, repeat=len(pending)):
+                filled = {x.id: x for x in known} | {
+                    t.id: r(t.id, s) for t, s in zip(pending, rest, strict=True)
+                }
+                outcomes.add(conclude(ARTIFACT, policy, [filled[i] for i in ids]).accepted)
+            settled = is_settled(ARTIFACT, policy, known, pending)
+            assert settled is (len(outcomes) == 1), (pending_mask, known_statuses)

@@ -1,0 +1,71 @@
+"""Host environment comparison (pure) and the chroot cache key; plus the real dpkg database."""
+
+from __future__ import annotations
+
+from rebuilder.buildinfo import Dependency
+from rebuilder.environment import (
+    chroot_key,
+    compare_installed,
+    host_architecture,
+    host_differences,
+    installed_packages,
+)
+
+INSTALLED = {
+    "gcc-12": "12.2.0-14",
+    "gcc-12:amd64": "12.2.0-14",
+    "libc6": "2.36-9",
+    "libc6:amd64": "2.36-9",
+    "libc6:i386": "2.36-8",
+    "tzdata": "2024a-0",
+    "tzdata:all": "2024a-0",
+}
+
+
+def test_exact_match_has_no_differences() -> None:
+    wanted = [Dependency("gcc-12", None, "12.2.0-14"), Dependency("libc6", "amd64", "2.36-9")]
+    assert compare_installed(wanted, INSTALLED, "amd64") == []
+
+
+def test_every_difference_is_listed() -> None:
+    wanted = [
+        Dependency("gcc-12", None, "12.2.0-13"),
+        Dependency("missing", None, "1.0"),
+        Dependency("libc6", "i386", "2.36-9"),
+        Dependency("tzdata", None, "2024a-0"),
+    ]
+    assert compare_installed(wanted, INSTALLED, "amd64") == [
+        "gcc-12 (= 12.2.0-13): installed 12.2.0-14",
+        "missing (= 1.0): not installed",
+        "libc6:i386 (= 2.36-9): installed 2.36-8",
+    ]
+
+
+def test_arch_qualified_lookup_does_not_fall_back() -> None:
+    assert compare_installed([Dependency("tzdata", "arm64", "2024a-0")], INSTALLED, "amd64") == [
+        "tzdata:arm64 (= 2024a-0): not installed"
+    ]
+
+
+def test_real_host_matches_its_own_dpkg_database() -> None:
+    installed = installed_packages()
+    arch = host_architecture()
+    assert installed["dpkg"]
+    wanted = [
+        Dependency("dpkg", None, installed["dpkg"]),
+        Dependency("dpkg", arch, installed["dpkg"]),
+    ]
+    assert host_differences(wanted) == []
+    assert host_differences([Dependency("dpkg", None, "0.0-fake")]) == [
+        f"dpkg (= 0.0-fake): installed {installed['dpkg']}"
+    ]
+
+
+def test_chroot_key_is_order_independent_and_sensitive() -> None:
+    a = [Dependency("a", None, "1"), Dependency("b", None, "2")]
+    key = chroot_key(a, "http://m/debian", "bookworm", "amd64")
+    assert key == chroot_key(list(reversed(a)), "http://m/debian", "bookworm", "amd64")
+    assert key != chroot_key([Dependency("a", None, "1")], "http://m/debian", "bookworm", "amd64")
+    assert key != chroot_key(a, "http://other/debian", "bookworm", "amd64")
+    assert key != chroot_key(a, "http://m/debian", "trixie", "amd64")
+    assert len(key) == 64
