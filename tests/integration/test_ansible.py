@@ -485,6 +485,7 @@ def full_inventory(base: Path, ports: dict[str, int]) -> dict[str, Any]:
                 "coordinator_config_dir": str(base / "etc" / "coordinator"),
                 "coordinator_state_dir": str(base / "var" / "coordinator"),
                 "coordinator_catchup_interval": 5,
+                "coordinator_verify_workers": 1,
             },
             "children": {
                 group: {"hosts": {"localhost": host}}
@@ -595,6 +596,17 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     output, recap = run_playbook(inventory, base)
     assert recap["localhost"] == 0, changed_tasks(output)
     assert key.read_bytes() == key_bytes
+
+    # An upgrade (the source tree changed) reinstalls the package and keeps the key.
+    with (base / "src" / "rebuilder" / "__init__.py").open("a") as f:
+        f.write("# upgraded\n")
+    output, recap = run_playbook(inventory, base)
+    changed = "\n".join(changed_tasks(output))
+    assert "Install repro-quorum and its dependencies" in changed, changed
+    assert "Note which install the service runs" in changed, changed
+    assert key.read_bytes() == key_bytes
+    site = next((base / "opt" / "venv" / "lib").glob("python3*/site-packages"))
+    assert (site / "rebuilder" / "__init__.py").read_text().endswith("# upgraded\n")
 
     # Start what was installed, as the users the roles created, with the rendered files.
     venv_bin = base / "opt" / "venv" / "bin"
