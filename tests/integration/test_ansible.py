@@ -326,6 +326,7 @@ async def test_broker_acl_confines_each_rebuilder_to_its_own_topics(
     passwords = {a: secret(tmp, a) for a in ("rb-one", "rb-two", "coordinator")}
     for account, password in passwords.items():
         assert len(password) >= 32, account
+        assert (tmp / "secrets" / "mqtt" / account).stat().st_mode & 0o077 == 0, account
         assert password not in output, f"{account}'s password appears in the playbook output"
 
     def client(account: str, ident: str) -> aiomqtt.Client:
@@ -682,3 +683,35 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     finally:
         for proc in reversed(processes):
             stop(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "node_id",
+    [
+        "rb-one\ntopic readwrite #",  # would add an ACL line granting everything
+        "rb/#",  # would widen the node's topics to a wildcard
+        "Rb-One",  # outside [a-z0-9][a-z0-9-]{0,62}
+    ],
+    ids=["acl-injection", "topic-wildcard", "uppercase"],
+)
+def test_broker_play_refuses_a_node_id_that_is_not_a_plain_name(
+    tmp_path: Path, node_id: str
+) -> None:
+    inventory = broker_inventory(tmp_path, free_port(), free_port())
+    inventory["all"]["children"]["rebuilders"]["hosts"]["rb2.invalid"]["rebuilder_node_id"] = (
+        node_id
+    )
+    path = write_inventory(tmp_path / "inventory.json", fix_localhost(inventory))
+    proc = subprocess.run(
+        [tool("ansible-playbook"), "-i", str(path), "site.yml", "--limit", "localhost"],
+        cwd=ANSIBLE_DIR,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "needs a distinct rebuilder_node_id" in proc.stdout, proc.stdout[-3000:]
+    assert not (tmp_path / "mosquitto" / "repro-quorum.acl").exists()
+    assert not (tmp_path / "mosquitto" / "repro-quorum.passwd").exists()
