@@ -453,6 +453,8 @@ def full_inventory(base: Path, ports: dict[str, int]) -> dict[str, Any]:
         "all": {
             "vars": {
                 "repro_quorum_manage_services": False,
+                # apt runs in the broker test; three more runs of it here cost a minute
+                "repro_quorum_install_system_packages": False,
                 "repro_quorum_install_source_dir": str(base / "src"),
                 "repro_quorum_venv_dir": str(base / "opt" / "venv"),
                 "repro_quorum_systemd_unit_dir": str(base / "systemd"),
