@@ -34,7 +34,7 @@ __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "S
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -100,6 +100,18 @@ _MIGRATIONS: dict[int, str] = {
         detected_at REAL NOT NULL,
         UNIQUE (source, version, artifact)
     );
+    """,
+    # 2: one row per package version, so the package search does not scan every envelope.
+    2: """
+    CREATE TABLE packages (
+        source TEXT NOT NULL,
+        version TEXT NOT NULL,
+        latest INTEGER NOT NULL,          -- id of its newest envelope
+        PRIMARY KEY (source, version)
+    ) WITHOUT ROWID;
+    INSERT INTO packages(source, version, latest)
+        SELECT source, version, MAX(id) FROM envelopes WHERE source IS NOT NULL
+        GROUP BY source, version;
     """,
 }
 
@@ -313,6 +325,16 @@ class Store:
                 "INSERT INTO revocations(envelope_id, rebuilder, revoked, reason)"
                 " VALUES (?,?,?,?)",
                 revocation_rows,
+            )
+        latest: dict[tuple[str, str], int] = {}
+        for i, a in enumerate(new):
+            if a.source is not None and a.version is not None:
+                latest[(a.source, a.version)] = first + i
+        if latest:
+            await self._w.executemany(
+                "INSERT INTO packages(source, version, latest) VALUES (?,?,?)"
+                " ON CONFLICT(source, version) DO UPDATE SET latest = excluded.latest",
+                [(src, ver, eid) for (src, ver), eid in latest.items()],
             )
         if counts:
             await self._w.executemany(
@@ -533,9 +555,8 @@ class Store:
         """Package versions whose source name contains ``query``, with per-rebuilder verdicts."""
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         pkgs = await self._all(
-            "SELECT source, version, MAX(id) AS latest FROM envelopes"
-            " WHERE source IS NOT NULL AND source LIKE ? ESCAPE '\\'"
-            " GROUP BY source, version ORDER BY source, latest DESC LIMIT ? OFFSET ?",
+            "SELECT source, version, latest FROM packages WHERE source LIKE ? ESCAPE '\\'"
+            " ORDER BY source, latest DESC LIMIT ? OFFSET ?",
             (pattern, limit, offset),
         )
         out = []
