@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jinja2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -717,3 +718,38 @@ def test_broker_play_refuses_a_node_id_that_is_not_a_plain_name(
     assert "needs a distinct rebuilder_node_id" in proc.stdout, proc.stdout[-3000:]
     assert not (tmp_path / "mosquitto" / "repro-quorum.acl").exists()
     assert not (tmp_path / "mosquitto" / "repro-quorum.passwd").exists()
+
+
+def render_rebuilder_unit(run_as_root: bool) -> str:
+    """The rebuilder's unit template rendered as the template module does (trim_blocks)."""
+    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, autoescape=False)  # noqa: S701
+    env.filters["bool"] = bool
+    template = env.from_string(
+        (ANSIBLE_DIR / "roles/rebuilder/templates/rebuilder.service.j2").read_text()
+    )
+    return template.render(
+        rebuilder_run_as_root=run_as_root,
+        rebuilder_user="rq-rebuilder",
+        rebuilder_group="rq-rebuilder",
+        rebuilder_state_dir="/var/lib/repro-quorum/rebuilder",
+        rebuilder_config_dir="/etc/repro-quorum/rebuilder",
+        rebuilder_node_id="rb-x",
+        rebuilder_foreign_arch_builds=False,
+        repro_quorum_venv_dir="/opt/repro-quorum/venv",
+    )
+
+
+def test_rebuilder_unit_runs_mmdebstrap_mode_as_bounded_root() -> None:
+    unit = render_rebuilder_unit(run_as_root=True)
+    settings = [line for line in unit.splitlines() if line and not line.startswith("#")]
+    assert not any(line.startswith(("User=", "Group=", "PrivateDevices=")) for line in settings)
+    caps = next(line for line in settings if line.startswith("CapabilityBoundingSet="))
+    assert {"CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_SETUID"} <= set(
+        caps.removeprefix("CapabilityBoundingSet=").split()
+    )
+    assert "CAP_SYS_MODULE" not in caps and "CAP_SYS_PTRACE" not in caps
+    assert "NoNewPrivileges=yes" in settings and "ProtectSystem=strict" in settings
+
+    host = render_rebuilder_unit(run_as_root=False).splitlines()
+    assert "User=rq-rebuilder" in host and "CapabilityBoundingSet=" in host
+    assert "PrivateDevices=yes" in host
