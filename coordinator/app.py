@@ -48,6 +48,7 @@ CATCHUP = web.AppKey("catchup", CatchUp)
 MQTT = web.AppKey("mqtt", MqttLink)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+VIEWS = web.AppKey("views", list)  # [monotonic time, views] of the last rebuilder_views()
 
 DIGEST_PARAM = re.compile(r"sha256:([0-9a-f]{64})")
 PACKAGE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,254}")
@@ -82,8 +83,25 @@ def package_parts(request: web.Request) -> tuple[str, str]:
     return source, version
 
 
+_VIEWS_TTL = 1.0  # seconds: online flags and counts need not be fresher than this
+
+
 async def rebuilder_views(app: web.Application, now: float | None = None) -> list[dict[str, Any]]:
-    """Every registered rebuilder with its state, online flag and counts by verdict."""
+    """Every registered rebuilder with its state, online flag and counts by verdict.
+
+    Cached for a second, so a burst of lookups costs one database round trip, not one each.
+    """
+    cached = app[VIEWS]
+    t = time.monotonic()
+    if now is None and cached and t - cached[0] < _VIEWS_TTL:
+        return [dict(v) for v in cached[1]]
+    views = await _rebuilder_views(app, now)
+    if now is None:
+        app[VIEWS][:] = [t, views]
+    return [dict(v) for v in views]
+
+
+async def _rebuilder_views(app: web.Application, now: float | None) -> list[dict[str, Any]]:
     config = app[CONFIG]
     store = app[STORE]
     now = time.time() if now is None else now
@@ -290,7 +308,6 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         id="catch-up",
         max_instances=1,
         coalesce=True,
-        next_run_time=None,
     )
     scheduler.start()
     app[SCHEDULER] = scheduler
@@ -334,6 +351,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024)
     app[CONFIG] = config
+    app[VIEWS] = []
     app.cleanup_ctx.extend([_store_ctx, _ingest_ctx, _http_ctx, _mqtt_ctx, _scheduler_ctx])
     app.router.add_get("/v1/attestations", get_attestations)
     app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)

@@ -117,7 +117,11 @@ def _print_status(s: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coordinator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="coordinator",
+        description="repro-quorum coordinator: verified aggregation of rebuilder attestations,"
+        " disagreement detection, query API and dashboard.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the coordinator service")

@@ -384,10 +384,6 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             coord_port = free_port()
             coordinator = f"http://127.0.0.1:{coord_port}"
             config = write_coordinator_config(state, nodes, mqtt_port, coord_port)
-            children.start(
-                "coordinator",
-                [sys.executable, "-m", "coordinator", "run", "--config", str(config)],
-            )
             for node in nodes:
                 children.start(
                     node.id,
@@ -397,6 +393,10 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             for node in nodes:
                 await wait_http(session, f"{node.url}/healthz", children)
                 out.info(f"{node.id:<9} ({node.operator}) at {node.url}")
+            children.start(
+                "coordinator",
+                [sys.executable, "-m", "coordinator", "run", "--config", str(config)],
+            )
             await wait_http(session, f"{coordinator}/healthz", children)
             out.info(f"coordinator at {coordinator}")
 

@@ -56,6 +56,9 @@ def client_for(config: MqttConfig, identifier: str) -> aiomqtt.Client:
         keepalive=config.keepalive,
         tls_context=tls,
         timeout=10,
+        # A bound on memory under a flood: beyond it aiomqtt discards (and logs) messages;
+        # catch-up fetches any genuine one from its rebuilder later.
+        max_queued_incoming_messages=100_000,
     )
 
 

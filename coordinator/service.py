@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from coordinator.checks import (
@@ -33,11 +34,15 @@ __all__ = ["Ingest", "Metrics"]
 
 log = logging.getLogger(__name__)
 
-# Checking one envelope takes ~0.2 ms; yielding every few of them keeps queries answered fast
+# Checking one envelope takes ~0.25 ms; yielding every few of them keeps queries answered fast
 # while a large batch is being verified.
-_YIELD_EVERY = 16
+_YIELD_EVERY = 8
 _IN_FLIGHT = 4  # batches being checked while one is stored
 _COALESCE_S = 0.005
+
+
+def _printable(rebuilder_id: str) -> str:
+    return rebuilder_id.encode("unicode_escape").decode("ascii")[:80]
 
 
 @dataclass
@@ -77,20 +82,38 @@ class Ingest:
         self._log_budget: Counter[str] = Counter()
         self._pool: ProcessPoolExecutor | None = None
         self._in_flight = 0
+        self._queued_bytes = 0
+        self._space = asyncio.Event()
 
     # ---- receiving -----------------------------------------------------------------------
 
     async def submit(self, rebuilder_id: str, payload: bytes) -> None:
-        """Queue one MQTT attestation message (waits when the queue is full: backpressure)."""
+        """Queue one MQTT attestation message.
+
+        Oversized messages are dropped here, before they take memory in the queue; when the
+        queue holds ``max_queued_bytes`` this waits (backpressure on the MQTT reader).
+        """
         self.metrics.received["mqtt"] += 1
+        limit = self.config.limits.max_envelope_bytes
+        if len(payload) > limit:
+            self.drop(
+                Dropped(_printable(rebuilder_id), "oversized",
+                        f"{len(payload)} bytes, limit {limit}"),
+                "mqtt",
+            )
+            return
+        while self._queued_bytes > self.config.limits.max_queued_bytes:
+            self._space.clear()
+            await self._space.wait()
         self._idle.clear()
+        self._queued_bytes += len(payload)
         await self._queue.put((rebuilder_id, payload))
 
     def queued(self) -> int:
         return self._queue.qsize()
 
     async def drained(self) -> None:
-        """Wait until every submitted message has been checked and stored (for tests, demo)."""
+        """Wait until every submitted message has been checked and stored."""
         await self._idle.wait()
 
     def drop(self, d: Dropped, source: str) -> None:
@@ -136,7 +159,12 @@ class Ingest:
     async def _check_many(self, batch: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, check_batch, batch)
+            try:
+                return await loop.run_in_executor(self._pool, check_batch, batch)
+            except (BrokenProcessPool, RuntimeError, OSError) as e:
+                # Never lose messages to a broken pool: check in this process from now on.
+                log.error("verification workers failed (%s); checking in-process instead", e)
+                self.stop_workers()
         results: list[Accepted | Dropped] = []
         for i, (rebuilder_id, payload) in enumerate(batch):
             results.append(self.check(rebuilder_id, payload))
@@ -215,6 +243,8 @@ class Ingest:
                 await asyncio.sleep(_COALESCE_S)
             while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._queued_bytes -= sum(len(p) for _, p in batch)
+            self._space.set()
             self._in_flight += 1
             await checked.put(asyncio.create_task(self._check_many(batch)))
 

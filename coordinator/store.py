@@ -14,6 +14,7 @@ Only envelopes that passed ``coordinator.checks`` are ever stored. The schema ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -33,7 +34,7 @@ __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "S
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -99,6 +100,18 @@ _MIGRATIONS: dict[int, str] = {
         detected_at REAL NOT NULL,
         UNIQUE (source, version, artifact)
     );
+    """,
+    # 2: one row per package version, so the package search does not scan every envelope.
+    2: """
+    CREATE TABLE packages (
+        source TEXT NOT NULL,
+        version TEXT NOT NULL,
+        latest INTEGER NOT NULL,          -- id of its newest envelope
+        PRIMARY KEY (source, version)
+    ) WITHOUT ROWID;
+    INSERT INTO packages(source, version, latest)
+        SELECT source, version, MAX(id) FROM envelopes WHERE source IS NOT NULL
+        GROUP BY source, version;
     """,
 }
 
@@ -179,6 +192,8 @@ class Store:
 
     async def close(self) -> None:
         await self._r.close()
+        with contextlib.suppress(sqlite3.Error):
+            await self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._w.close()
 
     # ---- writing -------------------------------------------------------------------------
@@ -311,6 +326,16 @@ class Store:
                 " VALUES (?,?,?,?)",
                 revocation_rows,
             )
+        latest: dict[tuple[str, str], int] = {}
+        for i, a in enumerate(new):
+            if a.source is not None and a.version is not None:
+                latest[(a.source, a.version)] = first + i
+        if latest:
+            await self._w.executemany(
+                "INSERT INTO packages(source, version, latest) VALUES (?,?,?)"
+                " ON CONFLICT(source, version) DO UPDATE SET latest = excluded.latest",
+                [(src, ver, eid) for (src, ver), eid in latest.items()],
+            )
         if counts:
             await self._w.executemany(
                 "INSERT INTO counts(rebuilder, verdict, n) VALUES (?,?,?)"
@@ -438,19 +463,22 @@ class Store:
         return out
 
     async def envelopes_for_digest(self, sha256_hex: str) -> list[bytes]:
-        """Every stored envelope with a subject of that digest, then the revocations of those."""
+        """Every stored envelope with a subject of that digest, then the revocations of those.
+
+        One statement, answered from the subjects index: the cost does not grow with the size
+        of the database.
+        """
         rows = await self._all(
-            "SELECT e.digest, e.body FROM subjects s JOIN envelopes e ON e.id = s.envelope_id"
-            " WHERE s.sha256 = ? ORDER BY e.id",
+            "WITH hits AS (SELECT DISTINCT e.id, e.digest FROM subjects s"
+            " JOIN envelopes e ON e.id = s.envelope_id WHERE s.sha256 = ?)"
+            " SELECT 0, e.id, e.body FROM hits h JOIN envelopes e ON e.id = h.id"
+            " UNION"
+            " SELECT 1, e.id, e.body FROM hits h JOIN revocations r ON r.revoked = h.digest"
+            " JOIN envelopes e ON e.id = r.envelope_id"
+            " ORDER BY 1, 2",
             (bytes.fromhex(sha256_hex),),
         )
-        bodies: list[bytes] = []
-        seen: set[bytes] = set()
-        for digest, body in rows:
-            if digest not in seen:
-                seen.add(digest)
-                bodies.append(body)
-        return bodies + await self._revocations_of(list(seen))
+        return [r[2] for r in rows]
 
     async def _revocations_of(self, digests: Sequence[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -527,9 +555,8 @@ class Store:
         """Package versions whose source name contains ``query``, with per-rebuilder verdicts."""
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         pkgs = await self._all(
-            "SELECT source, version, MAX(id) AS latest FROM envelopes"
-            " WHERE source IS NOT NULL AND source LIKE ? ESCAPE '\\'"
-            " GROUP BY source, version ORDER BY source, latest DESC LIMIT ? OFFSET ?",
+            "SELECT source, version, latest FROM packages WHERE source LIKE ? ESCAPE '\\'"
+            " ORDER BY source, latest DESC LIMIT ? OFFSET ?",
             (pattern, limit, offset),
         )
         out = []

@@ -109,3 +109,30 @@ def _counted(app, n):  # type: ignore[no-untyped-def]
         m = app[INGEST].metrics
         return m.dropped_total() + m.duplicates + m.ingested["mqtt"] >= n
     return check
+
+
+async def test_broken_verification_workers_lose_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    import dataclasses
+    import os
+    import signal
+
+    alpha = Signer("rb-alpha")
+    port = free_port()
+    cfg = load_config(coordinator_toml(tmp_path, [alpha], mosquitto.port, port))
+    app = create_app(dataclasses.replace(cfg, verify_workers=1))
+    async with serving(app, port):
+        await asyncio.wait_for(app[MQTT].connected.wait(), 10)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+            first = alpha.rebuild("a", "1", {"a_1_all.deb": sha("a")})
+            await pub.publish("rq/v1/attestations/rb-alpha", first.to_bytes(), qos=1)
+            await wait_for(_stored(app, 1), 20, "the first attestation, checked by a worker")
+            pool = app[INGEST]._pool
+            assert pool is not None
+            for pid in list(pool._processes):  # the worker this test's coordinator started
+                os.kill(pid, signal.SIGKILL)
+            second = alpha.rebuild("b", "1", {"b_1_all.deb": sha("b")})
+            await pub.publish("rq/v1/attestations/rb-alpha", second.to_bytes(), qos=1)
+            await wait_for(_stored(app, 2), 20, "the second attestation, checked in-process")
+        assert app[INGEST]._pool is None

@@ -128,3 +128,29 @@ async def _has_error(base: str) -> bool:
 async def _metrics(base: str) -> str:
     async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
         return await r.text()
+
+
+async def test_status_command(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.cli import main
+
+    alpha = Signer("rb-alpha")
+    node = StandInNode(alpha, envelopes=[
+        alpha.rebuild("a", "1", {"a_1_amd64.deb": sha("a")}),
+        alpha.rebuild("a", "1", {"a_1_amd64.deb": sha("other")}, invocation="again"),
+    ])
+    async with serving(node.app()) as url:
+        alpha.url = url
+        port = free_port()
+        config_path = coordinator_toml(tmp_path, [alpha], None, port)
+        app = create_app(load_config(config_path))
+        async with serving(app, port):
+            await wait_for(lambda: _stored(f"http://127.0.0.1:{port}", 2), 10, "catch-up")
+            assert await asyncio.to_thread(main, ["status", "--config", str(config_path),
+                                                  "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["envelopes"] == 2 and status["disagreements"] == 1
+    assert status["rebuilders"][0]["id"] == "rb-alpha"
+    assert main(["status", "--config", str(config_path)]) == 0
+    text = capsys.readouterr().out
+    assert "envelopes stored: 2" in text and "rebuilders online: 1 of 1" in text
+    assert main(["status", "--config", str(tmp_path / "missing.toml")]) == 2

@@ -22,7 +22,7 @@ from aiohttp import web
 from coordinator.app import INGEST, MQTT, STORE, create_app
 from coordinator.config import load_config
 from coordinator.demo import Children, Node, run_checked, wait_http, write_coordinator_config
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rebuilder.testrepo import build_test_repository, default_packages, serve_repository
 from rebuilder.testrepo._repo import host_arch
 from tests.support import Mosquitto, free_port, wait_for
 from tests.unit.coordinator.factory import serving
@@ -66,7 +66,10 @@ Network = tuple[list[Node], Path, list[Any]]
 
 @contextlib.asynccontextmanager
 async def network(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Network]:
-    repo = await asyncio.to_thread(build_test_repository, tmp_path / "repo")
+    # Eight packages, so the outages surely fall in the middle of the work.
+    repo = await asyncio.to_thread(
+        build_test_repository, tmp_path / "repo", default_packages(extra=4)
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     children = Children(logs)

@@ -135,3 +135,22 @@ def test_disagreement_json_shape() -> None:
 
     d = Disagreement(1, "hello", "1.0", DEB, {"rb-a": sha("a")}, [], 0.0)
     assert json.loads(json.dumps(d.to_dict()))["detected_at"] == "1970-01-01T00:00:00Z"
+
+
+async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "c.db")
+    await s.ensure_rebuilders(["rb-alpha"])
+    await s.store_batch([accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
+                         accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")}))])
+    await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 1 database was
+        db.execute("DROP TABLE packages")
+        db.execute("PRAGMA user_version = 1")
+    s = await Store.open(tmp_path / "c.db")
+    try:
+        found = await s.search_packages("hello", 10)
+        assert [p["version"] for p in found] == ["1.0-2", "1.0-1"]
+    finally:
+        await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

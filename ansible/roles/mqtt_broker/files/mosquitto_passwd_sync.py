@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 
-def read_entries(path):
-    entries = {}
+def read_entries(path: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
@@ -26,7 +26,7 @@ def read_entries(path):
     return entries
 
 
-def hash_matches(digest, password):
+def hash_matches(digest: str, password: str) -> bool:
     """True when `digest` (mosquitto's $7$ PBKDF2-SHA512 or $6$ SHA512 form) is of `password`."""
     parts = digest.split("$")
     secret = password.encode("utf-8")
@@ -44,7 +44,7 @@ def hash_matches(digest, password):
     return hmac.compare_digest(got, want)
 
 
-def main():
+def main() -> None:
     path = sys.argv[1]
     wanted = json.load(sys.stdin)
     for user, password in wanted.items():
@@ -53,7 +53,7 @@ def main():
         if not user or any(c in user for c in ":\r\n\0 #+/"):
             sys.exit(f"MQTT account name {user!r} is not allowed in a mosquitto password file")
     current = read_entries(path)
-    report = {"added": [], "updated": [], "removed": []}
+    report: dict[str, list[str]] = {"added": [], "updated": [], "removed": []}
     for user in sorted(wanted):
         password = wanted[user]
         if user in current and hash_matches(current[user], password):

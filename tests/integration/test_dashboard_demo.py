@@ -1,0 +1,85 @@
+"""The dashboard of the real demo network (real rebuilds, real diffoscope reports) in headless
+Chromium; then Ctrl-C stops the demo and every process it started.
+
+Screenshots: test-artifacts/demo-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.coordinator.cdp import Browser
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-u", "-m", "coordinator.demo", "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        dashboard = None
+        output = []
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 600
+        for line in demo.stdout:
+            output.append(line)
+            m = re.search(r"==> Dashboard: (http://127\.0\.0\.1:\d+)/", line)
+            if m:
+                dashboard = m.group(1)
+                break
+            assert time.monotonic() < deadline, "".join(output)
+        assert dashboard, "".join(output)
+
+        async with Browser.launch(tmp_path / "chromium") as browser:
+            page = await browser.new_page()
+            await page.goto(f"{dashboard}/")
+            text = await page.text()
+            for node in ("rb-alpha", "rb-beta", "rb-gamma"):
+                assert node in text
+            assert "3 / 3" in text  # rebuilders online
+            await page.screenshot(ARTIFACTS / "demo-overview.png")
+            assert browser.errors(page) == []
+
+            await page.click("table.disagreements a[href^='/packages/rq-unrepro/']")
+            text = await page.text()
+            assert "rq-unrepro_1.0_all.deb" in text and "not reached" in text
+            await page.screenshot(ARTIFACTS / "demo-package-unreproducible.png")
+            assert browser.errors(page) == []
+
+            await page.click("a.mismatch-link")
+            frames = await page.frame_html()
+            assert len(frames) == 1 and "diffoscope" in frames[0].lower()
+            await page.screenshot(ARTIFACTS / "demo-mismatch-unreproducible.png")
+
+            await page.goto(f"{dashboard}/packages/rq-tampered/1.0")
+            await page.screenshot(ARTIFACTS / "demo-package-tampered.png")
+            await page.click("a.mismatch-link")
+            frames = await page.frame_html()
+            assert len(frames) == 1 and "rq-tampered" in frames[0]
+            await page.screenshot(ARTIFACTS / "demo-mismatch-tampered.png")
+
+            await page.goto(f"{dashboard}/packages/rq-hello/1.0")
+            assert "3 of 2 ✓ reached" in await page.text()
+            await page.screenshot(ARTIFACTS / "demo-package-reproducible.png")
+            assert browser.errors(page) == []
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout

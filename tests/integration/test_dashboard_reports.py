@@ -1,0 +1,93 @@
+"""The dashboard's report proxy and pages against hostile input: one test per attack."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from coordinator.app import CATCHUP, create_app
+from coordinator.config import Limits, load_config
+from coordinator.dashboard import PAGE_CSP, REPORT_CSP
+from tests.support import free_port
+from tests.unit.coordinator.factory import Signer, StandInNode, coordinator_toml, serving, sha
+
+DEB = "a_1_all.deb"
+
+
+async def _setup(tmp_path: Path, report_urls: dict[str, str], node: StandInNode, port: int,
+                 **limits: int) -> web.Application:
+    signer = node.signer
+    node.envelopes = [
+        signer.rebuild(f"p-{name}", "1", {f"p-{name}_1_all.deb": sha(name)},
+                       upstream={f"p-{name}_1_all.deb": sha("published")}, report_url=url)
+        for name, url in report_urls.items()
+    ]
+    config = load_config(coordinator_toml(tmp_path, [signer], None, port))
+    return create_app(dataclasses.replace(config, limits=Limits(**limits)))
+
+
+async def _report_path(s: aiohttp.ClientSession, base: str, name: str) -> str:
+    async with s.get(f"{base}/packages/p-{name}/1") as r:
+        html = await r.text()
+    href = html.split('class="mismatch-link" href="')[1].split('"')[0]
+    return href.replace("/mismatch/", "/reports/")
+
+
+async def test_report_proxy_attacks(tmp_path: Path) -> None:
+    signer = Signer("rb-alpha")
+    node = StandInNode(signer)
+    node.reports["ok"] = "<p>fine report</p>"
+    node.reports["big"] = "x" * 50_000
+    other = web.Application()
+
+    async def internal(request: web.Request) -> web.Response:
+        return web.Response(text="internal secret")
+    other.router.add_get("/{tail:.*}", internal)
+    async with serving(node.app()) as url, serving(other) as elsewhere:
+        signer.url = url
+        port = free_port()
+        app = await _setup(tmp_path, {
+            "ok": f"{url}/v1/reports/ok.html",
+            "big": f"{url}/v1/reports/big.html",
+            "missing": f"{url}/v1/reports/missing.html",
+            # SSRF: a signed statement naming a URL that is not the rebuilder's own API
+            "ssrf": f"{elsewhere}/v1/reports/x.html",
+            "traversal": f"{url}/v1/reports/../../admin.html",
+            "not-a-report": f"{url}/v1/node",
+        }, node, port, max_report_bytes=10_000)
+        async with serving(app, port) as base, aiohttp.ClientSession() as s:
+            await app[CATCHUP].round()
+            async with s.get(f"{base}{await _report_path(s, base, 'ok')}") as r:
+                assert r.status == 200
+                assert r.headers["Content-Security-Policy"] == REPORT_CSP
+                assert "fine report" in await r.text()
+            async with s.get(f"{base}{await _report_path(s, base, 'big')}") as r:
+                assert r.status == 502  # over the size cap
+            async with s.get(f"{base}{await _report_path(s, base, 'missing')}") as r:
+                assert r.status == 502
+            for name in ("ssrf", "traversal", "not-a-report"):
+                path = await _report_path(s, base, name)
+                async with s.get(f"{base}{path}") as r:
+                    assert r.status == 404, name
+                    assert "internal secret" not in await r.text()
+                async with s.get(f"{base}{path.replace('/reports/', '/mismatch/')}") as r:
+                    assert r.status == 200
+                    assert "does not fetch it" in await r.text()
+                    assert "<iframe" not in await r.text()
+            for bad in (f"/reports/{'0' * 63}/{DEB}", f"/reports/{'g' * 64}/{DEB}",
+                        f"/reports/{'0' * 64}/..%2f..%2fetc",
+                        f"/mismatch/{'0' * 64}/%3Cscript%3E"):
+                async with s.get(f"{base}{bad}") as r:
+                    assert r.status in (400, 404), bad
+            async with s.get(f"{base}/packages/p-ok/1?threshold=0") as r:
+                assert r.status == 400
+            async with s.get(f"{base}/packages/p-ok/1?threshold=abc") as r:
+                assert r.status == 400
+            async with s.get(f"{base}/packages/nothing/1") as r:
+                assert r.status == 404
+            async with s.get(f"{base}/") as r:
+                assert r.headers["Content-Security-Policy"] == PAGE_CSP
+                assert "script-src" not in PAGE_CSP  # default-src 'none': no script at all
