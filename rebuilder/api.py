@@ -82,6 +82,8 @@ async def _errors(
         if e.status < 400:
             raise
         response = _error(e.status, e.reason)
+        if "Allow" in e.headers:
+            response.headers["Allow"] = e.headers["Allow"]
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     return response

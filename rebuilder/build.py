@@ -88,6 +88,9 @@ class BuildSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"build setting {name} must be positive")
+        # relative paths (a config loaded from ".") are taken from the current directory
+        object.__setattr__(self, "hidden_paths", tuple(p.absolute() for p in self.hidden_paths))
+        sandbox.check_hidden(self.hidden_paths)
 
 
 class StageError(Exception):
@@ -108,6 +111,7 @@ class _Run:
     log: BinaryIO
     started: datetime
     buildinfo: Buildinfo | None = None
+    buildinfo_sha256: Digest | None = None  # set once fetched, even if it then fails to parse
     resolved: list[dict[str, Any]] = field(default_factory=list)
     internal: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
@@ -152,7 +156,7 @@ async def run_rebuild(
         job=job,
         started_on=started,
         finished_on=datetime.now(UTC),
-        buildinfo_sha256=run.buildinfo.sha256 if run.buildinfo else None,
+        buildinfo_sha256=run.buildinfo_sha256,
         outputs=() if failure else tuple(run.outputs),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
@@ -194,6 +198,9 @@ def _remove_tree(path: Path) -> None:
 
 async def _pipeline(run: _Run) -> None:
     settings = run.settings
+    # a retried job starts clean: nothing of an earlier attempt may be mistaken for this one's
+    for leftover in ("inputs", "tree", "artifacts", "published", "reports"):
+        _remove_tree(run.work / leftover)
     inputs = run.work / "inputs"
     _mkdirs(inputs)
     run.internal.update(
@@ -311,10 +318,15 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
         data = await fetch_bytes(
             run.session, job.buildinfo_url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
         )
-        info = parse_buildinfo(data)
     except (BadDataError, UnreachableError) as e:
         raise StageError("fetch", f"buildinfo: {e}") from e
+    # the digest names the document a failure statement is about, valid or not
+    run.buildinfo_sha256 = Digest(hashlib.sha256(data).hexdigest())
     (inputs / "job.buildinfo").write_bytes(data)
+    try:
+        info = parse_buildinfo(data)
+    except BadDataError as e:
+        raise StageError("fetch", f"buildinfo: {e}") from e
     run.buildinfo = info
     if (info.source, info.version) != (job.source, job.version):
         raise StageError(
@@ -518,6 +530,7 @@ async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, 
         {n: d for n, (d, _) in rebuilt.items()},
         {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
         {n: d for n, (d, _) in job.published.items()},
+        architecture=job.architecture,
     )
     reports = run.work / "reports"
     for v in verdicts:

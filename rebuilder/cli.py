@@ -25,6 +25,7 @@ import aiohttp
 from debian import deb822
 
 from rebuilder import __version__
+from rebuilder._template import render_config
 from rebuilder.attest import revocation_statement, sign_statement
 from rebuilder.config import (
     NODE_ID,
@@ -33,7 +34,6 @@ from rebuilder.config import (
     RepositoryConfig,
     load_config,
     parse_config,
-    parse_listen,
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
@@ -65,83 +65,6 @@ def _setup_logging(verbose: bool) -> None:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def render_config(args: argparse.Namespace) -> str:
-    host, port = parse_listen(args.listen, "--listen")
-    repos = []
-    urls = args.repository_url or []
-    suites = args.suite or []
-    names = args.repository_name or []
-    if len(suites) > len(urls) or len(names) > len(urls):
-        raise CliError("give one --repository-url per --suite/--repository-name")
-    for i, url in enumerate(urls):
-        suite = suites[i] if i < len(suites) else "stable"
-        name = names[i] if i < len(names) else (f"repo{i + 1}" if len(urls) > 1 else "local")
-        archs = ", ".join(_toml_str(a) for a in args.architectures.split(","))
-        repos.append(f"""
-[[repository]]
-name = {_toml_str(name)}                # short name, used in logs and job rows
-base_url = {_toml_str(url)}   # APT root (dists/, pool/)
-suite = {_toml_str(suite)}
-components = ["main"]
-architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep builds
-# placeholders: {{base}} {{source}} {{version}} {{version_noepoch}} {{arch}}
-buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version}}_{{arch}}.buildinfo"
-poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
-""")
-    if not repos:
-        repos.append("""
-# [[repository]]                      # add one table per APT repository to watch
-# name = "local"
-# base_url = "http://127.0.0.1:8400/debian"
-# suite = "stable"
-# components = ["main"]
-# architectures = ["amd64", "all"]
-# buildinfo_url = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
-# poll_interval = 300
-""")
-    return f"""# repro-quorum rebuilder node configuration (docs/configuration.md).
-# Relative paths are relative to the directory holding this file.
-
-[node]
-id = {_toml_str(args.id)}               # [a-z0-9][a-z0-9-]{{0,62}}; appears in MQTT topics
-operator = {_toml_str(args.operator)}   # who runs this node; policies count distinct operators
-listen = {_toml_str(f"{host}:{port}")}            # host:port of the public read-only HTTP API
-# how others reach that API (report and log links use it):
-public_url = {_toml_str(args.public_url.rstrip("/"))}
-state_dir = "."                       # holds state.db, builds/, reports/, logs/, cache/
-signing_key = "keys/signing.pem"      # PKCS#8 PEM, mode 0600; never mounted into a build
-
-[mqtt]
-enabled = {"false" if args.no_mqtt else "true"}
-host = {_toml_str(args.mqtt_host)}
-port = {args.mqtt_port}
-tls = false
-ca_file = ""                          # CA bundle when tls = true
-username = ""
-password_file = ""                    # file holding the password; never inline
-keepalive = 30                        # seconds
-{"".join(repos)}
-[build]
-environment = {_toml_str(args.environment)}                  # "host" or "mmdebstrap"
-mirror = "http://deb.debian.org/debian"   # where mmdebstrap fetches pinned build dependencies
-timeout = 3600                        # seconds per build
-max_disk_mb = 10240                   # build directory
-max_output_mb = 2048                  # all produced files together
-max_log_mb = 50
-max_source_mb = 2048                  # fetched source files together
-parallel = {args.parallel}                          # builds at once
-
-[diffoscope]
-enabled = true                        # write a report for every mismatching output
-timeout = 600                         # seconds per report
-max_report_mb = 20
-"""
 
 
 async def _create_db(path: Path) -> None:

@@ -37,12 +37,15 @@ def compare_outputs(
     rebuilt: Mapping[str, Digest],
     buildinfo: Mapping[str, Digest],
     published: Mapping[str, Digest],
+    architecture: str | None = None,
 ) -> list[Verdict]:
     """One verdict per file in ``rebuilt`` or ``published``, sorted by name.
 
     Files only the buildinfo lists (neither rebuilt nor published) are not judged: the
     repository is what installers get. A ``-dbgsym`` package built but not published is not
-    judged either: Debian publishes those in a separate archive, if at all.
+    judged either: Debian publishes those in a separate archive, if at all. With
+    ``architecture`` (the job's), an unpublished file built for another architecture (the
+    ``all`` packages of an ``amd64 all`` build) belongs to another job and is not judged here.
     """
     verdicts: list[Verdict] = []
     for name in sorted(set(rebuilt) | set(published)):
@@ -50,7 +53,7 @@ def compare_outputs(
         if r is None:
             verdict = "missing-rebuild"
         elif p is None:
-            if _is_dbgsym(name):
+            if _is_dbgsym(name) or (architecture and _arch_of(name) != architecture):
                 continue
             verdict = "missing-upstream"
         elif r == p and (b is None or b == r):
@@ -59,6 +62,10 @@ def compare_outputs(
             verdict = "mismatch"
         verdicts.append(Verdict(name, verdict, r, b, p))
     return verdicts
+
+
+def _arch_of(name: str) -> str:
+    return name.removesuffix(".deb").rsplit("_", 1)[-1]
 
 
 def _is_dbgsym(name: str) -> bool:
@@ -147,7 +154,8 @@ async def run_diffoscope(
     kept: dict[str, Path | None] = {}
     for label, src, dest in (("html", "report.html", html), ("text", "report.txt", text)):
         problem = await asyncio.to_thread(_copy_report, scratch / src, dest, max_report_bytes)
-        if problem and result.returncode in (0, 1):
+        # with no difference (exit 0) diffoscope writes no report at all
+        if problem and result.returncode == 1:
             error = error or f"diffoscope {label} report: {problem}"
         kept[label] = dest if dest.exists() else None
     await asyncio.to_thread(shutil.rmtree, scratch, True)

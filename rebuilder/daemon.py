@@ -70,9 +70,10 @@ def build_settings(config: Config) -> Any:
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
         cache_dir=config.node.cache_dir,
-        # Never visible inside a build: the state directory (database, other builds, reports)
-        # and the signing key wherever it lives.
-        hidden_paths=(config.node.state_dir, config.node.signing_key.parent),
+        # Never visible inside a build: the state directory (database, other builds, reports),
+        # the signing key and the broker password wherever they live.
+        hidden_paths=tuple(p for p in (config.node.state_dir, config.node.signing_key,
+                                       config.mqtt.password_file) if p is not None),
     )
 
 

@@ -104,7 +104,7 @@ def chroot_key(deps: Iterable[Dependency], mirror: str, suite: str, arch: str) -
         "mirror": mirror,
         "suite": suite,
         "arch": arch,
-        "format": 1,
+        "format": 2,  # bumped whenever the chroot recipe changes
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -187,8 +187,9 @@ async def prepare_chroot(
                 f"--architectures={arch}",
                 "--mode=root",
                 "--format=directory",
-                # fakeroot: dpkg-buildpackage's root command for packages that need one
-                "--include=fakeroot",
+                # fakeroot: dpkg-buildpackage's root command for packages that need one;
+                # bubblewrap: the sandbox's inner layer that disables nested user namespaces
+                "--include=fakeroot,bubblewrap",
                 '--aptopt=Acquire::Check-Valid-Until "false"',
                 '--customize-hook=chroot "$1" apt-get install --yes --allow-downgrades '
                 "--no-install-recommends " + pins,

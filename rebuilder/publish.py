@@ -3,9 +3,11 @@
 Guarantee: **at least once, in order**. An attestation is stored (with its outbox row) before it
 is published; a row is marked published only after ``aiomqtt.Client.publish`` with QoS 1 returns,
 which aiomqtt does only once the broker's PUBACK arrived (it waits on paho's ``on_publish``, which
-paho calls for QoS 1 on PUBACK). A broker outage only delays rows; a crash between the PUBACK and
-the mark re-sends that row after restart, so consumers dedupe by envelope sha256 (the
-coordinator stores envelopes under that key anyway).
+paho calls for QoS 1 on PUBACK), and only when that PUBACK's MQTT 5 reason code is a success
+(``_AckWatch``: aiomqtt itself ignores the code, so an ACL refusal would otherwise pass). A
+broker outage only delays rows; a crash between the PUBACK and the mark re-sends that row after
+restart, so consumers dedupe by envelope sha256 (the coordinator stores envelopes under that key
+anyway).
 
 Topics (docs/api.md): ``rq/v1/attestations/<id>`` (QoS 1) and retained ``rq/v1/status/<id>``
 whose last will is ``{"state": "offline"}``.
@@ -78,6 +80,37 @@ def _client(config: Config, client_id: str, with_will: bool) -> aiomqtt.Client:
     )
 
 
+class _AckWatch:
+    """Records the reason code of each PUBACK, which aiomqtt does not surface.
+
+    aiomqtt's ``publish`` returns once paho reports the message published, whatever the PUBACK's
+    MQTT 5 reason code; a broker refusing it (say, "not authorized" by an ACL) would look like a
+    success. Publishing one message at a time, the code seen during a ``publish`` call is that
+    message's, so ``check`` can turn a refusal into an error and the row stays in the outbox.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.failure: str | None = None
+        paho = getattr(client, "_client", None)
+        original = getattr(paho, "on_publish", None)
+        if paho is None or original is None:
+            return  # aiomqtt changed its internals: fall back to its own semantics
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, props: Any) -> None:
+            if getattr(reason_code, "is_failure", False):
+                self.failure = str(reason_code)
+            original(c, userdata, mid, reason_code, props)
+
+        paho.on_publish = on_publish
+
+    async def publish(self, client: aiomqtt.Client, topic: str, payload: bytes,
+                      retain: bool = False) -> None:
+        self.failure = None
+        await client.publish(topic, payload, qos=1, retain=retain, properties=_json_props())
+        if self.failure is not None:
+            raise aiomqtt.MqttError(f"the broker refused the message on {topic}: {self.failure}")
+
+
 def _json_props() -> Properties:
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ContentType = "application/json"
@@ -95,6 +128,7 @@ class Publisher:
         self.store = store
         self.status = status
         self._wake = asyncio.Event()
+        self._acks: _AckWatch | None = None
         self.drained = asyncio.Event()  # set while the outbox is known to be empty
         self.published = 0
         self.connected = False
@@ -107,7 +141,9 @@ class Publisher:
         failures = 0
         while True:
             try:
-                async with _client(self.config, f"rq-rebuilder-{self.config.node.id}", True) as c:
+                client = _client(self.config, f"rq-rebuilder-{self.config.node.id}", True)
+                self._acks = _AckWatch(client)
+                async with client as c:
                     self.connected = True
                     failures = 0
                     log.info("connected to MQTT broker %s:%d", self.config.mqtt.host,
@@ -146,8 +182,9 @@ class Publisher:
         rows = await self.store.pending_outbox(BATCH)
         topic = attestation_topic(self.config.node.id)
         for row in rows:
-            await client.publish(topic, row.envelope, qos=1, properties=_json_props())
-            # publish() returned: the broker acknowledged (PUBACK). Only now mark it.
+            assert self._acks is not None
+            await self._acks.publish(client, topic, row.envelope)
+            # publish() returned: the broker acknowledged (PUBACK, success). Only now mark it.
             await self.store.mark_published(row.seq)
             self.published += 1
             log.info("published attestation seq %d %s (%s)", row.seq, row.envelope_sha256,
@@ -176,13 +213,13 @@ class Publisher:
 async def flush_once(config: Config, store: Store, deadline_s: float = 30.0) -> int:
     """Publish every pending outbox row now (``rebuilder revoke --publish-now``); rows sent."""
     sent = 0
-    async with asyncio.timeout(deadline_s), _client(
-        config, f"rq-rebuilder-{config.node.id}-cli", False
-    ) as c:
+    client = _client(config, f"rq-rebuilder-{config.node.id}-cli", False)
+    acks = _AckWatch(client)
+    async with asyncio.timeout(deadline_s), client as c:
         topic = attestation_topic(config.node.id)
         while rows := await store.pending_outbox(BATCH):
             for row in rows:
-                await c.publish(topic, row.envelope, qos=1, properties=_json_props())
+                await acks.publish(c, topic, row.envelope)
                 await store.mark_published(row.seq)
                 sent += 1
     return sent

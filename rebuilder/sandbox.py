@@ -38,6 +38,7 @@ __all__ = [
     "SandboxResult",
     "bwrap_argv",
     "bwrap_version",
+    "check_hidden",
     "directory_size",
     "run_sandboxed",
 ]
@@ -115,6 +116,23 @@ def bwrap_version() -> str:
     return out.strip().removeprefix("bubblewrap ").strip() or "unknown"
 
 
+def check_hidden(paths: Sequence[Path]) -> None:
+    """Refuse paths that cannot be hidden without hiding the system a build needs.
+
+    Covering ``/etc`` (say, because a signing key lives directly in it) would leave the build
+    without its configuration; name the key file itself instead.
+    """
+    for h in paths:
+        if not h.is_absolute():
+            raise ValueError(f"hidden path {h} is not absolute")
+        for rel in HOST_SYSTEM_PATHS:
+            if (Path("/") / rel).is_relative_to(h):
+                raise ValueError(
+                    f"hidden path {h} contains the system directory /{rel} that builds need; "
+                    "hide the secret file or its own directory instead"
+                )
+
+
 def _parents(dest: str) -> list[str]:
     parts = [p for p in dest.split("/") if p]
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
@@ -180,6 +198,14 @@ def bwrap_argv(
             "--no-new-privs",
             "--",
         ]
+        if (cfg.root / "usr" / "bin" / "bwrap").exists():
+            # A second, unprivileged bwrap as nobody: its own user namespace, in which nested
+            # user namespaces are disabled. Without it a build could create one and reach
+            # kernel code that only "root" may call (the outer sandbox has no user namespace).
+            a += [
+                "bwrap", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--dev-bind", "/", "/", "--chdir", cfg.chdir, "--",
+            ]  # fmt: skip
     return a + list(argv)
 
 

@@ -78,11 +78,15 @@ def strict_json_loads(data: bytes | str, what: str) -> Any:
 def _b64decode(value: object, field: str) -> bytes:
     if not isinstance(value, str):
         raise BadDataError("envelope", f"{field} must be a base64 string")
-    # DSSE allows standard and URL-safe alphabets, with or without padding.
-    s = value.replace("-", "+").replace("_", "/")
-    s += "=" * (-len(s) % 4)
+    # DSSE allows standard and URL-safe alphabets, with or without padding. Strict mode refuses
+    # anything else (binascii directly: half the cost of base64.b64decode on a payload).
+    s = value
+    if "-" in s or "_" in s:
+        s = s.replace("-", "+").replace("_", "/")
+    if len(s) % 4:
+        s += "=" * (-len(s) % 4)
     try:
-        return base64.b64decode(s, validate=True)
+        return binascii.a2b_base64(s, strict_mode=True)
     except (binascii.Error, ValueError) as e:
         raise BadDataError("envelope", f"{field} is not valid base64") from e
 

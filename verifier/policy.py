@@ -11,7 +11,9 @@ Every check lives in the constructors, so an invalid ``Policy`` cannot exist.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,12 @@ _TOP_KEYS = frozenset(
 )
 _REBUILDER_KEYS = frozenset({"id", "operator", "url", "public_key", "public_key_file"})
 _DISTRUST_KEYS = frozenset({"keyids", "digests"})
+
+
+def _refuse_world_writable(fd: int, path: Path) -> None:
+    """Whoever can write the policy or a key file chooses what gets installed."""
+    if os.fstat(fd).st_mode & stat.S_IWOTH:
+        raise ConfigError(f"policy: {path} is writable by everyone; run chmod o-w {path}")
 
 
 def _int(value: object, name: str, minimum: int) -> int:
@@ -119,7 +127,9 @@ class TrustedRebuilder:
             path = base_dir / name
             source = f"public_key_file {path}"
             try:
-                pem = path.read_text("ascii")
+                with path.open("rb") as f:
+                    _refuse_world_writable(f.fileno(), path)
+                    pem = f.read(64 * 1024).decode("ascii")
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"policy: {where} cannot read {source}: {e}") from e
         try:
@@ -263,6 +273,7 @@ class Policy:
         """Read a policy file; ``public_key_file`` paths are relative to its directory."""
         try:
             with path.open("rb") as f:
+                _refuse_world_writable(f.fileno(), path)
                 data = f.read(MAX_POLICY_BYTES + 1)
         except OSError as e:
             raise ConfigError(f"policy: cannot read {path}: {e.strerror or e}") from e

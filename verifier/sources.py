@@ -156,9 +156,7 @@ def load_attestations(paths: Iterable[Path]) -> list[bytes]:
     return pool
 
 
-def group_by_key(
-    pool: Iterable[bytes], policy: Policy
-) -> tuple[dict[str, list[bytes]], list[str]]:
+def group_by_key(pool: Iterable[bytes], policy: Policy) -> tuple[dict[str, list[bytes]], list[str]]:
     """Attribute each envelope of a flat pool to the trusted rebuilder whose key verifies it.
 
     The keyid is only a hint: the hinted key is tried first, so the normal case costs one
@@ -242,23 +240,31 @@ async def _query(
 async def ask(
     fetcher: FetcherInterface, base_url: str, artifact: Artifact, config: ClientConfig
 ) -> list[bytes] | Unreachable | BadResponse:
-    """Both queries at once: by digest (agreements) and by package (disagreements too)."""
+    """Both queries at once: by digest (agreements) and by package (disagreements too).
+
+    The package query is required: it is the one that shows a mismatch this node reported, so
+    an agreement seen without it could hide a disagreement and is not counted.
+    """
     async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(_query(fetcher, url, config), name=f"query {url}")
-            for url in (digest_url(base_url, artifact), package_url(base_url, artifact))
-        ]
-    answers = [t.result() for t in tasks]
-    envelopes = [e for a in answers if isinstance(a, list) for e in a]
-    errors = [a for a in answers if not isinstance(a, list)]
-    if len(errors) < len(answers):
-        return envelopes  # one good answer is evidence; a withheld half is like a silent peer
-    bad = [e for e in errors if isinstance(e, BadDataError)]
-    if bad:
-        return BadResponse(f"bad response: {bad[0].reason}")
-    first = errors[0]
-    assert isinstance(first, UnreachableError)
-    return Unreachable(f"{first.reason} (GET {urlsplit(first.url).path})")
+        by_digest = tg.create_task(
+            _query(fetcher, digest_url(base_url, artifact), config), name="query by digest"
+        )
+        by_package = tg.create_task(
+            _query(fetcher, package_url(base_url, artifact), config), name="query by package"
+        )
+    digest_answer, package_answer = by_digest.result(), by_package.result()
+    if isinstance(package_answer, list):
+        extra = digest_answer if isinstance(digest_answer, list) else []
+        return package_answer + extra  # the decision verifies and counts duplicates once
+    if isinstance(package_answer, BadDataError):
+        return BadResponse(f"bad response to the package query: {package_answer.reason}")
+    where = f"GET {urlsplit(package_answer.url).path}"
+    if isinstance(digest_answer, list) and digest_answer:
+        return Unreachable(
+            f"{package_answer.reason} ({where}); its answer by digest is not counted without"
+            " the package query, which is where a disagreement would show"
+        )
+    return Unreachable(f"{package_answer.reason} ({where})")
 
 
 async def check_online(
@@ -315,9 +321,7 @@ async def check_via_coordinator(
     evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
     if isinstance(answer, (Unreachable, BadResponse)):
         kind = type(answer)
-        evidence = {
-            r.id: kind(f"via coordinator: {answer.error}") for r in policy.rebuilders
-        }
+        evidence = {r.id: kind(f"via coordinator: {answer.error}") for r in policy.rebuilders}
     else:
         evidence = dict(group_by_key(answer, policy)[0])
     return decide(artifact, policy, evidence, now)

@@ -48,6 +48,7 @@ from rebuilder.testrepo._repo import (
     add_custom_source,
     build_test_repository_sync,
     default_cache_dir,
+    host_arch,
 )
 from rebuilder.testrepo._sources import Kind, PackageSpec
 
@@ -64,6 +65,7 @@ __all__ = [
     "build_test_repository",
     "default_cache_dir",
     "default_packages",
+    "host_arch",
     "serve_repository",
 ]
 

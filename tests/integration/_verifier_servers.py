@@ -25,6 +25,7 @@ class Behaviour:
 
     envelopes: Sequence[bytes] = ()
     status: int = 200
+    package_status: int = 200  # status of the package query alone (when status is 200)
     stall: bool = False
     oversize: int = 0  # bytes of padding streamed before the JSON ends
     body: bytes | None = None  # answer exactly this instead
@@ -86,6 +87,9 @@ def create_app(b: Behaviour) -> web.Application:
         return await answer(request, {"digest": f"sha256:{digest}", "attestations": select(digest)})
 
     async def packages(request: web.Request) -> web.StreamResponse:
+        if b.package_status != 200:
+            b.requests.append(request.path_qs)
+            return web.json_response({"error": "test"}, status=b.package_status)
         m = request.match_info
         doc = {
             "package": {"ecosystem": "debian", "name": m["name"], "version": m["version"]},

@@ -94,7 +94,8 @@ async def test_malformed_buildinfo(repo: TestRepository, tmp_path: Path) -> None
     edit(buildinfo(repo), "Checksums-Sha256:\n ", "Checksums-Sha256:\n not-a-digest ")
     outcome = await rebuild(repo, tmp_path / "w")
     failed(outcome, "fetch", "buildinfo", "Checksums-Sha256", "not-a-digest")
-    assert outcome.buildinfo_sha256 is None
+    # fetched but malformed: the digest still names what was refused
+    assert outcome.buildinfo_sha256 == hashlib.sha256(buildinfo(repo).read_bytes()).hexdigest()
     assert_nothing_unpacked(tmp_path / "w")
 
 
@@ -107,7 +108,9 @@ async def test_buildinfo_with_two_paragraphs(repo: TestRepository, tmp_path: Pat
 async def test_oversized_buildinfo(repo: TestRepository, tmp_path: Path) -> None:
     path = buildinfo(repo)
     path.write_text(path.read_text() + "X-Padding:\n" + " x\n" * 2_500_000)
-    failed(await rebuild(repo, tmp_path / "w"), "fetch", "buildinfo", "limit")
+    outcome = await rebuild(repo, tmp_path / "w")
+    failed(outcome, "fetch", "buildinfo", "limit")
+    assert outcome.buildinfo_sha256 is None  # never read in full
     assert_nothing_unpacked(tmp_path / "w")
 
 
@@ -123,7 +126,9 @@ async def test_buildinfo_build_path_traversal(repo: TestRepository, tmp_path: Pa
 
 async def test_buildinfo_unreachable(repo: TestRepository, tmp_path: Path) -> None:
     buildinfo(repo).unlink()
-    failed(await rebuild(repo, tmp_path / "w"), "fetch", "HTTP 404")
+    outcome = await rebuild(repo, tmp_path / "w")
+    failed(outcome, "fetch", "HTTP 404")
+    assert outcome.buildinfo_sha256 is None
 
 
 async def test_malformed_dsc(repo: TestRepository, tmp_path: Path) -> None:
@@ -218,3 +223,19 @@ async def test_buildinfo_for_a_foreign_architecture(repo: TestRepository, tmp_pa
 
     outcome = await rebuild(repo, tmp_path / "w", "rq-hello-c", alter=as_foreign)
     failed(outcome, "environment", f"builds for {foreign}", f"this node is {arch}")
+
+
+async def test_retry_in_the_same_work_dir_starts_clean(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    """Files of an earlier attempt (a crash, a re-queue) never mix with the new outcome."""
+    work = tmp_path / "w"
+    for d in ("reports", "artifacts", "inputs", "tree"):
+        (work / d).mkdir(parents=True)
+        (work / d / "stale_1.0_all.deb").write_text("old")
+    outcome = await rebuild(repo, work)
+    assert outcome.verdict == "reproduced", outcome.failure
+    assert outcome.artifacts_dir is not None
+    assert sorted(p.name for p in outcome.artifacts_dir.iterdir()) == ["rq-hello_1.0_all.deb"]
+    assert not (work / "reports").exists() and not (work / "tree").exists()
+    assert not (work / "inputs" / "stale_1.0_all.deb").exists()

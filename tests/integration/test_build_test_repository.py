@@ -155,3 +155,26 @@ def test_cli_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "4 packages" in out and "rq-tampered_1.0_all.deb" in out
     assert (tmp_path / "cli" / "dists" / "stable" / "Release").exists()
+
+
+def test_cli_serve(repo: TestRepository) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.support import free_port, port_open, wait_until
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rebuilder.testrepo", "serve", str(repo.path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: port_open(port), 20, f"the repository server on port {port}")
+        url = f"http://127.0.0.1:{port}/dists/stable/Release"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.read() == (repo.path / "dists" / "stable" / "Release").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -129,3 +129,39 @@ async def test_sigkill_mid_build_then_restart(tmp_path: Path, mosquitto: Mosquit
         assert sum(n - 1 for n in counts.values()) <= 1, counts
         text = log.read_text()
         assert "re-queued 1 job(s) interrupted by a previous crash" in text
+
+
+async def test_sigterm_mid_build_requeues_after_grace(tmp_path: Path) -> None:
+    repo = await asyncio.to_thread(build_test_repository, tmp_path / "repo")
+    async with serve_repository(repo.path) as base:
+        cfg = await amake_node(tmp_path, "--no-mqtt", "--architectures",
+                               ",".join(repo.architectures), repo_url=base)
+        assert cfg.path is not None
+        db = cfg.node.db_path
+        exe = Path(sys.executable).parent / "rebuilder"
+        log = tmp_path / "node.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen([str(exe), "run", "--config", str(cfg.path), "--grace",
+                                     "0.2"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await asyncio.to_thread(
+                wait_until, lambda: bool(_query(db, "SELECT 1 FROM jobs WHERE state = 'running'")),
+                60, "a running build")
+            running = _query(db, "SELECT id, attempts FROM jobs WHERE state = 'running'")
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        (job_id, attempts), = running
+        state = _query(db, f"SELECT state, attempts FROM jobs WHERE id = {job_id}")  # noqa: S608
+        builds = _query(db, f"SELECT COUNT(*) FROM builds WHERE job_id = {job_id}")  # noqa: S608
+        # Either the build beat the grace period (stored, done) or it was re-queued unsigned.
+        if state[0][0] == "queued":
+            assert builds == [(0,)] and state[0][1] == attempts
+            assert "re-queued 1 interrupted job(s)" in log.read_text()
+        else:
+            assert state[0][0] in ("done", "failed") and builds == [(1,)]
+        assert _query(db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'") == [(0,)]
+        assert "stopped" in log.read_text()

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import lzma
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,12 @@ from rebuilder.publish import attestation_topic
 from rebuilder.testrepo import build_test_repository, serve_repository
 from tests.support import Mosquitto, wait_for
 from tests.unit.rebuilder.node_helpers import Subscriber, amake_node
+from verifier.debian import read_deb_identity
+from verifier.decision import Artifact
 from verifier.dsse import Envelope
 from verifier.keys import load_public_key
+from verifier.policy import Policy, TrustedRebuilder
+from verifier.sources import check_online, open_fetcher
 from verifier.statement import RebuildStatement, parse_statement
 
 pytestmark = pytest.mark.slow
@@ -104,6 +109,19 @@ async def test_node_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
                         found = await _get(
                             session, f"{api}/v1/attestations?digest=sha256:{deb.sha256}")
                         assert len(found["attestations"]) == 1, deb.name
+
+            # The verifier's own quorum check (threshold 1, this node trusted) accepts
+            # exactly the reproducible packages' published files.
+            policy = Policy(threshold=1, rebuilders=(TrustedRebuilder(
+                id=cfg.node.id, operator=cfg.node.operator, url=api, public_key=pub),))
+            async with open_fetcher() as fetcher:
+                for pkg in repo.packages:
+                    for deb in pkg.debs:
+                        artifact = Artifact(deb.sha256, read_deb_identity(repo.path / deb.path))
+                        result = await check_online(artifact, policy, fetcher,
+                                                    now=datetime.now(UTC))
+                        assert result.accepted == (pkg.kind == "reproducible"), (
+                            pkg.source, result)
 
             catch_up = await _get(session, f"{api}/v1/attestations?since=0&limit=1000")
             stored = [Envelope.from_dict(i["envelope"]).digest()

@@ -131,6 +131,8 @@ def attacks(state: Path, outside: Path, port: int) -> dict[str, str]:
         "write-etc": "touch /etc/rq-owned",
         "mount-filesystem": "mount -t tmpfs none /tmp",
         "read-shadow": "cat /etc/shadow",
+        "create-user-namespace": "unshare --user --map-root-user true",
+        "ptrace-init": "cat /proc/1/environ",
     }
 
 
@@ -225,3 +227,38 @@ def test_attack_commands_work_outside_the_sandbox(listener: Listener, tmp_path: 
     for name in ("read-signing-key", "network-loopback", "write-host-path"):
         assert os.system(cmds[name] + " >/dev/null") == 0, name  # noqa: S605  # fixed test commands
     assert (outside / "marker").exists()
+
+
+async def test_build_sees_build_path_and_buildinfo_environment_only(
+    repo: TestRepository, node_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build runs at the buildinfo's Build-Path with its Environment and nothing of ours."""
+    monkeypatch.setenv("RQ_HOST_SECRET", "do-not-leak")
+    source = "rq-env-check"
+    checks = " && ".join(
+        [
+            f'test "$$(pwd)" = /build/{source}-1.0',
+            'test "$$SOURCE_DATE_EPOCH" = 1717243200',
+            'test "$$LC_ALL" = C.UTF-8',
+            'test "$$HOME" = /nonexistent',
+            'test -z "$$RQ_HOST_SECRET"',
+            "test $$(id -u) -ne 0 -o ! -w /usr",
+            "test ! -e /home -a ! -e /root -a ! -e /srv",
+        ]
+    )
+    outcome = await _rebuild(repo, node_state, source, RULES.format(attack=checks, pkg=source))
+    assert outcome.failure is None, outcome.failure
+    assert outcome.internal_parameters["build_path"] == f"/build/{source}-1.0"
+    env = outcome.internal_parameters["environment_variables"]
+    assert env["SOURCE_DATE_EPOCH"] == "1717243200"
+    assert "RQ_HOST_SECRET" not in env
+
+
+async def test_host_environment_variable_is_not_visible(
+    repo: TestRepository, node_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_HOST_SECRET", "do-not-leak")
+    source = "rq-env-leak"
+    rules = RULES.format(attack='test -n "$$RQ_HOST_SECRET"', pkg=source)
+    outcome = await _rebuild(repo, node_state, source, rules)
+    assert outcome.failure_stage == "build"

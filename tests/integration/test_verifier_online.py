@@ -175,6 +175,22 @@ async def test_bad_answers(behaviour: Behaviour, expected: tuple[str, str]) -> N
     assert result.accepted  # one bad node never fails the decision for the others
 
 
+async def test_agreement_without_the_package_query_is_not_counted() -> None:
+    behaviours = [
+        Behaviour(envelopes=[att("agree-rb-alpha")]),
+        # rb-beta's package query fails: a mismatch it reported could be hidden there.
+        Behaviour(envelopes=[att("agree-rb-beta"), att("mismatch-rb-beta")], package_status=503),
+        Behaviour(envelopes=[att("agree-rb-gamma")], package_status=404),
+    ]
+    result, _ = await run(behaviours)
+    beta = status(result, "rb-beta")
+    assert beta[0] == "unreachable" and "HTTP status 503" in beta[1]
+    assert "not counted" in beta[1]
+    # A 404 from the package query means "nothing there": the digest answer stands.
+    assert status(result, "rb-gamma")[0] == "agrees"
+    assert result.accepted
+
+
 async def test_absent_rebuilder_is_unreachable() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with serving([Behaviour(envelopes=[att("agree-rb-alpha")])]) as urls, open_fetcher() as f:

@@ -51,3 +51,17 @@ def test_sorted_by_name() -> None:
     names = ["b_1_all.deb", "a_1_all.deb", "c_1_all.deb"]
     verdicts = compare_outputs(dict.fromkeys(names, A), {}, dict.fromkeys(names, A))
     assert [v.name for v in verdicts] == sorted(names)
+
+
+def test_other_architecture_outputs_belong_to_another_job() -> None:
+    """An ``amd64 all`` build judged for the amd64 job: the unpublished _all.deb is not judged."""
+    doc = "hello-doc_1.0_all.deb"
+    rebuilt = {DEB: A, doc: B}
+    verdicts = compare_outputs(rebuilt, rebuilt, {DEB: A}, architecture="amd64")
+    assert [(v.name, v.verdict) for v in verdicts] == [(DEB, "reproduced")]
+    # published with the job, it is judged
+    verdicts = compare_outputs(rebuilt, rebuilt, {DEB: A, doc: C}, architecture="amd64")
+    assert [(v.name, v.verdict) for v in verdicts] == [(doc, "mismatch"), (DEB, "reproduced")]
+    # a missing output of the job's own architecture still counts
+    verdicts = compare_outputs({doc: B}, rebuilt, {}, architecture="all")
+    assert [(v.name, v.verdict) for v in verdicts] == [(doc, "missing-upstream")]

@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from rebuilder._schema import MIGRATIONS, SCHEMA_VERSION, _split_sql
 from rebuilder.daemon import run_daemon
-from rebuilder.db import MIGRATIONS, SCHEMA_VERSION, Store, _split_sql
+from rebuilder.db import Store
 from tests.support import free_port, wait_for
 from tests.unit.rebuilder.node_helpers import amake_node, reproduced, serve
 from tests.unit.rebuilder.test_node_indexes import PACKAGES

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,40 @@ async def test_flush_once(tmp_path: Path, mosquitto: Mosquitto) -> None:
         await wait_for(lambda: _true(len(got) == 3), 10, "three messages")
     assert (await store.counts())["backlog"] == 0
     await store.close()
+
+
+async def test_refused_publish_stays_in_outbox(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that acknowledges with a failure reason code (an ACL refusing the topic) must
+    not make the node believe the attestation was delivered."""
+    # mosquitto reads the ACL after dropping root to its own user: the file must be readable
+    # by it, which pytest's private tmp_path is not.
+    shared = Path(tempfile.mkdtemp(prefix="rq-acl-"))
+    shared.chmod(0o755)
+    acl = shared / "acl"
+    acl.write_text("topic read #\n")
+    acl.chmod(0o644)
+    broker = Mosquitto(directory=tmp_path, extra_config=f"acl_file {acl}\n")
+    broker.start()
+    try:
+        monkeypatch.setattr("rebuilder.publish.BACKOFF_MAX_S", 0.5)
+        cfg = await amake_node(tmp_path, mqtt_port=broker.port)
+        store = await Store.open(cfg.node.db_path)
+        await store.add_attestations_bulk([fake_attestation(1)])
+        publisher = Publisher(cfg, store, _status)
+        task = asyncio.create_task(publisher.run())
+        try:
+            async def refused() -> bool:
+                return any("refused" in r.getMessage() for r in caplog.records)
+
+            await wait_for(refused, 15, "the refusal to be noticed")
+            assert (await store.counts())["backlog"] == 1
+            assert publisher.published == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+    finally:
+        broker.stop()
+        shutil.rmtree(shared)

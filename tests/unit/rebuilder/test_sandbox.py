@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder.sandbox import Bind, Limits, SandboxConfig, bwrap_argv, run_sandboxed
+from rebuilder.build import BuildSettings
+from rebuilder.sandbox import Bind, Limits, SandboxConfig, bwrap_argv, check_hidden, run_sandboxed
 
 
 def argv_for(cfg: SandboxConfig, limits: Limits | None = None) -> list[str]:
@@ -49,6 +50,8 @@ def test_isolation_options(tmp_path: Path) -> None:
         i = argv.index("setpriv")
         assert "--reuid=65534" in argv[i:] and "--no-new-privs" in argv[i:]
         assert "--bounding-set=-all" in argv[i:]
+        inner = argv[i:]
+        assert inner[inner.index("--") + 1 :][:3] == ["bwrap", "--unshare-user", "--disable-userns"]
     else:
         assert "--unshare-all" in argv and "--share-net" not in argv
 
@@ -89,6 +92,7 @@ def test_limits_reach_the_command_line() -> None:
         ("touch /usr/x", False),
         ("touch /etc/x", False),
         ("ls /root", False),
+        ("unshare --user --map-root-user true", False),
         ("test -e /home", False),
         ("test $(id -u) -ne 0 || test $(id -u) = 0 -a ! -w /usr", True),
     ],
@@ -123,3 +127,22 @@ def test_unprivileged_sandbox_runs_as_the_invoking_user() -> None:
         assert "CapEff:\t0000000000000000" in result.stdout
         assert "nested-refused" in result.stdout
         assert (build / "out").exists()
+
+
+@pytest.mark.parametrize("path", ["/", "/etc", "/usr", "/var", "/var/lib", "/var/lib/dpkg"])
+def test_hiding_a_system_directory_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="system directory"):
+        check_hidden([Path(path)])
+    with pytest.raises(ValueError, match="system directory"):
+        BuildSettings(hidden_paths=(Path(path),))
+
+
+def test_hiding_a_secret_inside_a_system_directory_is_fine() -> None:
+    check_hidden([Path("/etc/repro-quorum"), Path("/etc/signing.pem"), Path("/var/lib/rq")])
+    with pytest.raises(ValueError, match="not absolute"):
+        check_hidden([Path("state")])
+
+
+def test_build_settings_make_hidden_paths_absolute() -> None:
+    settings = BuildSettings(hidden_paths=(Path("state"),))
+    assert settings.hidden_paths == (Path.cwd() / "state",)

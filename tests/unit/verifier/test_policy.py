@@ -163,3 +163,17 @@ def test_same_operator_allowed_when_distinct_operators_not_required(tmp_path: Pa
 def test_unreadable_policy_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Policy.load(tmp_path / "absent.toml")
+
+
+def test_world_writable_policy_or_key_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.pub").write_text(pem("rb-a"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text("threshold = 1\n" + entry("rb-a", key="") + 'public_key_file = "a.pub"\n')
+    assert Policy.load(policy).threshold == 1
+    (tmp_path / "a.pub").chmod(0o666)
+    with pytest.raises(ConfigError, match="writable by everyone"):
+        Policy.load(policy)
+    (tmp_path / "a.pub").chmod(0o644)
+    policy.chmod(0o646)
+    with pytest.raises(ConfigError, match="writable by everyone"):
+        Policy.load(policy)
