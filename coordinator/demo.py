@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -328,7 +329,9 @@ def print_table(rows: list[dict[str, str]], out: TextIO) -> None:
     for r in rows:
         print("  ".join(r[k].ljust(w) for k, w in zip(keys, widths, strict=True)), file=out)
         if r.get("reason"):
-            print(f"    why:    {r['reason']}", file=out)
+            lines = textwrap.wrap(r["reason"], 96, initial_indent="    why:    ",
+                                  subsequent_indent="            ", break_long_words=False)
+            print("\n".join(lines), file=out)
         if r.get("report"):
             print(f"    report: {r['report']}", file=out)
         if r.get("page"):
