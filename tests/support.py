@@ -70,11 +70,16 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            f"log_dest file {self.directory / 'mosquitto.log'}\n"
+            # Run as root, mosquitto drops to its own user and could not open a file in our
+            # private temp dir; it logs to stderr, which we open for it (see below).
+            "log_dest stderr\n"
             "max_inflight_messages 1000\n"
             "max_queued_messages 100000\n" + self.extra_config
         )
-        self.process = subprocess.Popen([binary, "-c", str(conf)])
+        with (self.directory / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
         wait_until(lambda: port_open(self.port), 10, f"mosquitto on port {self.port}")
 
     def stop(self) -> None:
