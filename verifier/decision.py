@@ -297,6 +297,8 @@ def assess(
         return result(Status.INVALID, evidence.error)
     if evidence is None:
         return result(Status.NO_ATTESTATION, NOT_QUERIED)
+    if not evidence:
+        return result(Status.NO_ATTESTATION, f"no attestation for {artifact.identity.subject_name}")
 
     f = _read(artifact, rebuilder, evidence)
 

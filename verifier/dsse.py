@@ -58,15 +58,27 @@ def _reject_constant(name: str) -> Any:
     raise BadDataError("json", f"non-standard constant {name}")
 
 
-# One decoder for every call: json.loads with hooks would build a new one each time.
+# One decoder for every call: json.loads with hooks would build a new one each time. Its
+# scanner is called directly: ``decode`` adds two regex passes for surrounding whitespace.
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
+_JSON_WS = " \t\n\r"
 
 
 def strict_json_loads(data: bytes | str, what: str) -> Any:
     """Parse JSON refusing duplicate keys and NaN/Infinity, as a ``BadDataError`` on failure."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return _DECODER.decode(text)
+        start = 0
+        if text[:1] in _JSON_WS:  # also true for "": the scanner then reports the empty input
+            start = len(text) - len(text.lstrip(_JSON_WS))
+        try:
+            value, end = _SCAN(text, start)
+        except StopIteration as e:
+            raise json.JSONDecodeError("Expecting value", text, e.value) from None
+        if end != len(text) and text[end:].strip(_JSON_WS):
+            raise json.JSONDecodeError("Extra data", text, end)
+        return value
     except UnicodeDecodeError as e:
         raise BadDataError(what, "not UTF-8") from e
     except BadDataError as e:
@@ -171,8 +183,11 @@ class Envelope:
         A signature whose keyid hint names ``kid`` is tried first; the hint never decides.
         """
         message = pae(self.payload_type, self.payload)
-        kid = kid if kid is not None else keyid(key)
-        ordered = sorted(self.signatures, key=lambda s: s.keyid != kid)
+        if len(self.signatures) == 1:  # the usual case: nothing to order
+            ordered: Sequence[Signature] = self.signatures
+        else:
+            kid = kid if kid is not None else keyid(key)
+            ordered = sorted(self.signatures, key=lambda s: s.keyid != kid)
         for s in ordered:
             try:
                 key.verify(s.sig, message)
