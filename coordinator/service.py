@@ -25,6 +25,7 @@ from coordinator.checks import (
     check_message,
     init_worker,
     parse_status,
+    unpack,
 )
 from coordinator.config import CoordinatorConfig
 from coordinator.store import BatchResult, Disagreement, Store
@@ -183,7 +184,8 @@ class Ingest:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._pool, check_batch, batch)
+                packed = await loop.run_in_executor(self._pool, check_batch, batch)
+                return [unpack(r, payload) for r, (_, payload) in zip(packed, batch, strict=True)]
             except (BrokenProcessPool, RuntimeError, OSError) as e:
                 # Never lose messages to a broken pool: check in this process from now on.
                 log.error("verification workers failed (%s); checking in-process instead", e)
