@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt import ProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from coordinator.config import MqttConfig
 from coordinator.service import Ingest
@@ -41,6 +42,7 @@ DISAGREEMENT_TOPIC = "rq/v1/events/disagreement"
 _MAX_PENDING_EVENTS = 10_000
 _BACKOFF_MAX = 30.0
 _READ_SIZE = 64 * 1024
+_ATTESTATIONS_BYTES = ATTESTATIONS.encode()
 
 
 class _Client(aiomqtt.Client):
@@ -60,6 +62,9 @@ class _Client(aiomqtt.Client):
     - The acknowledgement paho queues for each message is written at the end of the loop turn
       (every one queued in it), instead of through ``add_writer``, another thread-safe wake-up
       and two more system calls each; only when the socket is full does aiomqtt's writer wait.
+    - A QoS 1 PUBLISH on an attestation topic without MQTT 5 properties (what nodes send) is
+      decoded here, without paho's message object, properties parser, log line and callback
+      matcher; any other packet, or one this does not take, is paho's as before.
     """
 
     def __init__(
@@ -75,6 +80,36 @@ class _Client(aiomqtt.Client):
         self._paho_recv: Callable[[int], bytes] | None = getattr(paho, "_sock_recv", None)
         if self._paho_recv is not None and hasattr(paho, "_sock"):
             paho._sock_recv = self._buffered_recv  # type: ignore[method-assign]
+        self._paho_publish: Callable[[], MQTTErrorCode] | None = getattr(
+            paho, "_handle_publish", None
+        )
+        if (
+            offer is not None
+            and self._paho_publish is not None
+            and getattr(paho, "_protocol", None) == mqtt.MQTTv5
+            and isinstance(getattr(paho, "_in_packet", None), dict)
+            and hasattr(paho, "_send_puback")
+        ):
+            paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
+
+    # -- the common PUBLISH, decoded here
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        paho = self._client
+        assert self._offer is not None and self._paho_publish is not None
+        header = paho._in_packet["command"]
+        if header & 0x06 == 0x02 and not paho._manual_ack and self._queue.empty():  # QoS 1
+            parsed = _plain_publish(paho._in_packet["packet"])
+            if parsed is not None:
+                topic, mid, payload = parsed
+                if topic.startswith(_ATTESTATIONS_BYTES):
+                    try:
+                        rebuilder = topic[len(_ATTESTATIONS_BYTES) :].decode("utf-8")
+                    except UnicodeDecodeError:
+                        rebuilder = None
+                    if rebuilder is not None and self._offer(rebuilder, payload):
+                        return paho._send_puback(mid)
+        return self._paho_publish()
 
     # -- reading: paho's one-byte reads served from a buffer
 
@@ -164,6 +199,21 @@ class _Client(aiomqtt.Client):
             ):
                 return
         super()._on_message(client, userdata, message)
+
+
+def _plain_publish(packet: bytes | bytearray) -> tuple[bytes, int, bytes] | None:
+    """(topic, packet id, payload) of a QoS 1 MQTT 5 PUBLISH body without properties; None
+    for anything else (then paho decodes it, and refuses it when malformed)."""
+    n = len(packet)
+    if n < 2:
+        return None
+    pos = 2 + ((packet[0] << 8) | packet[1])
+    if pos + 3 > n:
+        return None
+    mid = (packet[pos] << 8) | packet[pos + 1]
+    if mid == 0 or packet[pos + 2] != 0:  # no packet id, or properties follow
+        return None
+    return bytes(packet[2 : pos]), mid, bytes(packet[pos + 3 :])
 
 
 def client_for(
