@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from verifier.dsse import Envelope, strict_json_loads
 from verifier.errors import BadDataError
@@ -29,13 +29,16 @@ __all__ = [
     "DropReason",
     "Dropped",
     "OutputRow",
+    "Packed",
     "Status",
     "check_batch",
     "check_envelope",
     "check_envelope_dict",
     "check_message",
     "init_worker",
+    "pack",
     "parse_status",
+    "unpack",
 ]
 
 DropReason = Literal[
@@ -235,9 +238,47 @@ def init_worker(pems: dict[str, str], max_bytes: int) -> None:
     _worker_max_bytes = max_bytes
 
 
-def check_batch(items: list[tuple[str, bytes]]) -> list[Accepted | Dropped]:
-    """``check_message`` over a batch, in a worker set up by ``init_worker``."""
-    return [check_message(rid, payload, _worker_keys, _worker_max_bytes) for rid, payload in items]
+# What a worker sends back for an accepted envelope: its fields as a plain tuple (a frozen
+# slotted dataclass pickles through Python code, several times slower), without the body when
+# it is the payload as received (the usual case: nodes publish the canonical serialization),
+# which the coordinator already has.
+Packed = tuple[Any, ...]
+_FIELDS = tuple(f.name for f in fields(Accepted))
+_BODY = _FIELDS.index("body")
+_OUTPUTS = _FIELDS.index("outputs")
+
+
+def pack(result: Accepted | Dropped, payload: bytes) -> Packed | Dropped:
+    if isinstance(result, Dropped):
+        return result
+    values = [getattr(result, f) for f in _FIELDS]
+    if result.body == payload:
+        values[_BODY] = None
+    values[_OUTPUTS] = tuple(map(_output_tuple, result.outputs))
+    return tuple(values)
+
+
+def unpack(packed: Packed | Dropped, payload: bytes) -> Accepted | Dropped:
+    if isinstance(packed, Dropped):
+        return packed
+    values = list(packed)
+    if values[_BODY] is None:
+        values[_BODY] = payload
+    values[_OUTPUTS] = tuple(OutputRow(*o) for o in values[_OUTPUTS])
+    return Accepted(*values)
+
+
+def _output_tuple(o: OutputRow) -> tuple[str | None, ...]:
+    return (o.name, o.verdict, o.rebuilt, o.buildinfo, o.repository, o.report_url)
+
+
+def check_batch(items: list[tuple[str, bytes]]) -> list[Packed | Dropped]:
+    """``check_message`` over a batch, in a worker set up by ``init_worker``; the results are
+    ``pack``ed (``unpack`` them with the same payloads)."""
+    return [
+        pack(check_message(rid, payload, _worker_keys, _worker_max_bytes), payload)
+        for rid, payload in items
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any
 
 from coordinator.checks import (
     Accepted,
@@ -24,6 +25,7 @@ from coordinator.checks import (
     check_message,
     init_worker,
     parse_status,
+    unpack,
 )
 from coordinator.config import CoordinatorConfig
 from coordinator.store import BatchResult, Disagreement, Store
@@ -38,7 +40,11 @@ log = logging.getLogger(__name__)
 # while a large batch is being verified.
 _YIELD_EVERY = 8
 _IN_FLIGHT = 4  # batches being checked while one is stored
-_COALESCE_S = 0.005
+# A batch sent to a worker, and a transaction, each have a fixed cost (a few milliseconds for a
+# transaction: every index page it touches is written again). Under a steady stream of
+# messages they wait a little for company; when nothing more is on its way they go at once.
+_COALESCE_S = 0.02  # longest a message waits for others to be checked with it
+_STORE_WAIT_S = 0.1  # longest a checked message waits for others to share its transaction
 
 
 def _printable(rebuilder_id: str) -> str:
@@ -84,6 +90,7 @@ class Ingest:
         self._in_flight = 0
         self._queued_bytes = 0
         self._space = asyncio.Event()
+        self._gathering = False  # the check stage holds messages not yet handed to checking
 
     # ---- receiving -----------------------------------------------------------------------
 
@@ -93,14 +100,7 @@ class Ingest:
         Oversized messages are dropped here, before they take memory in the queue; when the
         queue holds ``max_queued_bytes`` this waits (backpressure on the MQTT reader).
         """
-        self.metrics.received["mqtt"] += 1
-        limit = self.config.limits.max_envelope_bytes
-        if len(payload) > limit:
-            self.drop(
-                Dropped(_printable(rebuilder_id), "oversized",
-                        f"{len(payload)} bytes, limit {limit}"),
-                "mqtt",
-            )
+        if self._oversized(rebuilder_id, payload):
             return
         while self._queued_bytes > self.config.limits.max_queued_bytes:
             self._space.clear()
@@ -108,6 +108,30 @@ class Ingest:
         self._idle.clear()
         self._queued_bytes += len(payload)
         await self._queue.put((rebuilder_id, payload))
+
+    def offer(self, rebuilder_id: str, payload: bytes) -> bool:
+        """As ``submit`` when the queue has room at once, without waiting; False: it has not
+        (nothing was done, the caller ``submit``s later)."""
+        if self._queue.full() or self._queued_bytes > self.config.limits.max_queued_bytes:
+            return False
+        if self._oversized(rebuilder_id, payload):
+            return True
+        self._idle.clear()
+        self._queued_bytes += len(payload)
+        self._queue.put_nowait((rebuilder_id, payload))
+        return True
+
+    def _oversized(self, rebuilder_id: str, payload: bytes) -> bool:
+        """Count a received message; drop it (True) when it is over the size limit."""
+        self.metrics.received["mqtt"] += 1
+        limit = self.config.limits.max_envelope_bytes
+        if len(payload) <= limit:
+            return False
+        self.drop(
+            Dropped(_printable(rebuilder_id), "oversized", f"{len(payload)} bytes, limit {limit}"),
+            "mqtt",
+        )
+        return True
 
     def queued(self) -> int:
         return self._queue.qsize()
@@ -160,7 +184,8 @@ class Ingest:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._pool, check_batch, batch)
+                packed = await loop.run_in_executor(self._pool, check_batch, batch)
+                return [unpack(r, payload) for r, (_, payload) in zip(packed, batch, strict=True)]
             except (BrokenProcessPool, RuntimeError, OSError) as e:
                 # Never lose messages to a broken pool: check in this process from now on.
                 log.error("verification workers failed (%s); checking in-process instead", e)
@@ -237,6 +262,7 @@ class Ingest:
         limit = self.config.limits.ingest_batch
         while True:
             batch = [await self._queue.get()]
+            self._gathering = True
             if self._pool is not None and self._queue.qsize() < limit // 4:
                 # Sending a handful of messages to a worker costs more than checking them;
                 # a few milliseconds of patience make the batches worth the trip.
@@ -246,24 +272,47 @@ class Ingest:
             self._queued_bytes -= sum(len(p) for _, p in batch)
             self._space.set()
             self._in_flight += 1
+            self._gathering = False
             await checked.put(asyncio.create_task(self._check_many(batch)))
+
+    def _more_coming(self, checked: asyncio.Queue[Any]) -> bool:
+        return self._gathering or not checked.empty() or not self._queue.empty()
 
     async def _store_stage(
         self, checked: asyncio.Queue[asyncio.Task[list[Accepted | Dropped]]]
     ) -> None:
+        """Store checked batches; several of them share a transaction while more are coming."""
+        loop = asyncio.get_running_loop()
+        limit = self.config.limits.ingest_batch
         while True:
-            task = await checked.get()
-            try:
-                results = await task
-            except Exception:
-                log.exception("checking a batch failed; catch-up will fetch it again")
-                results = []
             accepted: list[Accepted] = []
-            for result in results:
-                if isinstance(result, Dropped):
-                    self.drop(result, "mqtt")
+            taken = 0
+            deadline = 0.0
+            while True:
+                if taken == 0:
+                    task = await checked.get()
+                    deadline = loop.time() + _STORE_WAIT_S
                 else:
-                    accepted.append(result)
+                    if len(accepted) >= limit or not self._more_coming(checked):
+                        break
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        task = await asyncio.wait_for(checked.get(), remaining)
+                    except TimeoutError:
+                        break
+                taken += 1
+                try:
+                    results = await task
+                except Exception:
+                    log.exception("checking a batch failed; catch-up will fetch it again")
+                    results = []
+                for result in results:
+                    if isinstance(result, Dropped):
+                        self.drop(result, "mqtt")
+                    else:
+                        accepted.append(result)
             if accepted:
                 try:
                     await self.save(accepted, "mqtt")
@@ -271,6 +320,6 @@ class Ingest:
                     # The database refused (disk full?). The messages are lost here but not
                     # for good: catch-up fetches them from their rebuilders again.
                     log.exception("could not store %d envelopes", len(accepted))
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._queue.empty():
+            self._in_flight -= taken
+            if self._in_flight == 0 and self._queue.empty() and not self._gathering:
                 self._idle.set()

@@ -230,8 +230,8 @@ class Store:
         cursor: tuple[str, str] | None,
         result: BatchResult,
     ) -> BatchResult:
-        await self._w.execute("BEGIN IMMEDIATE")
         try:
+            await self._w.execute("BEGIN IMMEDIATE")
             existing: set[bytes] = set()
             keys = [bytes.fromhex(d) for d in unique]
             for chunk in _chunks(keys):
@@ -253,7 +253,12 @@ class Store:
                 )
             await self._w.execute("COMMIT")
         except BaseException:
-            await self._w.execute("ROLLBACK")
+            # Cancelled while a statement runs, the writer thread still finishes it: after
+            # BEGIN there is a transaction to roll back, after COMMIT none. Either way the
+            # original exception (a cancellation above all) must go on, or shutdown would
+            # wait forever.
+            with contextlib.suppress(sqlite3.Error):
+                await self._w.execute("ROLLBACK")
             raise
         result.stored = new
         return result

@@ -135,6 +135,36 @@ def test_mismatch_failure_and_revocation_kinds() -> None:
     assert rv.revoked == mismatch.digest() and rv.verdict is None
 
 
+
+def test_worker_results_round_trip() -> None:
+    """What a verification worker sends back is, unpacked, exactly what it checked."""
+    import pickle
+
+    from coordinator.checks import check_batch, init_worker, pack, unpack
+    from verifier.keys import public_key_pem
+
+    deb = "a_1_amd64.deb"
+    mismatch = ALPHA.rebuild("a", "1", {deb: sha("1")}, upstream={deb: sha("2")})
+    spaced = json.dumps(json.loads(GOOD.to_bytes()), indent=2).encode()  # body != payload
+    items = [
+        ("rb-alpha", GOOD.to_bytes()),
+        ("rb-alpha", spaced),
+        ("rb-alpha", mismatch.to_bytes()),
+        ("rb-alpha", ALPHA.failure("a", "1").to_bytes()),
+        ("rb-alpha", ALPHA.revoke(mismatch).to_bytes()),
+        ("rb-alpha", b"{}"),
+        ("rb-nobody", GOOD.to_bytes()),
+    ]
+    init_worker({"rb-alpha": public_key_pem(ALPHA.key.public_key())}, 1024 * 1024)
+    packed = pickle.loads(pickle.dumps(check_batch(items)))  # noqa: S301  # our own bytes
+    pub = ALPHA.key.public_key()
+    expected = [check_envelope(p, rid, *((pub, keyid(pub)) if rid == "rb-alpha" else (None, None)))
+                for rid, p in items]
+    assert [unpack(r, p) for r, (_, p) in zip(packed, items, strict=True)] == expected
+    assert packed[0][2] is None  # the canonical payload itself is not sent back
+    assert packed[1][2] == GOOD.to_bytes()
+    assert pack(expected[5], items[5][1]) is expected[5]
+
 STATUS_BAD = {
     "not json": b"online",
     "array": b"[]",

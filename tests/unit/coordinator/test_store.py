@@ -154,3 +154,29 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+async def test_cancelled_store_stays_cancelled(store: Store) -> None:
+    """Cancelled at any point, even while its COMMIT runs, a batch ends cancelled (an error
+    from the rollback instead would be caught and logged, and shutdown would wait forever)."""
+    import asyncio
+    import contextlib
+
+    alpha = Signer("rb-alpha")
+    await store.ensure_rebuilders(["rb-alpha"])
+    for k in range(60):
+        items = [
+            accepted(alpha, alpha.rebuild(f"c{k}x{i}", "1", {f"c{k}x{i}.deb": sha(f"{k}{i}")}))
+            for i in range(20)
+        ]
+        task = asyncio.create_task(store.store_batch(items))
+        for _ in range(k):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # The writer still works, and every batch was stored whole or not at all.
+    last = alpha.rebuild("z", "1", {"z_1_all.deb": sha("z")})
+    result = await store.store_batch([accepted(alpha, last)])
+    assert len(result.stored) == 1
+    assert (await store.totals())["envelopes"] % 20 == 1
