@@ -36,3 +36,15 @@ def test_anything_else_left_to_paho() -> None:
     assert _plain_publish(b"\x00") is None
     assert _plain_publish(b"\x00\x05abc") is None  # topic longer than the packet
     assert _plain_publish(b"\x00\x01t\x00\x07") is None  # no property length
+
+
+async def test_fast_path_is_installed_with_the_supported_versions() -> None:
+    """The shortcuts fall back silently when aiomqtt or paho change their internals; with the
+    versions pyproject.toml allows they must all be in place, or the ingest figures are gone."""
+    from coordinator.config import MqttConfig
+    from coordinator.mqtt import client_for
+
+    client = client_for(MqttConfig(), "rq-test", offer=lambda rebuilder, payload: True)
+    paho = client._client
+    assert paho._handle_publish == client._handle_publish  # type: ignore[attr-defined]
+    assert paho._sock_recv == client._buffered_recv  # type: ignore[attr-defined]
