@@ -87,11 +87,14 @@ def strict_json_loads(data: bytes | str, what: str) -> Any:
         raise BadDataError(what, f"not valid JSON: {e}") from e
 
 
-def _b64decode(value: object, field: str) -> bytes:
+def _b64decode(value: object, field: str, index: int | None = None) -> bytes:
+    """Standard or URL-safe base64, padded or not (DSSE allows each); strictly nothing else.
+
+    ``index`` numbers the signature a ``field`` belongs to, for the message only.
+    """
     if not isinstance(value, str):
-        raise BadDataError("envelope", f"{field} must be a base64 string")
-    # DSSE allows standard and URL-safe alphabets, with or without padding. Strict mode refuses
-    # anything else (binascii directly: half the cost of base64.b64decode on a payload).
+        raise BadDataError("envelope", f"{_field(field, index)} must be a base64 string")
+    # binascii directly: half the cost of base64.b64decode on a payload.
     s = value
     if "-" in s or "_" in s:
         s = s.replace("-", "+").replace("_", "/")
@@ -100,7 +103,11 @@ def _b64decode(value: object, field: str) -> bytes:
     try:
         return binascii.a2b_base64(s, strict_mode=True)
     except (binascii.Error, ValueError) as e:
-        raise BadDataError("envelope", f"{field} is not valid base64") from e
+        raise BadDataError("envelope", f"{_field(field, index)} is not valid base64") from e
+
+
+def _field(field: str, index: int | None) -> str:
+    return field if index is None else f"{field} {index} sig"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +154,8 @@ class Envelope:
             kid = s.get("keyid", "")
             if not isinstance(kid, str) or len(kid) > _MAX_KEYID_CHARS:
                 raise BadDataError("envelope", f"signature {i} keyid is not a short string")
-            sigs.append(Signature(sig=_b64decode(s.get("sig"), f"signature {i} sig"), keyid=kid))
-        return cls(payload_type=payload_type, payload=payload, signatures=tuple(sigs))
+            sigs.append(Signature(_b64decode(s.get("sig"), "signature", i), kid))
+        return cls(payload_type, payload, tuple(sigs))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
