@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier.errors import BadDataError
@@ -47,10 +47,12 @@ class DebIdentity:
     architecture: str
     source: str
     source_version: str
+    # the canonical subject name, derived once: every decision compares it with each subject
+    subject_name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def subject_name(self) -> str:
-        return canonical_deb_name(self.package, self.version, self.architecture)
+    def __post_init__(self) -> None:
+        name = canonical_deb_name(self.package, self.version, self.architecture)
+        object.__setattr__(self, "subject_name", name)
 
     def built_by(self, rebuilt: PackageIdentity) -> bool:
         """True when ``rebuilt`` (an attestation's package) is the source build of this binary.

@@ -15,7 +15,7 @@ the outcome.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -167,17 +167,27 @@ class _Attestation:
     why: str = ""  # for a contradiction
 
 
-@dataclass(slots=True)
 class _Findings:
     """What one rebuilder's verified envelopes say about the artifact, before revocations."""
 
-    agreements: list[_Attestation] = field(default_factory=list)
-    disagreements: list[_Attestation] = field(default_factory=list)
-    contradictions: list[_Attestation] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    revocations: dict[str, str] = field(default_factory=dict)  # envelope digest -> reason
-    junk: list[str] = field(default_factory=list)  # unsigned or unusable data, with why
+    __slots__ = (
+        "agreements",
+        "contradictions",
+        "disagreements",
+        "failures",
+        "junk",
+        "missing",
+        "revocations",
+    )
+
+    def __init__(self) -> None:  # plain, not a dataclass: one is made per rebuilder per decision
+        self.agreements: list[_Attestation] = []
+        self.disagreements: list[_Attestation] = []
+        self.contradictions: list[_Attestation] = []
+        self.failures: list[str] = []
+        self.missing: list[str] = []
+        self.revocations: dict[str, str] = {}  # envelope digest -> reason
+        self.junk: list[str] = []  # unsigned or unusable data, with why
 
 
 def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Findings) -> None:
@@ -185,8 +195,14 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
     ident = artifact.identity
     name = ident.subject_name
     built_by = ident.built_by(stmt.package)
-    same_digest = [s for s in stmt.subjects if s.sha256 == artifact.sha256]
-    named = [s for s in stmt.subjects if s.name == name]
+    subjects = stmt.subjects
+    if len(subjects) == 1:  # the usual statement: one binary package
+        s = subjects[0]
+        if s.sha256 == artifact.sha256 and s.name == name and built_by:
+            f.agreements.append(_Attestation(env, stmt))
+            return
+    same_digest = [s for s in subjects if s.sha256 == artifact.sha256]
+    named = [s for s in subjects if s.name == name]
     if same_digest:
         wrong = [s for s in same_digest if s.name != name]
         if wrong or not built_by:
@@ -230,19 +246,16 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
 
 
 def _read(
-    artifact: Artifact, rebuilder: TrustedRebuilder, envelopes: Iterable[bytes]
+    artifact: Artifact, rebuilder: TrustedRebuilder, envelopes: Sequence[bytes]
 ) -> _Findings:
     """Step (a) for every envelope: verify under this rebuilder's key, then parse."""
     f = _Findings()
-    envelopes = list(envelopes)
-    single = len(envelopes) == 1  # the common case needs no duplicate bookkeeping
-    seen_raw: set[bytes] = set()
-    seen: set[Envelope] = set()
+    # The same envelope twice counts, and costs, once; one envelope needs no bookkeeping.
+    seen: set[Envelope] | None = None
+    if len(envelopes) > 1:
+        envelopes = list(dict.fromkeys(envelopes))
+        seen = set()
     for raw in envelopes:
-        if not single:
-            if raw in seen_raw:
-                continue
-            seen_raw.add(raw)
         if len(raw) > MAX_ENVELOPE_BYTES:
             f.junk.append(
                 f"an envelope of {len(raw)} bytes is over the {MAX_ENVELOPE_BYTES}-byte limit"
@@ -253,8 +266,8 @@ def _read(
         except BadDataError as e:
             f.junk.append(f"malformed envelope ({e.reason})")
             continue
-        if not single:
-            if env in seen:  # the same envelope twice counts, and costs, once
+        if seen is not None:  # the same envelope serialized differently
+            if env in seen:
                 continue
             seen.add(env)
         # The keyid hint orders the signatures; one Ed25519 verification in the normal case.
@@ -286,8 +299,12 @@ def assess(
 ) -> RebuilderResult:
     """One rebuilder's status from its own evidence alone (``None``: it was not queried)."""
 
-    def result(status: Status, detail: str, **kw: Any) -> RebuilderResult:
-        return RebuilderResult(rebuilder.id, rebuilder.operator, status, detail, **kw)
+    def result(
+        status: Status, detail: str, digest: Digest | None = None, report_url: str | None = None
+    ) -> RebuilderResult:
+        return RebuilderResult(
+            rebuilder.id, rebuilder.operator, status, detail, digest, report_url
+        )
 
     if rebuilder.keyid in policy.distrust.keyids:
         return result(Status.INVALID, f"key distrusted by policy (keyid {rebuilder.keyid})")
@@ -350,7 +367,7 @@ def assess(
         f.agreements = fresh
 
     if f.agreements:
-        latest = max(a.statement.finished_on for a in f.agreements)
+        latest = max([a.statement.finished_on for a in f.agreements])
         return result(
             Status.AGREES,
             f"reproduced sha256 {_short(artifact.sha256)} (finished {format_time(latest)})"

@@ -67,6 +67,33 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
 
 
+_is_hex64 = _HEX64.fullmatch
+_is_name = _NAME_CHARS.fullmatch
+# The parsed classes' __post_init__ validates what Python code constructs; ``from_dict`` checks
+# each field once itself and builds through ``_new``, skipping that second validation.
+_new = object.__new__
+
+
+def _bad(reason: str) -> BadDataError:
+    return BadDataError("statement", reason)
+
+
+def _not_sha256(where: str) -> BadDataError:
+    return _bad(f"{where} is not a lowercase hex sha256")
+
+
+def _not_name(value: object, where: str) -> BadDataError:
+    return _bad(f"{where} {value!r} is not a valid name")
+
+
+def _not_text(where: str, limit: int) -> BadDataError:
+    return _bad(f"{where} must be a string of at most {limit} characters")
+
+
+def _not_obj(where: str) -> BadDataError:
+    return _bad(f"{where} must be an object")
+
+
 def validate_sha256(value: object, where: str) -> Digest:
     if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise BadDataError("statement", f"{where} is not a lowercase hex sha256")
@@ -83,6 +110,13 @@ def _text(value: object, where: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise BadDataError("statement", f"{where} must be a string of at most {limit} characters")
     return value
+
+
+def _package_field(d: dict[str, Any], key: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or len(v) > MAX_NAME or not _is_name(v):
+        raise _not_name(v, f"package {key}")
+    return v
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -107,38 +141,44 @@ def format_time(t: datetime) -> str:
 
 
 def parse_time(value: object, where: str) -> datetime:
-    s = _text(value, where, 64)
+    if not isinstance(value, str) or len(value) > 64:
+        raise _not_text(where, 64)
     try:
-        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(value)  # reads RFC 3339's "Z" since Python 3.11
     except ValueError as e:
-        raise BadDataError("statement", f"{where} {s!r} is not an RFC 3339 time") from e
+        raise _bad(f"{where} {value!r} is not an RFC 3339 time") from e
     if t.tzinfo is None:
-        raise BadDataError("statement", f"{where} {s!r} has no time zone")
+        raise _bad(f"{where} {value!r} has no time zone")
     return t
 
 
 def _sha256_of(descriptor: object, where: str) -> Digest:
-    return validate_sha256(_unchecked_sha256(descriptor, where), f"{where}.digest.sha256")
+    return _digest_field(descriptor, where, f"{where}.digest.sha256")
 
 
-# For fields whose constructor validates the digest anyway (Subject, OutputVerdict): extracting
-# without validating twice keeps parsing, which every verification pays for, cheaper.
-def _unchecked_sha256(descriptor: object, where: str) -> Digest:
-    digest = _obj(descriptor, where).get("digest")
-    if not isinstance(digest, dict):  # the message is built only when needed
-        raise BadDataError("statement", f"{where}.digest must be an object")
+def _digest_field(descriptor: object, where: str, digest_where: str) -> Digest:
+    """``descriptor["digest"]["sha256"]``, checked; ``digest_where`` names a bad value."""
+    if not isinstance(descriptor, dict):
+        raise _not_obj(where)
+    digest = descriptor.get("digest")
+    if not isinstance(digest, dict):
+        raise _not_obj(f"{where}.digest")
     value = digest.get("sha256")
     if not isinstance(value, str):
-        raise BadDataError("statement", f"{where}.digest.sha256 is not a lowercase hex sha256")
+        raise _not_sha256(f"{where}.digest.sha256")
+    if not _is_hex64(value):
+        raise _not_sha256(digest_where)
     return Digest(value)
 
 
 def _opt_sha256(o: object, where: str) -> Digest | None:
     if o is None:
         return None
-    value = _obj(o, where).get("sha256")
-    if not isinstance(value, str):
-        raise BadDataError("statement", f"{where} is not a lowercase hex sha256")
+    if not isinstance(o, dict):
+        raise _not_obj(where)
+    value = o.get("sha256")
+    if not isinstance(value, str) or not _is_hex64(value):
+        raise _not_sha256(where)
     return Digest(value)
 
 
@@ -160,14 +200,17 @@ class PackageIdentity:
 
     @classmethod
     def from_dict(cls, d: object) -> PackageIdentity:
-        o = _obj(d, "package")
-        # __post_init__ validates each field (type, length, characters): once, not twice.
-        return cls(
-            ecosystem=o.get("ecosystem"),  # type: ignore[arg-type]
-            name=o.get("name"),  # type: ignore[arg-type]
-            version=o.get("version"),  # type: ignore[arg-type]
-            architecture=o.get("architecture"),  # type: ignore[arg-type]
-        )
+        if not isinstance(d, dict):
+            raise _not_obj("package")
+        eco = d.get("ecosystem")
+        if eco != "debian":
+            raise _bad(f"ecosystem {eco!r} is not 'debian'")
+        p = _new(cls)
+        p.ecosystem = "debian"
+        p.name = _package_field(d, "name")
+        p.version = _package_field(d, "version")
+        p.architecture = _package_field(d, "architecture")
+        return p
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -245,25 +288,33 @@ class OutputVerdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutputVerdict:
-        name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
+        name = d.get("name")
+        if not isinstance(name, str) or len(name) > MAX_NAME + 8:
+            raise _not_text("byproduct name", MAX_NAME + 8)
+        name = name.removeprefix("verdict:")
+        if len(name) > MAX_NAME or not _is_name(name):
+            raise _not_name(name, "verdict name")
         ann = _obj(d.get("annotations"), "verdict annotations")
-
+        verdict = ann.get("verdict")
+        if not isinstance(verdict, str) or verdict not in _VERDICTS:
+            raise _bad(f"verdict {verdict!r} is not one of {_VERDICTS}")
+        v = _new(cls)
+        v.name, v.verdict = name, verdict  # type: ignore[assignment]  # checked just above
+        v.rebuilt = _digest_field(d, "verdict", "verdict rebuilt") if "digest" in d else None
+        v.buildinfo = _opt_sha256(ann.get("buildinfo"), "verdict buildinfo")
+        v.repository = _opt_sha256(ann.get("repository"), "verdict repository")
+        v.report_sha256 = v.report_url = None
         report = ann.get("report")
-        report_url = report_sha = None
         if report is not None:
-            r = _obj(report, "verdict report")
-            report_url = r.get("uri")  # __post_init__ checks it
-            report_sha = _unchecked_sha256(r, "verdict report") if "digest" in r else None
-        # __post_init__ checks the verdict and every digest.
-        return cls(
-            name=name,
-            verdict=ann.get("verdict"),  # type: ignore[arg-type]
-            rebuilt=_unchecked_sha256(d, "verdict") if "digest" in d else None,
-            buildinfo=_opt_sha256(ann.get("buildinfo"), "verdict buildinfo"),
-            repository=_opt_sha256(ann.get("repository"), "verdict repository"),
-            report_sha256=report_sha,
-            report_url=report_url,
-        )
+            if not isinstance(report, dict):
+                raise _not_obj("verdict report")
+            url = report.get("uri")
+            if url is not None and (not isinstance(url, str) or len(url) > 2048):
+                raise _not_text("report url", 2048)
+            v.report_url = url
+            if "digest" in report:
+                v.report_sha256 = _digest_field(report, "verdict report", "verdict report_sha256")
+        return v
 
 
 @dataclass(slots=True)
@@ -355,28 +406,39 @@ class RebuildStatement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RebuildStatement:
+        # Every verification parses one of these, so each field is checked inline, once, and
+        # the object is built without __post_init__ checking it all again.
         pred = _obj(d.get("predicate"), "predicate")
         bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
         if bdef.get("buildType") != BUILD_TYPE:
-            raise BadDataError(
-                "statement", f"buildType {bdef.get('buildType')!r}, expected {BUILD_TYPE}"
-            )
+            raise _bad(f"buildType {bdef.get('buildType')!r}, expected {BUILD_TYPE}")
         ext = _obj(bdef.get("externalParameters"), "externalParameters")
         run = _obj(pred.get("runDetails"), "runDetails")
         builder = _obj(run.get("builder"), "runDetails.builder")
         meta = _obj(run.get("metadata"), "runDetails.metadata")
-        version = builder.get("version", {})
-        subjects = tuple(
-            Subject(
-                name=_obj(s, "subject").get("name"),  # type: ignore[arg-type]  # Subject checks
-                sha256=_unchecked_sha256(s, "subject"),
-            )
-            for s in _list(d.get("subject"), "subject")
-        )
+
+        raw_subjects = d.get("subject")
+        if not isinstance(raw_subjects, list) or len(raw_subjects) > MAX_SUBJECTS:
+            raise _bad(f"subject must be a list of at most {MAX_SUBJECTS} items")
+        subjects = []
+        for o in raw_subjects:
+            if not isinstance(o, dict):
+                raise _not_obj("subject")
+            name = o.get("name")
+            if not isinstance(name, str) or len(name) > MAX_NAME or not _is_name(name):
+                raise _not_name(name, "subject name")
+            subject = _new(Subject)
+            subject.name, subject.sha256 = name, _digest_field(o, "subject", "subject digest")
+            subjects.append(subject)
+
         verdicts: list[OutputVerdict] = []
         failure: str | None = None
-        for bp in _list(run.get("byproducts", []), "byproducts", 2 * MAX_SUBJECTS + 1):
-            o = _obj(bp, "byproduct")
+        byproducts = run.get("byproducts", [])
+        if not isinstance(byproducts, list) or len(byproducts) > 2 * MAX_SUBJECTS + 1:
+            raise _bad(f"byproducts must be a list of at most {2 * MAX_SUBJECTS + 1} items")
+        for o in byproducts:
+            if not isinstance(o, dict):
+                raise _not_obj("byproduct")
             bp_name = o.get("name")
             if isinstance(bp_name, str) and bp_name.startswith("verdict:"):
                 verdicts.append(OutputVerdict.from_dict(o))
@@ -384,28 +446,38 @@ class RebuildStatement:
                 ann = _obj(o.get("annotations"), "failure annotations")
                 failure = _text(ann.get("reason"), "failure reason")
             # other byproducts are kept in raw and ignored
-        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", 10_000)
+        if failure is not None and subjects:
+            raise _bad("a failed build must have no subject")
+        if failure is None and not subjects:
+            raise _bad("no subject and no failure reason")
+
+        deps = bdef.get("resolvedDependencies", [])
+        if not isinstance(deps, list) or len(deps) > 10_000:
+            raise _bad("resolvedDependencies must be a list of at most 10000 items")
+        for o in deps:
+            if not isinstance(o, dict):
+                raise _not_obj("dependency")
+        internal = _obj(bdef.get("internalParameters", {}), "internalParameters")
         binfo = _obj(ext.get("buildinfo"), "buildinfo")
-        internal = bdef.get("internalParameters", {})
-        return cls(
-            package=PackageIdentity.from_dict(ext.get("package")),
-            subjects=subjects,
-            builder_id=builder.get("id"),  # type: ignore[arg-type]  # __post_init__ checks
-            builder_version=_text(
-                _obj(version, "builder version").get("repro-quorum", ""), "version", 64
-            ),
-            started_on=parse_time(meta.get("startedOn"), "startedOn"),
-            finished_on=parse_time(meta.get("finishedOn"), "finishedOn"),
-            invocation_id=meta.get("invocationId"),  # type: ignore[arg-type]  # as builder_id
-            buildinfo_uri=_text(binfo.get("uri"), "buildinfo uri", 2048),
-            buildinfo_sha256=_unchecked_sha256(binfo, "buildinfo"),  # as builder_id
-            repository=_text(ext.get("repository"), "repository", 2048),
-            verdicts=tuple(verdicts),
-            failure=failure,
-            internal_parameters=_obj(internal, "internalParameters"),
-            resolved_dependencies=tuple(_obj(x, "dependency") for x in deps),
-            raw=d,
-        )
+        version = _obj(builder.get("version", {}), "builder version")
+
+        st = _new(cls)
+        st.package = PackageIdentity.from_dict(ext.get("package"))
+        st.subjects = tuple(subjects)
+        st.builder_id = _text(builder.get("id"), "builder id", 2048)
+        st.builder_version = _text(version.get("repro-quorum", ""), "version", 64)
+        st.started_on = parse_time(meta.get("startedOn"), "startedOn")
+        st.finished_on = parse_time(meta.get("finishedOn"), "finishedOn")
+        st.invocation_id = _text(meta.get("invocationId"), "invocationId", 256)
+        st.buildinfo_uri = _text(binfo.get("uri"), "buildinfo uri", 2048)
+        st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
+        st.repository = _text(ext.get("repository"), "repository", 2048)
+        st.verdicts = tuple(verdicts)
+        st.failure = failure
+        st.internal_parameters = internal
+        st.resolved_dependencies = tuple(deps)
+        st.raw = d
+        return st
 
 
 @dataclass(slots=True)
