@@ -195,14 +195,8 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
     ident = artifact.identity
     name = ident.subject_name
     built_by = ident.built_by(stmt.package)
-    subjects = stmt.subjects
-    if len(subjects) == 1:  # the usual statement: one binary package
-        s = subjects[0]
-        if s.sha256 == artifact.sha256 and s.name == name and built_by:
-            f.agreements.append(_Attestation(env, stmt))
-            return
-    same_digest = [s for s in subjects if s.sha256 == artifact.sha256]
-    named = [s for s in subjects if s.name == name]
+    same_digest = [s for s in stmt.subjects if s.sha256 == artifact.sha256]
+    named = [s for s in stmt.subjects if s.name == name]
     if same_digest:
         wrong = [s for s in same_digest if s.name != name]
         if wrong or not built_by:
@@ -367,7 +361,7 @@ def assess(
         f.agreements = fresh
 
     if f.agreements:
-        latest = max([a.statement.finished_on for a in f.agreements])
+        latest = max(a.statement.finished_on for a in f.agreements)
         return result(
             Status.AGREES,
             f"reproduced sha256 {_short(artifact.sha256)} (finished {format_time(latest)})"

@@ -67,10 +67,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
 
 
-_is_hex64 = _HEX64.fullmatch
-_is_name = _NAME_CHARS.fullmatch
 # The parsed classes' __post_init__ validates what Python code constructs; ``from_dict`` checks
-# each field once itself and builds through ``_new``, skipping that second validation.
+# each field once with the helpers below and builds through ``_new``, skipping a second pass.
 _new = object.__new__
 
 
@@ -78,56 +76,33 @@ def _bad(reason: str) -> BadDataError:
     return BadDataError("statement", reason)
 
 
-def _not_sha256(where: str) -> BadDataError:
-    return _bad(f"{where} is not a lowercase hex sha256")
-
-
-def _not_name(value: object, where: str) -> BadDataError:
-    return _bad(f"{where} {value!r} is not a valid name")
-
-
-def _not_text(where: str, limit: int) -> BadDataError:
-    return _bad(f"{where} must be a string of at most {limit} characters")
-
-
-def _not_obj(where: str) -> BadDataError:
-    return _bad(f"{where} must be an object")
-
-
 def validate_sha256(value: object, where: str) -> Digest:
     if not isinstance(value, str) or not _HEX64.fullmatch(value):
-        raise BadDataError("statement", f"{where} is not a lowercase hex sha256")
+        raise _bad(f"{where} is not a lowercase hex sha256")
     return Digest(value)
 
 
 def _name(value: object, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME_CHARS.fullmatch(value):
-        raise BadDataError("statement", f"{where} {value!r} is not a valid name")
+        raise _bad(f"{where} {value!r} is not a valid name")
     return value
 
 
 def _text(value: object, where: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or len(value) > limit:
-        raise BadDataError("statement", f"{where} must be a string of at most {limit} characters")
+        raise _bad(f"{where} must be a string of at most {limit} characters")
     return value
-
-
-def _package_field(d: dict[str, Any], key: str) -> str:
-    v = d.get(key)
-    if not isinstance(v, str) or len(v) > MAX_NAME or not _is_name(v):
-        raise _not_name(v, f"package {key}")
-    return v
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise BadDataError("statement", f"{where} must be an object")
+        raise _bad(f"{where} must be an object")
     return value
 
 
 def _list(value: object, where: str, limit: int = MAX_SUBJECTS) -> list[Any]:
     if not isinstance(value, list) or len(value) > limit:
-        raise BadDataError("statement", f"{where} must be a list of at most {limit} items")
+        raise _bad(f"{where} must be a list of at most {limit} items")
     return value
 
 
@@ -141,8 +116,7 @@ def format_time(t: datetime) -> str:
 
 
 def parse_time(value: object, where: str) -> datetime:
-    if not isinstance(value, str) or len(value) > 64:
-        raise _not_text(where, 64)
+    value = _text(value, where, 64)
     try:
         t = datetime.fromisoformat(value)  # reads RFC 3339's "Z" since Python 3.11
     except ValueError as e:
@@ -158,28 +132,17 @@ def _sha256_of(descriptor: object, where: str) -> Digest:
 
 def _digest_field(descriptor: object, where: str, digest_where: str) -> Digest:
     """``descriptor["digest"]["sha256"]``, checked; ``digest_where`` names a bad value."""
-    if not isinstance(descriptor, dict):
-        raise _not_obj(where)
-    digest = descriptor.get("digest")
-    if not isinstance(digest, dict):
-        raise _not_obj(f"{where}.digest")
+    digest = _obj(descriptor, where).get("digest")
+    if not isinstance(digest, dict):  # the message is built only when needed
+        raise _bad(f"{where}.digest must be an object")
     value = digest.get("sha256")
     if not isinstance(value, str):
-        raise _not_sha256(f"{where}.digest.sha256")
-    if not _is_hex64(value):
-        raise _not_sha256(digest_where)
-    return Digest(value)
+        raise _bad(f"{where}.digest.sha256 is not a lowercase hex sha256")
+    return validate_sha256(value, digest_where)
 
 
 def _opt_sha256(o: object, where: str) -> Digest | None:
-    if o is None:
-        return None
-    if not isinstance(o, dict):
-        raise _not_obj(where)
-    value = o.get("sha256")
-    if not isinstance(value, str) or not _is_hex64(value):
-        raise _not_sha256(where)
-    return Digest(value)
+    return None if o is None else validate_sha256(_obj(o, where).get("sha256"), where)
 
 
 @dataclass(slots=True)
@@ -200,16 +163,15 @@ class PackageIdentity:
 
     @classmethod
     def from_dict(cls, d: object) -> PackageIdentity:
-        if not isinstance(d, dict):
-            raise _not_obj("package")
-        eco = d.get("ecosystem")
+        o = _obj(d, "package")
+        eco = o.get("ecosystem")
         if eco != "debian":
             raise _bad(f"ecosystem {eco!r} is not 'debian'")
         p = _new(cls)
         p.ecosystem = "debian"
-        p.name = _package_field(d, "name")
-        p.version = _package_field(d, "version")
-        p.architecture = _package_field(d, "architecture")
+        p.name = _name(o.get("name"), "package name")
+        p.version = _name(o.get("version"), "package version")
+        p.architecture = _name(o.get("architecture"), "package architecture")
         return p
 
     def to_dict(self) -> dict[str, str]:
@@ -288,32 +250,25 @@ class OutputVerdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutputVerdict:
-        name = d.get("name")
-        if not isinstance(name, str) or len(name) > MAX_NAME + 8:
-            raise _not_text("byproduct name", MAX_NAME + 8)
-        name = name.removeprefix("verdict:")
-        if len(name) > MAX_NAME or not _is_name(name):
-            raise _not_name(name, "verdict name")
+        name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
         ann = _obj(d.get("annotations"), "verdict annotations")
         verdict = ann.get("verdict")
         if not isinstance(verdict, str) or verdict not in _VERDICTS:
             raise _bad(f"verdict {verdict!r} is not one of {_VERDICTS}")
         v = _new(cls)
-        v.name, v.verdict = name, verdict  # type: ignore[assignment]  # checked just above
+        v.name = _name(name, "verdict name")
+        v.verdict = verdict  # type: ignore[assignment]  # checked just above
         v.rebuilt = _digest_field(d, "verdict", "verdict rebuilt") if "digest" in d else None
         v.buildinfo = _opt_sha256(ann.get("buildinfo"), "verdict buildinfo")
         v.repository = _opt_sha256(ann.get("repository"), "verdict repository")
         v.report_sha256 = v.report_url = None
         report = ann.get("report")
         if report is not None:
-            if not isinstance(report, dict):
-                raise _not_obj("verdict report")
-            url = report.get("uri")
-            if url is not None and (not isinstance(url, str) or len(url) > 2048):
-                raise _not_text("report url", 2048)
-            v.report_url = url
-            if "digest" in report:
-                v.report_sha256 = _digest_field(report, "verdict report", "verdict report_sha256")
+            r = _obj(report, "verdict report")
+            url = r.get("uri")
+            v.report_url = None if url is None else _text(url, "report url", 2048)
+            if "digest" in r:
+                v.report_sha256 = _digest_field(r, "verdict report", "verdict report_sha256")
         return v
 
 
@@ -406,8 +361,8 @@ class RebuildStatement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RebuildStatement:
-        # Every verification parses one of these, so each field is checked inline, once, and
-        # the object is built without __post_init__ checking it all again.
+        # Every verification parses one of these: each field is checked once, here, and the
+        # object is built without __post_init__ checking it all again.
         pred = _obj(d.get("predicate"), "predicate")
         bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
         if bdef.get("buildType") != BUILD_TYPE:
@@ -417,28 +372,17 @@ class RebuildStatement:
         builder = _obj(run.get("builder"), "runDetails.builder")
         meta = _obj(run.get("metadata"), "runDetails.metadata")
 
-        raw_subjects = d.get("subject")
-        if not isinstance(raw_subjects, list) or len(raw_subjects) > MAX_SUBJECTS:
-            raise _bad(f"subject must be a list of at most {MAX_SUBJECTS} items")
         subjects = []
-        for o in raw_subjects:
-            if not isinstance(o, dict):
-                raise _not_obj("subject")
-            name = o.get("name")
-            if not isinstance(name, str) or len(name) > MAX_NAME or not _is_name(name):
-                raise _not_name(name, "subject name")
+        for o in _list(d.get("subject"), "subject"):
             subject = _new(Subject)
-            subject.name, subject.sha256 = name, _digest_field(o, "subject", "subject digest")
+            subject.name = _name(_obj(o, "subject").get("name"), "subject name")
+            subject.sha256 = _digest_field(o, "subject", "subject digest")
             subjects.append(subject)
 
         verdicts: list[OutputVerdict] = []
         failure: str | None = None
-        byproducts = run.get("byproducts", [])
-        if not isinstance(byproducts, list) or len(byproducts) > 2 * MAX_SUBJECTS + 1:
-            raise _bad(f"byproducts must be a list of at most {2 * MAX_SUBJECTS + 1} items")
-        for o in byproducts:
-            if not isinstance(o, dict):
-                raise _not_obj("byproduct")
+        for bp in _list(run.get("byproducts", []), "byproducts", 2 * MAX_SUBJECTS + 1):
+            o = _obj(bp, "byproduct")
             bp_name = o.get("name")
             if isinstance(bp_name, str) and bp_name.startswith("verdict:"):
                 verdicts.append(OutputVerdict.from_dict(o))
@@ -451,12 +395,9 @@ class RebuildStatement:
         if failure is None and not subjects:
             raise _bad("no subject and no failure reason")
 
-        deps = bdef.get("resolvedDependencies", [])
-        if not isinstance(deps, list) or len(deps) > 10_000:
-            raise _bad("resolvedDependencies must be a list of at most 10000 items")
+        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", 10_000)
         for o in deps:
-            if not isinstance(o, dict):
-                raise _not_obj("dependency")
+            _obj(o, "dependency")
         internal = _obj(bdef.get("internalParameters", {}), "internalParameters")
         binfo = _obj(ext.get("buildinfo"), "buildinfo")
         version = _obj(builder.get("version", {}), "builder version")
