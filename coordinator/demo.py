@@ -469,6 +469,7 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                 children.check_alive()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 2)
+            out.step("Stopping the coordinator, the rebuilder nodes and mosquitto")
             return 0 if all_as_expected else 1
     finally:
         out.end_progress()
