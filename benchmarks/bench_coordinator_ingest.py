@@ -62,7 +62,11 @@ def publisher(port: int, key_path: str, rebuilder: str, start: int, count: int,
               ready: Any, go: Any) -> None:
     import paho.mqtt.client as mqtt
 
-    messages = make_messages(key_path, rebuilder, start, count)
+    from rebuilder.publish import attestation_message
+
+    # Exactly what a node's Publisher sends: its topic, QoS and properties (ContentType).
+    messages = [attestation_message(rebuilder, m)
+                for m in make_messages(key_path, rebuilder, start, count)]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -70,7 +74,10 @@ def publisher(port: int, key_path: str, rebuilder: str, start: int, count: int,
     client.loop_start()
     ready.wait()
     go.wait()
-    infos = [client.publish(f"rq/v1/attestations/{rebuilder}", m, qos=1) for m in messages]
+    infos = [
+        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, properties=m.properties)
+        for m in messages
+    ]
     for info in infos:
         info.wait_for_publish(60)
     client.loop_stop()

@@ -26,7 +26,8 @@ from coordinator.catchup import CatchUp
 from coordinator.checks import DROP_REASONS
 from coordinator.config import CoordinatorConfig
 from coordinator.mqtt import MqttLink
-from coordinator.service import Ingest
+from coordinator.mqtt5 import PACKET_DROP_REASONS
+from coordinator.service import STATUS_DROP_REASONS, Ingest
 from coordinator.store import Store, rfc3339
 
 __all__ = [
@@ -225,6 +226,22 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP rq_coordinator_status_invalid_total Status messages that failed validation.",
         "# TYPE rq_coordinator_status_invalid_total counter",
         f"rq_coordinator_status_invalid_total {m.status_invalid}",
+        "# HELP rq_coordinator_status_dropped_total Status messages dropped, by reason.",
+        "# TYPE rq_coordinator_status_dropped_total counter",
+    ]
+    for why in STATUS_DROP_REASONS:
+        lines.append(
+            f'rq_coordinator_status_dropped_total{{reason="{why}"}} {m.status_dropped[why]}'
+        )
+    packets = app[MQTT].packets_dropped.counts if MQTT in app else None
+    lines += [
+        "# HELP rq_coordinator_mqtt_packets_dropped_total Malformed MQTT packets, by reason.",
+        "# TYPE rq_coordinator_mqtt_packets_dropped_total counter",
+    ]
+    for why in PACKET_DROP_REASONS:
+        n = packets[why] if packets is not None else 0
+        lines.append(f'rq_coordinator_mqtt_packets_dropped_total{{reason="{why}"}} {n}')
+    lines += [
         "# HELP rq_coordinator_stored_envelopes Envelopes in the database.",
         "# TYPE rq_coordinator_stored_envelopes gauge",
         f"rq_coordinator_stored_envelopes {totals['envelopes']}",

@@ -38,6 +38,7 @@ __all__ = [
     "init_worker",
     "pack",
     "parse_status",
+    "parse_status_body",
     "unpack",
 ]
 
@@ -290,6 +291,8 @@ class Status:
     running: int | None = None
     version: str | None = None
     time: datetime | None = None
+    session: str | None = None  # the node's MQTT connection this status belongs to
+    will: bool = False  # the offline status the node left with the broker as its last will
 
 
 _VERSION = re.compile(r"[A-Za-z0-9.+~_-]{1,64}")
@@ -303,11 +306,18 @@ def _count(value: object, what: str) -> int | None:
     return value
 
 
+_SESSION = re.compile(r"[0-9a-f]{16,64}")
+
+
 def parse_status(data: bytes, max_bytes: int = 4096) -> Status:
-    """Validate a status message; raises ``BadDataError`` naming what was wrong."""
+    """Validate an (unsigned) status body; raises ``BadDataError`` naming what was wrong."""
     if len(data) > max_bytes:
         raise BadDataError("status", f"{len(data)} bytes, limit {max_bytes}")
-    obj = strict_json_loads(data, "status")
+    return parse_status_body(strict_json_loads(data, "status"))
+
+
+def parse_status_body(obj: object) -> Status:
+    """Validate a status body already parsed (from a signed status, ``verifier.status``)."""
     if not isinstance(obj, dict):
         raise BadDataError("status", "not a JSON object")
     state = obj.get("state")
@@ -327,10 +337,18 @@ def parse_status(data: bytes, max_bytes: int = 4096) -> Status:
             raise BadDataError("status", f"time {raw_time!r} is not RFC 3339") from e
         if when.tzinfo is None:
             raise BadDataError("status", "time has no time zone")
+    session = obj.get("session")
+    if session is not None and (not isinstance(session, str) or not _SESSION.fullmatch(session)):
+        raise BadDataError("status", "session must be 16-64 lowercase hex digits")
+    will = obj.get("will", False)
+    if not isinstance(will, bool) or (will and state != "offline"):
+        raise BadDataError("status", "will must be a boolean, true only when offline")
     return Status(
         state=state,
         queue=_count(obj.get("queue"), "queue"),
         running=_count(obj.get("running"), "running"),
         version=version,
         time=when,
+        session=session,
+        will=will,
     )

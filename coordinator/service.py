@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from coordinator.checks import (
@@ -24,15 +25,16 @@ from coordinator.checks import (
     check_batch,
     check_message,
     init_worker,
-    parse_status,
+    parse_status_body,
     unpack,
 )
 from coordinator.config import CoordinatorConfig
 from coordinator.store import BatchResult, Disagreement, Store
 from verifier.errors import BadDataError
 from verifier.keys import public_key_pem
+from verifier.status import StatusError, open_status
 
-__all__ = ["Ingest", "Metrics"]
+__all__ = ["STATUS_DROP_REASONS", "Ingest", "Metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ _IN_FLIGHT = 4  # batches being checked while one is stored
 # messages they wait a little for company; when nothing more is on its way they go at once.
 _COALESCE_S = 0.02  # longest a message waits for others to be checked with it
 _STORE_WAIT_S = 0.1  # longest a checked message waits for others to share its transaction
+STATUS_DROP_REASONS = (
+    "unknown-rebuilder", "empty", "unsigned", "bad-signature", "malformed", "future", "stale",
+)
+STATUS_CLOCK_SKEW_S = 600.0  # a status dated later than now plus this is refused
 
 
 def _printable(rebuilder_id: str) -> str:
@@ -58,12 +64,18 @@ class Metrics:
     duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # by reason
     dropped_by_rebuilder: Counter[str] = field(default_factory=Counter)
-    status_invalid: int = 0
+    # Status messages dropped, by reason: unknown-rebuilder, empty, unsigned, bad-signature,
+    # malformed, future, stale (docs/api.md).
+    status_dropped: Counter[str] = field(default_factory=Counter)
     catchup_errors: Counter[str] = field(default_factory=Counter)  # by rebuilder
     disagreements_published: int = 0
 
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    @property
+    def status_invalid(self) -> int:
+        return sum(self.status_dropped.values())
 
 
 class Ingest:
@@ -86,6 +98,7 @@ class Ingest:
         self._idle = asyncio.Event()
         self._idle.set()
         self._log_budget: Counter[str] = Counter()
+        self._last_status: dict[str, tuple[float, str | None]] = {}  # time, session
         self._pool: ProcessPoolExecutor | None = None
         self._in_flight = 0
         self._queued_bytes = 0
@@ -197,21 +210,65 @@ class Ingest:
                 await asyncio.sleep(0)
         return results
 
+    def _status_drop(self, rebuilder_id: str, reason: str, detail: str) -> None:
+        self.metrics.status_dropped[reason] += 1
+        n = self._log_budget["status " + reason]
+        self._log_budget["status " + reason] += 1
+        if n < 20 or n % 1000 == 0:
+            log.warning("dropped status message for rebuilder %r: %s: %s (%d so far)",
+                        _printable(rebuilder_id), reason, detail[:300], n + 1)
+
     async def handle_status(self, rebuilder_id: str, payload: bytes) -> None:
-        if rebuilder_id not in self._keys:
-            self.metrics.status_invalid += 1
+        """Apply one signed status message (docs/api.md), or drop and count it.
+
+        Accepted: signed by the rebuilder's registered key, dated, not in the future, and not
+        older than the last accepted one, except the node's last will: it was signed when the
+        node connected, so it is older than that connection's online statuses; it is accepted
+        for the session (connection) it names, and only while that session is the latest.
+        """
+        key = self._keys.get(rebuilder_id)
+        if key is None:
+            self._status_drop(rebuilder_id, "unknown-rebuilder", "not registered")
+            return
+        if not payload:
+            self._status_drop(rebuilder_id, "empty", "retained status cleared")
             return
         try:
-            status = parse_status(payload, self.config.limits.max_status_bytes)
+            body = open_status(payload, key[0], self.config.limits.max_status_bytes)
+        except StatusError as e:
+            self._status_drop(rebuilder_id, e.kind, str(e))
+            return
+        try:
+            status = parse_status_body(body)
+            if status.time is None:
+                raise BadDataError("status", "time is required")
         except BadDataError as e:
-            self.metrics.status_invalid += 1
-            log.warning("invalid status message from %s: %s", rebuilder_id, e)
+            self._status_drop(rebuilder_id, "malformed", str(e))
             return
         now = time.time()
+        when = status.time.timestamp()
+        if when > now + STATUS_CLOCK_SKEW_S:
+            self._status_drop(rebuilder_id, "future", f"dated {status.time.isoformat()}")
+            return
+        last = self._last_status.get(rebuilder_id)
+        if last is None:
+            last = await self._stored_status(rebuilder_id)
+        if last is not None:
+            last_time, last_session = last
+            current_will = status.will and status.session is not None and (
+                status.session == last_session
+            )
+            if when < last_time and not current_will:
+                self._status_drop(
+                    rebuilder_id, "stale",
+                    f"dated {status.time.isoformat()}, older than the last status accepted",
+                )
+                return
+        self._last_status[rebuilder_id] = (max(when, last[0] if last else when), status.session)
         seen: float | None = None
         if status.state == "online":
             # A retained message can be old: never believe it is newer than now.
-            seen = min(now, status.time.timestamp()) if status.time else now
+            seen = min(now, when)
         await self.store.record_status(
             rebuilder_id,
             status.state,
@@ -220,10 +277,24 @@ class Ingest:
                 "queue": status.queue,
                 "running": status.running,
                 "version": status.version,
-                "time": status.time.isoformat() if status.time else None,
+                "time": status.time.isoformat(),
+                "session": status.session,
+                "will": status.will,
             },
             seen,
         )
+
+    async def _stored_status(self, rebuilder_id: str) -> tuple[float, str | None] | None:
+        """The last accepted status (time, session), from the database after a restart."""
+        state = (await self.store.rebuilder_states()).get(rebuilder_id)
+        if state is None or not state.status or not isinstance(state.status.get("time"), str):
+            return None
+        try:
+            when = datetime.fromisoformat(state.status["time"]).timestamp()
+        except ValueError:
+            return None
+        session = state.status.get("session")
+        return when, session if isinstance(session, str) else None
 
     # ---- storing -------------------------------------------------------------------------
 

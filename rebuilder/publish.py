@@ -9,19 +9,25 @@ broker outage only delays rows; a crash between the PUBACK and the mark re-sends
 restart, so consumers dedupe by envelope sha256 (the coordinator stores envelopes under that key
 anyway).
 
-Topics (docs/api.md): ``rq/v1/attestations/<id>`` (QoS 1) and retained ``rq/v1/status/<id>``
-whose last will is ``{"state": "offline"}``.
+Topics (docs/api.md): ``rq/v1/attestations/<id>`` (QoS 1) and retained ``rq/v1/status/<id>``.
+Status messages are signed with the node's key (``verifier.status``), so a coordinator can tell
+them from a forged "offline" or queue length. The last will cannot be signed when the broker
+sends it, so the node signs it when it connects: ``{"state": "offline", "will": true, "session":
+S, "time": <connect time>}``, where ``S`` is a random id of this connection, also carried by
+every online status of that connection. A coordinator takes the will for the session it names
+although it is older than that session's online statuses (docs/formats.md, "Status messages").
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
+import secrets
 import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +38,19 @@ from paho.mqtt.properties import Properties
 from rebuilder import __version__
 from rebuilder.config import Config
 from rebuilder.db import Store
+from verifier.keys import Ed25519PrivateKey, load_private_key
 from verifier.statement import format_time
+from verifier.status import sign_status
 
-__all__ = ["Publisher", "attestation_topic", "flush_once", "status_topic"]
+__all__ = [
+    "Message",
+    "Publisher",
+    "attestation_message",
+    "attestation_topic",
+    "flush_once",
+    "status_body",
+    "status_topic",
+]
 
 log = logging.getLogger("rebuilder.publish")
 
@@ -53,19 +69,40 @@ def status_topic(node_id: str) -> str:
     return f"rq/v1/status/{node_id}"
 
 
-def _client(config: Config, client_id: str, with_will: bool) -> aiomqtt.Client:
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message exactly as the node publishes it (topic, QoS, retain, properties)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+
+
+def attestation_message(node_id: str, envelope: bytes) -> Message:
+    """The PUBLISH of one attestation: what a coordinator receives from a node (benchmarks
+    and tests publish this, so they exercise the path production takes)."""
+    return Message(attestation_topic(node_id), envelope, 1, False, _json_props())
+
+
+def status_body(state: str, session: str, **fields: Any) -> dict[str, Any]:
+    """A status body (docs/api.md), dated now, for the connection ``session``."""
+    body: dict[str, Any] = {"state": state, "version": __version__, "session": session,
+                            "time": format_time(datetime.now(UTC))}
+    body.update(fields)
+    return body
+
+
+def _client(config: Config, client_id: str, will_payload: bytes | None) -> aiomqtt.Client:
     m = config.mqtt
     tls_context = None
     if m.tls:
         tls_context = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
     will = None
-    if with_will:
-        will = aiomqtt.Will(
-            status_topic(config.node.id),
-            json.dumps({"state": "offline"}).encode(),
-            qos=1,
-            retain=True,
-        )
+    if will_payload is not None:
+        will = aiomqtt.Will(status_topic(config.node.id), will_payload, qos=1, retain=True,
+                            properties=_json_props())
     return aiomqtt.Client(
         hostname=m.host,
         port=m.port,
@@ -103,12 +140,14 @@ class _AckWatch:
 
         paho.on_publish = on_publish
 
-    async def publish(self, client: aiomqtt.Client, topic: str, payload: bytes,
-                      retain: bool = False) -> None:
+    async def publish(self, client: aiomqtt.Client, message: Message) -> None:
         self.failure = None
-        await client.publish(topic, payload, qos=1, retain=retain, properties=_json_props())
+        await client.publish(message.topic, message.payload, qos=message.qos,
+                             retain=message.retain, properties=message.properties)
         if self.failure is not None:
-            raise aiomqtt.MqttError(f"the broker refused the message on {topic}: {self.failure}")
+            raise aiomqtt.MqttError(
+                f"the broker refused the message on {message.topic}: {self.failure}"
+            )
 
 
 def _json_props() -> Properties:
@@ -132,6 +171,13 @@ class Publisher:
         self.drained = asyncio.Event()  # set while the outbox is known to be empty
         self.published = 0
         self.connected = False
+        self._key: Ed25519PrivateKey | None = None
+        self._session_id = secrets.token_hex(8)
+
+    def _signing_key(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            self._key = load_private_key(self.config.node.signing_key)
+        return self._key
 
     def wake(self) -> None:
         self.drained.clear()
@@ -141,7 +187,11 @@ class Publisher:
         failures = 0
         while True:
             try:
-                client = _client(self.config, f"rq-rebuilder-{self.config.node.id}", True)
+                # A new session per connection; its last will is signed now (module docstring).
+                self._session_id = secrets.token_hex(8)
+                will = sign_status(status_body("offline", self._session_id, will=True),
+                                   self._signing_key())
+                client = _client(self.config, f"rq-rebuilder-{self.config.node.id}", will)
                 self._acks = _AckWatch(client)
                 async with client as c:
                     self.connected = True
@@ -180,10 +230,9 @@ class Publisher:
 
     async def _drain(self, client: aiomqtt.Client) -> int:
         rows = await self.store.pending_outbox(BATCH)
-        topic = attestation_topic(self.config.node.id)
         for row in rows:
             assert self._acks is not None
-            await self._acks.publish(client, topic, row.envelope)
+            await self._acks.publish(client, attestation_message(self.config.node.id, row.envelope))
             # publish() returned: the broker acknowledged (PUBACK, success). Only now mark it.
             await self.store.mark_published(row.seq)
             self.published += 1
@@ -192,18 +241,18 @@ class Publisher:
         return len(rows)
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
-        body = {"state": state, "version": __version__,
-                "time": format_time(datetime.now(UTC))}
+        body = status_body(state, self._session_id)
         if state == "online":
             body.update(await self.status())
-        await client.publish(status_topic(self.config.node.id), json.dumps(body).encode(),
+        await client.publish(status_topic(self.config.node.id),
+                             sign_status(body, self._signing_key()),
                              qos=1, retain=True, properties=_json_props())
 
     async def goodbye(self) -> None:
         """Publish the retained offline status on a clean shutdown (best effort)."""
         try:
             async with asyncio.timeout(5), _client(
-                self.config, f"rq-rebuilder-{self.config.node.id}-bye", False
+                self.config, f"rq-rebuilder-{self.config.node.id}-bye", None
             ) as c:
                 await self._publish_status(c, "offline")
         except (aiomqtt.MqttError, TimeoutError) as e:
@@ -213,13 +262,12 @@ class Publisher:
 async def flush_once(config: Config, store: Store, deadline_s: float = 30.0) -> int:
     """Publish every pending outbox row now (``rebuilder revoke --publish-now``); rows sent."""
     sent = 0
-    client = _client(config, f"rq-rebuilder-{config.node.id}-cli", False)
+    client = _client(config, f"rq-rebuilder-{config.node.id}-cli", None)
     acks = _AckWatch(client)
     async with asyncio.timeout(deadline_s), client as c:
-        topic = attestation_topic(config.node.id)
         while rows := await store.pending_outbox(BATCH):
             for row in rows:
-                await acks.publish(c, topic, row.envelope)
+                await acks.publish(c, attestation_message(config.node.id, row.envelope))
                 await store.mark_published(row.seq)
                 sent += 1
     return sent

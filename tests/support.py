@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -106,3 +107,21 @@ def running_mosquitto(directory: Path, extra_config: str = "") -> Iterator[Mosqu
         yield broker
     finally:
         broker.stop()
+
+
+async def publish_as_node(client: Any, node_id: str, envelope: bytes) -> None:
+    """Publish one attestation on an aiomqtt client exactly as a node's ``Publisher`` does
+    (topic, QoS, the ContentType property: ``rebuilder.publish.attestation_message``)."""
+    from rebuilder.publish import attestation_message
+
+    m = attestation_message(node_id, envelope)
+    await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, properties=m.properties)
+
+
+def signed_status(key: Any, state: str = "online", session: str = "0123456789abcdef",
+                  **fields: Any) -> bytes:
+    """A status message as a node signs it (``rebuilder.publish.status_body``)."""
+    from rebuilder.publish import status_body
+    from verifier.status import sign_status
+
+    return sign_status(status_body(state, session, **fields), key)

@@ -11,7 +11,7 @@ import aiomqtt
 
 from coordinator.app import CATCHUP, INGEST, MQTT, STORE, create_app
 from coordinator.config import load_config
-from tests.support import Mosquitto, free_port, wait_for
+from tests.support import Mosquitto, free_port, publish_as_node, signed_status, wait_for
 from tests.unit.coordinator.factory import Signer, StandInNode, coordinator_toml, serving, sha
 
 DEB = "hello_1.0-1_amd64.deb"
@@ -45,11 +45,11 @@ async def test_ingest_catchup_query_and_disagreement(tmp_path: Path, mosquitto: 
                 b = beta.rebuild("hello", "1.0-1", {DEB: sha("evil")}, upstream={DEB: sha("good")},
                                  report_url=f"{url_b}/v1/reports/r1.html")
                 async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
-                    await pub.publish("rq/v1/attestations/rb-alpha", a.to_bytes(), qos=1)
-                    await pub.publish("rq/v1/attestations/rb-alpha", a.to_bytes(), qos=1)
-                    await pub.publish("rq/v1/attestations/rb-beta", b.to_bytes(), qos=1)
-                    await pub.publish("rq/v1/status/rb-beta",
-                                      b'{"state":"online","queue":2}', qos=1, retain=True)
+                    await publish_as_node(pub, "rb-alpha", a.to_bytes())
+                    await publish_as_node(pub, "rb-alpha", a.to_bytes())
+                    await publish_as_node(pub, "rb-beta", b.to_bytes())
+                    await pub.publish("rq/v1/status/rb-beta", signed_status(beta.key, queue=2),
+                                      qos=1, retain=True)
                 async with asyncio.timeout(10):
                     async for message in sub.messages:
                         events.append(json.loads(message.payload))  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""The coordinator's fast MQTT path (coordinator/mqtt.py ``_Client``) against a real mosquitto:
+"""The coordinator's MQTT path (coordinator/mqtt5.py) against a real mosquitto, with messages
+exactly as nodes publish them (``rebuilder.publish.attestation_message``, signed status):
 
 1. a burst far beyond the ingest queue, from several publishers, with status messages among
    the attestations: every attestation stored, every status applied, nothing dropped;
@@ -12,7 +13,6 @@ import asyncio
 import dataclasses
 import datetime
 import ipaddress
-import json
 import ssl
 import tempfile
 from pathlib import Path
@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from coordinator.app import INGEST, MQTT, STORE, create_app
 from coordinator.config import load_config
 from coordinator.service import Ingest
-from tests.support import free_port, running_mosquitto, wait_for
+from tests.support import free_port, publish_as_node, running_mosquitto, signed_status, wait_for
 from tests.unit.coordinator.factory import Signer, coordinator_toml, serving, sha
 
 
@@ -67,14 +67,13 @@ async def test_burst_beyond_the_ingest_queue(tmp_path: Path) -> None:
         async def publish(signer: Signer) -> None:
             # Published all at once (not one acknowledgement at a time), so the coordinator
             # reads many packets in one go, and the last ones with nothing after them.
-            status = json.dumps({"state": "online", "queue": 7, "running": 1}).encode()
-            topic = f"rq/v1/attestations/{signer.id}"
+            status = signed_status(signer.key, queue=7, running=1)
             ours = messages[signer.id]
             async with aiomqtt.Client("127.0.0.1", broker.port, max_inflight_messages=1000) as pub:
                 await asyncio.gather(
-                    *(pub.publish(topic, payload, qos=1) for payload in ours[: per // 2]),
+                    *(publish_as_node(pub, signer.id, payload) for payload in ours[: per // 2]),
                     pub.publish(f"rq/v1/status/{signer.id}", status, qos=1),
-                    *(pub.publish(topic, payload, qos=1) for payload in ours[per // 2 :]),
+                    *(publish_as_node(pub, signer.id, payload) for payload in ours[per // 2 :]),
                 )
 
         Ingest.offer = counting_offer  # type: ignore[method-assign]
@@ -181,9 +180,7 @@ async def _tls_test(tmp_path: Path, alpha: Signer, ca: Path, cert: Path, key: Pa
             async with aiomqtt.Client(
                 "127.0.0.1", tls_port, tls_context=context, max_inflight_messages=1000
             ) as pub:
-                await asyncio.gather(
-                    *(pub.publish("rq/v1/attestations/rb-alpha", p, qos=1) for p in batch)
-                )
+                await asyncio.gather(*(publish_as_node(pub, "rb-alpha", p) for p in batch))
             await wait_for(_stored(app, len(small)), 30, "every small attestation over TLS")
             m = app[INGEST].metrics
             await wait_for(_dropped(app, 6), 30, "the large messages dropped")

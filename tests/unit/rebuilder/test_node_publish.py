@@ -18,6 +18,8 @@ from rebuilder.db import NewAttestation, Store
 from rebuilder.publish import Publisher, attestation_topic, flush_once, status_topic
 from tests.support import Mosquitto, wait_for
 from tests.unit.rebuilder.node_helpers import amake_node
+from verifier.keys import load_private_key
+from verifier.status import open_status
 
 
 def fake_attestation(i: int) -> NewAttestation:
@@ -99,6 +101,7 @@ async def _backlog_zero(store: Store) -> bool:
 
 async def test_retained_status_and_goodbye(tmp_path: Path, mosquitto: Mosquitto) -> None:
     cfg = await amake_node(tmp_path, mqtt_port=mosquitto.port)
+    public_key = load_private_key(cfg.node.signing_key).public_key()
     store = await Store.open(cfg.node.db_path)
     publisher = Publisher(cfg, store, _status)
     task = asyncio.create_task(publisher.run())
@@ -107,9 +110,10 @@ async def test_retained_status_and_goodbye(tmp_path: Path, mosquitto: Mosquitto)
         async with subscriber(mosquitto, status_topic(cfg.node.id)) as got:
             await wait_for(lambda: _true(bool(got)), 10, "retained status")
             _, payload, retained = got[0]
-            body = json.loads(payload)
+            body = open_status(payload, public_key)  # signed with the node's key
+            assert isinstance(body, dict)
             assert retained and body["state"] == "online" and body["queue"] == 0
-            assert body["version"] and body["time"].endswith("Z")
+            assert body["version"] and body["time"].endswith("Z") and body["session"]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -117,7 +121,8 @@ async def test_retained_status_and_goodbye(tmp_path: Path, mosquitto: Mosquitto)
     await publisher.goodbye()
     async with subscriber(mosquitto, status_topic(cfg.node.id)) as got:
         await wait_for(lambda: _true(bool(got)), 10, "offline status")
-        assert json.loads(got[0][1])["state"] == "offline"
+        body = open_status(got[0][1], public_key)
+        assert isinstance(body, dict) and body["state"] == "offline" and not body.get("will")
     await store.close()
 
 
