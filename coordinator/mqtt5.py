@@ -301,10 +301,12 @@ class RateLimitedLog:
             return
         self._last[reason] = now
         n, self._since[reason] = self._since[reason], 0
-        self.logger.warning(
-            message + " (%d of this kind in the last %.0fs, %d in all)",
-            *args, n, self.interval if last is not None else 0, self.counts[reason],
-        )
+        if last is None:
+            self.logger.warning(message + " (more of this kind: counted, logged once a minute)",
+                                *args)
+        else:
+            self.logger.warning(message + " (%d of this kind since the last line, %d in all)",
+                                *args, n, self.counts[reason])
 
 
 # ---- the connection ------------------------------------------------------------------------
