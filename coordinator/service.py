@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,12 +25,12 @@ from coordinator.checks import (
     Dropped,
     check_batch,
     check_message,
-    init_worker,
     parse_status_body,
     unpack,
 )
 from coordinator.config import CoordinatorConfig
 from coordinator.store import BatchResult, Disagreement, Store
+from coordinator.workers import init_watched_worker
 from verifier.errors import BadDataError
 from verifier.keys import public_key_pem
 from verifier.status import StatusError, open_status
@@ -184,8 +185,8 @@ class Ingest:
         self._pool = ProcessPoolExecutor(
             n,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(pems, self.config.limits.max_envelope_bytes),
+            initializer=init_watched_worker,  # exits when the coordinator dies
+            initargs=(os.getpid(), pems, self.config.limits.max_envelope_bytes),
         )
 
     def stop_workers(self) -> None:
