@@ -37,6 +37,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from coordinator.demo_broker import COORDINATOR_USER, BrokerFiles, write_broker_files
 from verifier.keys import load_private_key, public_key_pem
 
 __all__ = ["main"]
@@ -160,23 +161,20 @@ async def wait_http(session: aiohttp.ClientSession, url: str, children: Children
         await asyncio.sleep(0.2)
 
 
-def start_mosquitto(state: Path, children: Children) -> int:
+def start_mosquitto(state: Path, children: Children) -> tuple[int, BrokerFiles]:
+    """mosquitto with the production posture: per-node accounts and ACL (demo_broker)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise DemoError("mosquitto is not installed (apt-get install mosquitto)")
     port = free_port()
-    conf = state / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\n"
-    )
-    children.start("mosquitto", [binary, "-c", str(conf)])
+    files = write_broker_files(state / "broker", [node_id for node_id, _ in NODES], port)
+    children.start("mosquitto", [binary, "-c", str(files.conf)])
     deadline = time.monotonic() + 10
     while True:
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return port
+                return port, files
         children.check_alive()
         if time.monotonic() > deadline:
             raise DemoError("mosquitto did not start")
@@ -198,7 +196,20 @@ class Node:
         return public_key_pem(load_private_key(self.dir / "keys" / "signing.pem").public_key())
 
 
-def write_coordinator_config(state: Path, nodes: list[Node], mqtt_port: int, port: int) -> Path:
+def use_account(config: Path, user: str, password_file: Path) -> None:
+    """Point a node's ``[mqtt]`` at its broker account (``rebuilder init`` leaves it empty)."""
+    text = config.read_text()
+    for old, new in (('username = ""', f"username = {json.dumps(user)}"),
+                     ('password_file = ""', f"password_file = {json.dumps(str(password_file))}")):
+        if text.count(old) != 1:
+            raise DemoError(f"{config}: expected one {old!r} to fill in")
+        text = text.replace(old, new)
+    config.write_text(text)
+
+
+def write_coordinator_config(
+    state: Path, nodes: list[Node], mqtt_port: int, port: int, password_file: Path | None = None
+) -> Path:
     d = state / "coordinator"
     (d / "keys").mkdir(parents=True, exist_ok=True)
     lines = [
@@ -213,6 +224,9 @@ def write_coordinator_config(state: Path, nodes: list[Node], mqtt_port: int, por
         'host = "127.0.0.1"',
         f"port = {mqtt_port}",
     ]
+    if password_file is not None:
+        lines += [f"username = {json.dumps(COORDINATOR_USER)}",
+                  f"password_file = {json.dumps(str(password_file))}"]
     for n in nodes:
         (d / "keys" / f"{n.id}.pub").write_text(n.public_pem())
         lines += [
@@ -363,8 +377,9 @@ async def demo(state: Path, once: bool, out: Out) -> int:
         async with _served(repo.path) as repo_url, aiohttp.ClientSession() as session:
             out.info(f"serving it at {repo_url}")
             out.step("Starting mosquitto, three rebuilder nodes and the coordinator")
-            mqtt_port = start_mosquitto(state, children)
-            out.info(f"mosquitto on 127.0.0.1:{mqtt_port}")
+            mqtt_port, broker = start_mosquitto(state, children)
+            out.info(f"mosquitto on 127.0.0.1:{mqtt_port} (one account per node, ACL, "
+                     "no anonymous access)")
             nodes = []
             for node_id, operator in NODES:
                 port = free_port()
@@ -383,10 +398,12 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                     f"rebuilder init {node_id}",
                     logs / "init.log",
                 )
+                use_account(node.dir / "config.toml", node_id, broker.passwords[node_id])
                 nodes.append(node)
             coord_port = free_port()
             coordinator = f"http://127.0.0.1:{coord_port}"
-            config = write_coordinator_config(state, nodes, mqtt_port, coord_port)
+            config = write_coordinator_config(state, nodes, mqtt_port, coord_port,
+                                              broker.passwords[COORDINATOR_USER])
             for node in nodes:
                 children.start(
                     node.id,
