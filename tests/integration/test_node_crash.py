@@ -9,6 +9,7 @@ resend one envelope after restart; every other envelope arrives exactly once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import os
@@ -38,8 +39,9 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _states(sub: Subscriber) -> list[str]:
-    """The ``state`` of every status message, in arrival order."""
-    return [json.loads(sub.payloads[d])["state"] for d in sub.received]
+    """The ``state`` of every (signed: docs/formats.md) status message, in arrival order."""
+    return [json.loads(base64.b64decode(json.loads(sub.payloads[d])["payload"]))["state"]
+            for d in sub.received]
 
 
 def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
