@@ -175,6 +175,10 @@ STATUS_BAD = {
     "garbage time": b'{"state": "online", "time": "yesterday"}',
     "long version": b'{"state": "online", "version": "' + b"1" * 100 + b'"}',
     "oversized": b'{"state": "online", "x": "' + b"a" * 5000 + b'"}',
+    "short session": b'{"state": "online", "session": "abc"}',
+    "upper-case session": b'{"state": "online", "session": "ABCDEF0123456789"}',
+    "will while online": b'{"state": "online", "will": true}',
+    "will not a boolean": b'{"state": "offline", "will": 1}',
 }
 
 
