@@ -56,7 +56,6 @@ from coordinator.mqtt_codec import (
     SUBACK,
     MalformedPacket,
     Publish,
-    RateLimitedLog,
     decode_publish,
     encode_publish,
     packet,
@@ -64,6 +63,7 @@ from coordinator.mqtt_codec import (
     utf8,
     varint,
 )
+from coordinator.ratelimit import RateLimitedLog
 
 __all__ = [
     "PACKET_DROP_REASONS",

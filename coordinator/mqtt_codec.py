@@ -1,21 +1,16 @@
 """MQTT 5 packet encoding and strict PUBLISH decoding for the coordinator's client
-(coordinator/mqtt5.py), and the rate-limited log its drops go to. Pure: bytes in, values or a
-``MalformedPacket`` naming the reason out.
+(coordinator/mqtt5.py). Pure: bytes in, values or a ``MalformedPacket`` naming the reason out.
 """
 
 from __future__ import annotations
 
-import logging
 import struct
-import time
-from collections import Counter
 from dataclasses import dataclass
 
 __all__ = [
     "PACKET_DROP_REASONS",
     "MalformedPacket",
     "Publish",
-    "RateLimitedLog",
     "decode_publish",
     "encode_publish",
     "packet",
@@ -237,33 +232,3 @@ def decode_publish(flags: int, data: bytes, start: int = 0, end: int | None = No
         packet_id,
         content_type if isinstance(content_type, str) else None,
     )
-
-
-# ---- logging -------------------------------------------------------------------------------
-
-
-class RateLimitedLog:
-    """At most one log line per reason per ``interval`` seconds; the counts stay exact."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.counts: Counter[str] = Counter()
-        self._last: dict[str, float] = {}
-        self._since: Counter[str] = Counter()
-
-    def __call__(self, reason: str, message: str, *args: object) -> None:
-        self.counts[reason] += 1
-        self._since[reason] += 1
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self.interval:
-            return
-        self._last[reason] = now
-        n, self._since[reason] = self._since[reason], 0
-        if last is None:
-            self.logger.warning(message + " (more of this kind: counted, logged once a minute)",
-                                *args)
-        else:
-            self.logger.warning(message + " (%d of this kind since the last line, %d in all)",
-                                *args, n, self.counts[reason])

@@ -29,6 +29,7 @@ from coordinator.checks import (
     unpack,
 )
 from coordinator.config import CoordinatorConfig
+from coordinator.ratelimit import RateLimitedLog
 from coordinator.store import BatchResult, Disagreement, Store
 from coordinator.workers import init_watched_worker
 from verifier.errors import BadDataError
@@ -98,7 +99,7 @@ class Ingest:
         )
         self._idle = asyncio.Event()
         self._idle.set()
-        self._log_budget: Counter[str] = Counter()
+        self._drop_log = RateLimitedLog(log)
         self._last_status: dict[str, tuple[float, str | None]] = {}  # time, session
         self._pool: ProcessPoolExecutor | None = None
         self._in_flight = 0
@@ -157,19 +158,10 @@ class Ingest:
     def drop(self, d: Dropped, source: str) -> None:
         self.metrics.dropped[d.reason] += 1
         self.metrics.dropped_by_rebuilder[d.rebuilder] += 1
-        # A flood of forged messages must not flood the log: the first few of each reason are
-        # logged, then one in a thousand; the counters in /metrics stay exact.
-        n = self._log_budget[d.reason]
-        self._log_budget[d.reason] += 1
-        if n < 20 or n % 1000 == 0:
-            log.warning(
-                "dropped %s message for rebuilder %r: %s: %s (%d so far)",
-                source,
-                d.rebuilder[:80],
-                d.reason,
-                d.detail[:300],
-                n + 1,
-            )
+        # A flood of forged messages must not flood the log: at most one line per reason a
+        # minute; the counters in /metrics stay exact.
+        self._drop_log(d.reason, "dropped %s message for rebuilder %r: %s: %s",
+                       source, d.rebuilder[:80], d.reason, d.detail[:300])
 
     def check(self, rebuilder_id: str, payload: bytes) -> Accepted | Dropped:
         return check_message(
@@ -213,11 +205,8 @@ class Ingest:
 
     def _status_drop(self, rebuilder_id: str, reason: str, detail: str) -> None:
         self.metrics.status_dropped[reason] += 1
-        n = self._log_budget["status " + reason]
-        self._log_budget["status " + reason] += 1
-        if n < 20 or n % 1000 == 0:
-            log.warning("dropped status message for rebuilder %r: %s: %s (%d so far)",
-                        _printable(rebuilder_id), reason, detail[:300], n + 1)
+        self._drop_log("status " + reason, "dropped status message for rebuilder %r: %s: %s",
+                       _printable(rebuilder_id), reason, detail[:300])
 
     async def handle_status(self, rebuilder_id: str, payload: bytes) -> None:
         """Apply one signed status message (docs/api.md), or drop and count it.
