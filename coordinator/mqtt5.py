@@ -6,14 +6,16 @@ instead, because what a broker sends is network input and must be handled as suc
 - A malformed PUBLISH (a topic that is not UTF-8, a length running past the end of the packet,
   packet id 0 at QoS 1, an unknown or repeated property, a topic alias never allowed) is
   dropped and counted by reason, and the connection stays up: the framing (fixed header and
-  remaining length) is intact, so the packets behind it are read as usual. paho-mqtt closes the
-  connection on each of these (and a topic length past the packet's end raises ``struct.error``
-  out of its reader, leaving it stuck on that packet), so one hostile or broken broker would
-  cost a reconnection per packet and every message queued behind it.
+  remaining length) is intact, so the packets behind it are read as usual. With aiomqtt over
+  paho-mqtt most of these end the connection (aiomqtt raises on a non-UTF-8 topic inside
+  paho's callback; a topic length past the packet's end raises ``struct.error`` out of paho's
+  reader, which then stays stuck on that packet) and packet id 0 passes as valid, so one
+  hostile or broken broker cost a reconnection per packet and the messages queued behind it.
 - A packet larger than the Maximum Packet Size announced in CONNECT is skipped as it streams
   in, never buffered whole.
-- Only broken framing (a remaining length over four bytes, an unknown packet type) or a
-  protocol violation that leaves no sane state (a second CONNACK) ends the connection.
+- Only broken framing (a remaining length over four bytes), a DISCONNECT from the broker or
+  silence beyond twice the keepalive ends the connection; a packet type a broker must not send
+  here (PUBREL, a second CONNACK, ...) is dropped as ``unexpected``.
 - Acknowledgements are written once per read of the socket (one ``send`` for all the packets
   of that read), after the message was handed on: a message is acknowledged only once the
   coordinator holds it.
