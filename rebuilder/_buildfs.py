@@ -25,6 +25,7 @@ __all__ = ["filled", "is_bounded", "mount_bounded", "unmount"]
 log = logging.getLogger("rebuilder.buildfs")
 _MB = 1024 * 1024
 _IMAGE_SUFFIX = ".ext4"
+_FULL_BELOW = 256 * 1024  # free bytes under which the tree counts as full
 
 
 def _image(tree: Path) -> Path:
@@ -35,7 +36,7 @@ def can_mount() -> tuple[bool, str]:
     """Whether this process can loop-mount build trees, and if not, why."""
     if os.geteuid() != 0:
         return False, "the node does not run as root (no loop mounts)"
-    missing = [t for t in ("mkfs.ext4", "mount", "umount") if shutil.which(t) is None]
+    missing = [t for t in ("mkfs.ext4", "tune2fs", "mount", "umount") if shutil.which(t) is None]
     if missing:
         return False, f"{', '.join(missing)} not installed"
     if not Path("/dev/loop-control").exists():
@@ -64,22 +65,44 @@ def mount_bounded(tree: Path, max_bytes: int) -> str | None:
              "-E", "lazy_itable_init=1,nodiscard", str(image)],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        subprocess.run(
-            ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(image), str(tree)],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        _mount(image, tree)
+        # Give the build exactly the limit: what ext4 leaves free beyond it becomes blocks
+        # reserved for root (the build runs as nobody), set while the image is not mounted.
+        st = os.statvfs(tree)
+        extra = st.f_bavail * st.f_frsize - max_bytes
+        if extra >= st.f_frsize:
+            _umount(tree)
+            reserved = (st.f_bfree - st.f_bavail) + extra // st.f_frsize
+            subprocess.run(
+                ["tune2fs", "-r", str(reserved), str(image)],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            _mount(image, tree)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
         log.warning(
             "could not mount a bounded filesystem at %s: %s %s",
             tree, e, detail.decode("utf-8", "replace").strip(),
         )  # fmt: skip
+        if os.path.ismount(tree):
+            subprocess.run(["umount", "-l", str(tree)], capture_output=True, check=False)
         with contextlib.suppress(OSError):
             image.unlink()
         return None
     with contextlib.suppress(OSError):
         (tree / "lost+found").rmdir()
     return f"ext4 image, {max_bytes // _MB} MiB"
+
+
+def _mount(image: Path, tree: Path) -> None:
+    subprocess.run(
+        ["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(image), str(tree)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def _umount(tree: Path) -> None:
+    subprocess.run(["umount", str(tree)], check=True, capture_output=True, timeout=60)
 
 
 def is_bounded(tree: Path) -> bool:
@@ -92,8 +115,7 @@ def filled(tree: Path) -> bool:
         st = os.statvfs(tree)
     except OSError:
         return False
-    free = st.f_bavail * st.f_frsize
-    return free < max(1 * _MB, st.f_blocks * st.f_frsize // 100) or st.f_favail == 0
+    return st.f_bavail * st.f_frsize < _FULL_BELOW or st.f_favail == 0
 
 
 def unmount(tree: Path) -> None:

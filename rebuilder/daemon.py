@@ -66,6 +66,8 @@ def build_settings(config: Config) -> Any:
         max_output_mb=b.max_output_mb,
         max_log_mb=b.max_log_mb,
         max_source_mb=b.max_source_mb,
+        max_memory_mb=b.max_memory_mb,
+        max_processes=b.max_processes,
         diffoscope_enabled=d.enabled,
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,

@@ -57,8 +57,11 @@ __all__ = [
     "bwrap_argv",
     "bwrap_version",
     "check_hidden",
+    "describe_limit",
     "directory_size",
     "enforcement",
+    "make_build_tree",
+    "release_build_tree",
     "run_sandboxed",
 ]
 
@@ -456,9 +459,16 @@ async def _run(
 
     async def watch_disk() -> None:
         assert watch_dir is not None and limits.max_disk_bytes is not None
+        cap = limits.max_disk_bytes
         while True:
             await asyncio.sleep(limits.disk_poll_interval)
-            if await asyncio.to_thread(directory_size, watch_dir) > limits.max_disk_bytes:
+            if bounded:
+                # the kernel refuses writes past the limit; a full tree ends the build now
+                # rather than at its timeout (one statvfs, nothing a build can hide from)
+                full = await asyncio.to_thread(_buildfs.filled, watch_dir)
+            else:
+                full = await asyncio.to_thread(directory_size, watch_dir) > cap
+            if full:
                 stop("disk")
                 return
 
@@ -474,7 +484,7 @@ async def _run(
                 return
 
     watchers = []
-    if watch_dir is not None and limits.max_disk_bytes is not None and not bounded:
+    if watch_dir is not None and limits.max_disk_bytes is not None:
         watchers.append(asyncio.create_task(watch_disk()))
     if cg is not None:
         watchers.append(asyncio.create_task(watch_cgroup()))
@@ -517,6 +527,32 @@ async def _run(
         duration=time.monotonic() - t0,
         signal=-rc if limit is None and rc is not None and rc < 0 else None,
     )
+
+
+def make_build_tree(tree: Path, max_bytes: int) -> str | None:
+    """Create the build tree ``tree``, on a filesystem of ``max_bytes`` where the node can mount
+    one (it then needs no ``watch_dir`` polling); returns what bounds it, None if nothing does."""
+    return _buildfs.mount_bounded(tree, max_bytes)
+
+
+def release_build_tree(tree: Path) -> None:
+    """Undo ``make_build_tree``'s mount (the directory itself is left to the caller)."""
+    _buildfs.unmount(tree)
+
+
+def describe_limit(limit: Limit, limits: Limits) -> str:
+    """How a failure names the limit that stopped the build."""
+    mib = 1024 * 1024
+    if limit == "timeout":
+        return f"exceeded the time limit of {limits.timeout:.0f}s"
+    if limit == "disk":
+        return f"exceeded the disk limit of {(limits.max_disk_bytes or 0) // mib} MiB"
+    if limit == "memory":
+        return (
+            f"exceeded the memory limit of {(limits.max_memory_bytes or 0) // mib} MiB "
+            "(the kernel's out-of-memory killer stopped it)"
+        )
+    return f"exceeded the process limit (pids) of {limits.max_processes} (a fork was refused)"
 
 
 def _limit_of(events: _cgroup.CgroupEvents) -> Limit | None:

@@ -1,13 +1,21 @@
-"""Time, log and disk limits of a real sandboxed build (ARCHITECTURE §2.5)."""
+"""Time, log, disk, memory and process limits of a real sandboxed build (ARCHITECTURE §2.5).
+
+The memory, process and disk limits are the kernel's (a cgroup per build, the build tree on a
+filesystem of its own size); the tests that need them skip, naming what is missing, where the
+machine does not give them (``sandbox.enforcement()``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from rebuilder import sandbox
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
 from rebuilder.testrepo import (
@@ -19,6 +27,13 @@ from rebuilder.testrepo import (
 from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
+_ENFORCED = {e.limit: e for e in sandbox.enforcement()}
+
+
+def _kernel_enforced(limit: str) -> pytest.MarkDecorator:
+    e = _ENFORCED[limit]  # type: ignore[index]
+    return pytest.mark.skipif(not e.enforced, reason=f"{limit} limit is advisory: {e.mechanism}")
+
 
 RULES = """#!/usr/bin/make -f
 
@@ -106,3 +121,93 @@ async def test_many_files_hit_the_disk_limit(repo: TestRepository, tmp_path: Pat
     assert time.monotonic() - t0 < 50  # killed by the disk watcher, not by the timeout
     assert outcome.failure_stage == "build"
     assert outcome.failure is not None and "disk limit of 16 MiB" in outcome.failure
+
+
+def _stopped_by(outcome: RebuildOutcome, limit: str) -> None:
+    assert outcome.failure_stage == "build", outcome.failure
+    assert outcome.internal_parameters.get("stopped_by_limit") == limit, outcome.failure
+
+
+@_kernel_enforced("memory")
+@pytest.mark.parametrize(("limit_mb", "stopped"), [(128, True), (1024, False)])
+async def test_memory_limit_stops_the_build(
+    repo: TestRepository, tmp_path: Path, limit_mb: int, stopped: bool
+) -> None:
+    # 400 MiB touched page by page; the control run (a limit above it) shows the action works
+    action = "python3 -c 'b = bytearray(400 << 20); print(sum(b[::4096]))'"
+    settings = BuildSettings(timeout=120, max_memory_mb=limit_mb, diffoscope_enabled=False)
+    outcome = await _rebuild(repo, tmp_path / "w", f"rq-limit-mem{limit_mb}", action, settings)
+    if stopped:
+        _stopped_by(outcome, "memory")
+        assert outcome.failure is not None and "memory limit of 128 MiB" in outcome.failure
+    else:
+        assert outcome.failure is None, outcome.failure
+
+
+@_kernel_enforced("pids")
+async def test_fork_bomb_stops_at_the_pids_limit(repo: TestRepository, tmp_path: Path) -> None:
+    action = "for i in $$(seq 1 400); do sleep 6143 & done; wait"
+    settings = BuildSettings(timeout=120, max_processes=64, diffoscope_enabled=False)
+    t0 = time.monotonic()
+    outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-pids", action, settings)
+    assert time.monotonic() - t0 < 60  # stopped at the limit, not by the timeout
+    _stopped_by(outcome, "pids")
+    assert outcome.failure is not None and "process limit (pids) of 64" in outcome.failure
+    wait_until(lambda: not _processes_with(b"sleep\x006143"), 10, "the sleeps to be gone")
+
+
+@_kernel_enforced("disk")
+async def test_usage_hidden_behind_chmod_is_still_limited(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    # A directory nobody can list (write and search only) takes 40 MB under a 16 MiB limit.
+    action = (
+        "mkdir hidden && chmod 300 hidden && "
+        "for i in $$(seq 1 40); do head -c 1000000 /dev/zero > hidden/f$$i; done; "
+        "ls hidden || echo rq-hidden-unlisted; sleep 60"
+    )
+    settings = BuildSettings(timeout=120, max_disk_mb=16, diffoscope_enabled=False)
+    t0 = time.monotonic()
+    outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-hide", action, settings)
+    assert time.monotonic() - t0 < 50  # stopped at the limit, not by the timeout
+    _stopped_by(outcome, "disk")
+    assert outcome.failure is not None and "disk limit of 16 MiB" in outcome.failure
+    assert outcome.log_path is not None
+    log = outcome.log_path.read_bytes()
+    assert b"No space left on device" in log  # the kernel refused the writes past the limit
+    assert not (tmp_path / "w" / "tree").exists()
+    assert not (tmp_path / "w" / "tree.ext4").exists()
+
+
+@_kernel_enforced("pids")
+async def test_build_is_not_starved_by_another_holding_processes(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    """Two builds as the same user: one holding 100 processes leaves the other its own 128.
+
+    With the per-user RLIMIT_NPROC of before, the second build's 40 concurrent children plus
+    the first build's 100 exceeded the shared cap of 128 and the second build failed.
+    """
+    holder = asyncio.create_task(_rebuild(
+        repo, tmp_path / "a", "rq-limit-holder",
+        "for i in $$(seq 1 100); do sleep 6151 & done; wait",
+        BuildSettings(timeout=300, max_processes=128, diffoscope_enabled=False),
+    ))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_processes_with(b"sleep\x006151")) < 100:
+            assert not holder.done(), holder.result().failure
+            assert time.monotonic() < deadline, "the holder build never held its processes"
+            await asyncio.sleep(0.1)
+        outcome = await _rebuild(
+            repo, tmp_path / "b", "rq-limit-second",
+            "for i in $$(seq 1 40); do sleep 2 & done; wait",
+            BuildSettings(timeout=120, max_processes=128, diffoscope_enabled=False),
+        )  # fmt: skip
+        assert outcome.failure is None, outcome.failure
+        assert len(_processes_with(b"sleep\x006151")) == 100  # the holder was not touched
+    finally:
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder
+    wait_until(lambda: not _processes_with(b"sleep\x006151"), 10, "the holder's processes to go")
