@@ -236,12 +236,32 @@ class NodeCgroups:
             return self.reason or "no cgroup controller available"
         return f"cgroup v{self.version} {self.parents[controller]}"
 
+    @property
+    def _prefix(self) -> str:
+        return "build" if self.version == 2 else "repro-quorum-build"
+
+    def sweep(self) -> int:
+        """Remove empty build cgroups an earlier, crashed node left (systemd removes a
+        delegated subtree with its service; v1 hierarchies keep them)."""
+        removed = 0
+        for parent in set(self.parents.values()):
+            with contextlib.suppress(OSError):
+                for d in parent.glob(f"{self._prefix}-*-*"):
+                    owner = d.name[len(self._prefix) + 1 :].split("-", 1)[0]
+                    # only those of node processes that are gone (another may be starting one)
+                    if d.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                        try:
+                            d.rmdir()
+                            removed += 1
+                        except OSError:
+                            continue  # still running: another node process's build
+        return removed
+
     def create(self, memory_bytes: int | None, pids: int | None) -> BuildCgroup | None:
         """A new, configured build cgroup; None when this node has no controller at all."""
         if not self.parents or self.version is None:
             return None
-        prefix = "build" if self.version == 2 else "repro-quorum-build"
-        name = f"{prefix}-{os.getpid()}-{next(_counter)}"
+        name = f"{self._prefix}-{os.getpid()}-{next(_counter)}"
         dirs: dict[str, Path] = {}
         made: list[Path] = []
         try:
@@ -361,4 +381,6 @@ def _enable(d: Path, controllers: Sequence[str]) -> None:
 @functools.cache
 def node_cgroups() -> NodeCgroups:
     """This process's build cgroup setup, found (and prepared) on first use."""
-    return discover()
+    found = discover()
+    found.sweep()
+    return found

@@ -104,3 +104,16 @@ def test_counters_name_the_limit(tmp_path: Path) -> None:
     assert events == _cgroup.CgroupEvents(oom_kills=1, fork_refusals=0)
     (d / "pids.events").write_text("max 3\n")
     assert BuildCgroup(2, {"memory": d, "pids": d}).events().fork_refusals == 3
+
+
+def test_sweep_removes_only_empty_cgroups_of_dead_node_processes(tmp_path: Path) -> None:
+    dead = 2**22 + 1  # above the default pid_max: no such process
+    gone = tmp_path / f"repro-quorum-build-{dead}-3"
+    mine = tmp_path / f"repro-quorum-build-{os.getpid()}-1"
+    busy = tmp_path / f"repro-quorum-build-{dead}-4"
+    for d in (gone, mine, busy):
+        d.mkdir()
+    (busy / "cgroup.procs").write_text("1\n")  # a non-empty directory cannot be removed
+    found = _cgroup.NodeCgroups(1, {"memory": tmp_path}, "")
+    assert found.sweep() == 1
+    assert not gone.exists() and mine.exists() and busy.exists()
