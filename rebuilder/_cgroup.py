@@ -151,7 +151,8 @@ class BuildCgroup:
                 _write(mem / "memory.max", str(memory_bytes))
                 if (mem / "memory.swap.max").exists():
                     _write(mem / "memory.swap.max", "0")
-                _write(mem / "memory.oom.group", "1")
+                if (mem / "memory.oom.group").exists():  # kernel 4.19+
+                    _write(mem / "memory.oom.group", "1")
             else:
                 _write(mem / "memory.limit_in_bytes", str(memory_bytes))
                 if (mem / "memory.memsw.limit_in_bytes").exists():

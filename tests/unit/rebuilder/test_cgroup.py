@@ -54,9 +54,18 @@ def test_delegated_v2_cgroup_moves_the_node_into_a_leaf_and_enables_controllers(
     d = cg.dirs["memory"]
     assert d.parent == own and d.name.startswith("build-")
     assert (d / "memory.max").read_text() == str(1 << 30)
-    assert (d / "memory.oom.group").read_text() == "1"  # an OOM kill takes the whole build
     assert (d / "pids.max").read_text() == "100"
     assert cg.join_argv(["bwrap"])[-3:] == [str(d / "cgroup.procs"), "--", "bwrap"]
+
+
+def test_v2_build_cgroup_gets_no_swap_and_group_oom_where_the_kernel_has_them(
+    tmp_path: Path,
+) -> None:
+    for name in ("memory.max", "memory.swap.max", "memory.oom.group", "pids.max"):
+        (tmp_path / name).write_text("max\n")  # as the kernel creates them with the cgroup
+    BuildCgroup(2, {"memory": tmp_path, "pids": tmp_path}).configure(64 << 20, 10)
+    assert (tmp_path / "memory.swap.max").read_text() == "0"
+    assert (tmp_path / "memory.oom.group").read_text() == "1"  # an OOM kill takes the whole build
 
 
 def test_v2_cgroup_not_delegated_is_left_alone(tmp_path: Path) -> None:
