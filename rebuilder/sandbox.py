@@ -552,7 +552,7 @@ def describe_limit(limit: Limit, limits: Limits) -> str:
             f"exceeded the memory limit of {(limits.max_memory_bytes or 0) // mib} MiB "
             "(the kernel's out-of-memory killer stopped it)"
         )
-    return f"exceeded the process limit (pids) of {limits.max_processes} (a fork was refused)"
+    return f"exceeded the pids limit of {limits.max_processes} processes (a fork was refused)"
 
 
 def _limit_of(events: _cgroup.CgroupEvents) -> Limit | None:

@@ -123,8 +123,10 @@ async def test_many_files_hit_the_disk_limit(repo: TestRepository, tmp_path: Pat
     assert outcome.failure is not None and "disk limit of 16 MiB" in outcome.failure
 
 
-def _stopped_by(outcome: RebuildOutcome, limit: str) -> None:
+def _stopped_by(outcome: RebuildOutcome, limit: str, bound: str) -> None:
+    """A signed failure naming the limit that stopped the build (failure text and record)."""
     assert outcome.failure_stage == "build", outcome.failure
+    assert outcome.failure is not None and f"the {limit} limit of {bound}" in outcome.failure
     assert outcome.internal_parameters.get("stopped_by_limit") == limit, outcome.failure
 
 
@@ -138,8 +140,7 @@ async def test_memory_limit_stops_the_build(
     settings = BuildSettings(timeout=120, max_memory_mb=limit_mb, diffoscope_enabled=False)
     outcome = await _rebuild(repo, tmp_path / "w", f"rq-limit-mem{limit_mb}", action, settings)
     if stopped:
-        _stopped_by(outcome, "memory")
-        assert outcome.failure is not None and "memory limit of 128 MiB" in outcome.failure
+        _stopped_by(outcome, "memory", "128 MiB")
     else:
         assert outcome.failure is None, outcome.failure
 
@@ -151,8 +152,7 @@ async def test_fork_bomb_stops_at_the_pids_limit(repo: TestRepository, tmp_path:
     t0 = time.monotonic()
     outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-pids", action, settings)
     assert time.monotonic() - t0 < 60  # stopped at the limit, not by the timeout
-    _stopped_by(outcome, "pids")
-    assert outcome.failure is not None and "process limit (pids) of 64" in outcome.failure
+    _stopped_by(outcome, "pids", "64")
     wait_until(lambda: not _processes_with(b"sleep\x006143"), 10, "the sleeps to be gone")
 
 
@@ -170,8 +170,7 @@ async def test_usage_hidden_behind_chmod_is_still_limited(
     t0 = time.monotonic()
     outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-hide", action, settings)
     assert time.monotonic() - t0 < 50  # stopped at the limit, not by the timeout
-    _stopped_by(outcome, "disk")
-    assert outcome.failure is not None and "disk limit of 16 MiB" in outcome.failure
+    _stopped_by(outcome, "disk", "16 MiB")
     assert outcome.log_path is not None
     log = outcome.log_path.read_bytes()
     assert b"No space left on device" in log  # the kernel refused the writes past the limit
