@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -210,3 +214,55 @@ async def test_build_is_not_starved_by_another_holding_processes(
         with contextlib.suppress(asyncio.CancelledError):
             await holder
     wait_until(lambda: not _processes_with(b"sleep\x006151"), 10, "the holder's processes to go")
+
+
+_UNPRIVILEGED_RUN = """
+import asyncio, io, json, sys
+from pathlib import Path
+from rebuilder import sandbox
+from rebuilder.sandbox import Bind, Limits, SandboxConfig, run_sandboxed
+
+async def main() -> None:
+    tree = Path(sys.argv[1])
+    tree.mkdir()
+    cfg = SandboxConfig(binds=(Bind(tree, "/build", writable=True),), chdir="/build")
+    limits = Limits(timeout=60, max_disk_bytes=16 << 20, disk_poll_interval=0.5)
+    r = await run_sandboxed(["sh", "-c", sys.argv[2]], cfg, io.BytesIO(), limits, watch_dir=tree)
+    disk = next(e for e in sandbox.enforcement() if e.limit == "disk")
+    print(json.dumps({"limit": r.limit, "disk_enforced": disk.enforced}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root (to start the node's code as an unprivileged user) and a system python3",
+)
+def test_unprivileged_node_counts_usage_hidden_behind_chmod(tmp_path: Path) -> None:
+    """Host mode as an unprivileged node: no bounded filesystem, so the tree is measured (the
+    limit is reported advisory); a chmod 300 directory no longer hides what it holds."""
+    base = Path(tempfile.mkdtemp(prefix="rq-unpriv-", dir="/var/tmp"))
+    try:
+        base.chmod(0o777)
+        action = (
+            "mkdir hidden && chmod 300 hidden && "
+            "for i in $(seq 1 40); do head -c 1000000 /dev/zero > hidden/f$i; done; sleep 60"
+        )
+        t0 = time.monotonic()
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-c", _UNPRIVILEGED_RUN, str(base / "tree"), action],
+            capture_output=True, text=True, timeout=120, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2])},
+        )  # fmt: skip
+        if "No permissions to create new namespace" in out.stderr or (
+            "setting up uid map" in out.stderr
+        ):
+            pytest.skip(f"unprivileged user namespaces unavailable: {out.stderr.strip()}")
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.splitlines()[-1])
+        assert result == {"limit": "disk", "disk_enforced": False}
+        assert time.monotonic() - t0 < 50  # stopped at the limit, not by the timeout
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
