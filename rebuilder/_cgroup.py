@@ -349,11 +349,7 @@ def _prepare_v2(mount: Path, own_path: str) -> tuple[NodeCgroups | None, str]:
                     "or run the node in a cgroup it owns)"
                 )
             else:
-                leaf = own / "node"
-                leaf.mkdir(exist_ok=True)
-                for pid in _read(own / "cgroup.procs").split():
-                    with contextlib.suppress(ProcessLookupError):
-                        _write(leaf / "cgroup.procs", pid)
+                _move_into_leaf(own, wanted)
             parent = own
             _enable(own, wanted)
         if parent != own:
@@ -364,6 +360,24 @@ def _prepare_v2(mount: Path, own_path: str) -> tuple[NodeCgroups | None, str]:
         f"cgroup v2 {own} does not offer {', '.join(missing)}" if missing else ""
     )
     return NodeCgroups(2, {c: parent for c in wanted}, reason), ""
+
+
+def _move_into_leaf(own: Path, controllers: Sequence[str]) -> None:
+    """Move every process of ``own`` into ``own/node`` and enable ``controllers`` for its
+    children (v2 allows that only once ``own`` holds no process; one forked meanwhile is moved
+    on the next round)."""
+    leaf = own / "node"
+    leaf.mkdir(exist_ok=True)
+    for attempt in range(5):
+        for pid in _read(own / "cgroup.procs").split():
+            with contextlib.suppress(ProcessLookupError):
+                _write(leaf / "cgroup.procs", pid)
+        try:
+            _enable(own, controllers)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or attempt == 4:
+                raise
 
 
 def _enabled(d: Path, controllers: Sequence[str]) -> bool:
