@@ -292,7 +292,9 @@ async def _pipeline(run: _Run) -> None:
         "writable": [parent],
     }
     build_cfg = sandbox.SandboxConfig(
-        binds=cfg.binds,
+        # the build needs the unpacked tree only: the fetched inputs (and their host path in
+        # the sandbox's mount table) stay out of it
+        binds=(sandbox.Bind(tree, parent, writable=True),),
         chdir=build_path,
         env=cfg.env,
         root=root,

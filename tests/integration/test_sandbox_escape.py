@@ -285,6 +285,7 @@ async def test_build_sees_no_host_path_in_proc(repo: TestRepository, node_state:
     assert str(node_state).encode() not in cmdlines
     assert b"bwrap --args" in cmdlines  # pid 1 of the sandbox, options passed by memfd
     assert b"--bind" not in cmdlines and b"--tmpfs" not in cmdlines
+    mounts = log.split(b"rq-mounts-begin\n", 1)[1].split(b"rq-mounts-end", 1)[0]
+    assert b"/run/rebuild-inputs" not in mounts  # the build step does not get the inputs
     if sandbox.enforcement()[2].enforced:  # the tree is a filesystem of its own
-        mounts = log.split(b"rq-mounts-begin\n", 1)[1].split(b"rq-mounts-end", 1)[0]
-        assert f"{node_state}/builds/{source}/tree".encode() not in mounts
+        assert str(node_state).encode() not in mounts
