@@ -181,27 +181,31 @@ class BuildCgroup:
                 found.update(int(x) for x in _read(d / "cgroup.procs").split())
         return sorted(found)
 
-    def kill(self) -> None:
-        """SIGKILL every process of the build, wherever in its process tree it is."""
+    def kill(self, rounds: int = 1) -> None:
+        """SIGKILL every process of the build, wherever in its process tree it is.
+
+        One round does not wait (safe on the event loop); more rounds sleep 10 ms between them
+        to catch processes forked meanwhile (v1, and kernels before 5.14 without cgroup.kill).
+        """
         for d in self._unique_dirs:
             if (d / "cgroup.kill").exists():
                 with contextlib.suppress(OSError):
                     _write(d / "cgroup.kill", "1")
-        # v1 (and kernels before 5.14): one by one; pids.max bounds how many can appear
-        for _ in range(20):
+        for i in range(rounds):
             pids = self.pids()
             if not pids:
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+            if i + 1 < rounds:
+                time.sleep(0.01)
 
     def remove(self, wait: float = 10.0) -> None:
         """Remove the cgroup once its processes are gone (kills stragglers first)."""
         deadline = time.monotonic() + wait
         if self.pids():
-            self.kill()
+            self.kill(rounds=20)
         for d in self._unique_dirs:
             while True:
                 try:
