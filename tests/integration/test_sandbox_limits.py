@@ -21,7 +21,11 @@ import pytest
 
 from rebuilder import sandbox
 from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.config import load_config
+from rebuilder.daemon import make_builder
+from rebuilder.db import Store
 from rebuilder.outcome import RebuildOutcome
+from rebuilder.queue import JobRunner
 from rebuilder.testrepo import (
     TestRepository,
     add_custom_source,
@@ -29,6 +33,10 @@ from rebuilder.testrepo import (
     serve_repository,
 )
 from tests.support import wait_until
+from tests.unit.rebuilder.node_helpers import amake_node
+from verifier.dsse import Envelope
+from verifier.keys import load_private_key
+from verifier.statement import RebuildStatement, parse_statement
 
 pytestmark = pytest.mark.slow
 _ENFORCED = {e.limit: e for e in sandbox.enforcement()}
@@ -266,3 +274,36 @@ def test_unprivileged_node_counts_usage_hidden_behind_chmod(tmp_path: Path) -> N
         assert time.monotonic() - t0 < 50  # stopped at the limit, not by the timeout
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@_kernel_enforced("memory")
+async def test_job_stopped_by_a_limit_is_stored_as_a_signed_failure_naming_it(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    """Through the daemon's own path (claim, real build, sign, store): the stored build and its
+    signed failure attestation both say which limit stopped it."""
+    cfg = await amake_node(tmp_path, "--no-mqtt")
+    assert cfg.path is not None
+    cfg.path.write_text(cfg.path.read_text().replace(
+        "max_memory_mb = 8192", "max_memory_mb = 128"))  # fmt: skip
+    cfg = load_config(cfg.path)
+    action = "python3 -c 'b = bytearray(400 << 20); print(sum(b[::4096]))'"
+    pkg = add_custom_source(repo, "rq-limit-stored", RULES.format(action=action,
+                                                                  pkg="rq-limit-stored"))
+    store = await Store.open(cfg.node.db_path)
+    try:
+        async with serve_repository(repo.path) as base, aiohttp.ClientSession() as session:
+            runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key),
+                               make_builder(cfg, session))
+            await store.add_jobs([pkg.job(base, with_dsc=True)])
+            claimed = await store.claim_job()
+            assert claimed is not None
+            result = await runner.run(claimed)
+        assert result.verdict == "failed"
+        assert result.failure is not None and "the memory limit of 128 MiB" in result.failure
+        [row] = await store.attestations_since(0, 10)
+        statement = parse_statement(Envelope.from_bytes(row.envelope).payload)
+        assert isinstance(statement, RebuildStatement)
+        assert statement.internal_parameters["stopped_by_limit"] == "memory"
+    finally:
+        await store.close()
