@@ -262,7 +262,7 @@ def _print_limits(record: dict[str, Any] | str) -> None:
         return
     advisory = [e["limit"] for e in record["limits"] if not e["enforced"]]
     print(f"build limits (checked {record.get('checked_at', '?')}): "
-          + (f"ADVISORY ONLY: {', '.join(advisory)}" if advisory else "all enforced by the kernel"))
+          + (f"ADVISORY ONLY: {', '.join(advisory)}" if advisory else "all enforced"))
     for e in record["limits"]:
         state = "enforced" if e["enforced"] else "advisory"
         print(f"  {e['limit']:<7} {e.get('value', ''):<16} {state:<9} {e['mechanism']}")

@@ -48,7 +48,7 @@ def announce(config: Config) -> list[dict[str, Any]]:
     entries = check(config)
     for e in entries:
         if e["enforced"]:
-            log.info("build limit %s (%s) enforced by the kernel: %s",
+            log.info("build limit %s (%s) enforced: %s",
                      e["limit"], e["value"], e["mechanism"])
         else:
             log.warning("build limit %s (%s) is ONLY ADVISORY on this node: %s",
