@@ -101,7 +101,9 @@ class Limits:
     max_disk_bytes: int | None = None  # of ``watch_dir`` while the command runs
     max_tmp_bytes: int = 1024 * 1024 * 1024  # the private /tmp (tmpfs)
     max_processes: int = 4096  # pids.max of the build's cgroup (threads count too)
-    max_memory_bytes: int | None = None  # memory.max of the build's cgroup (tmpfs pages count)
+    # memory.max of the build's cgroup (its tmpfs pages count too); None: unlimited. The
+    # default also bounds sandboxed runs that set none (diffoscope, the test repository's builds)
+    max_memory_bytes: int | None = 8 * 1024**3
     disk_poll_interval: float = 2.0
     cgroup: bool = True  # False: no cgroup even where the node has one (RLIMIT_NPROC only)
 
