@@ -2,9 +2,10 @@
 
 The stages of a rebuild, one module each: ``watch`` and ``indexes`` (Release/Packages/Sources ->
 jobs), ``queue`` (workers), ``build`` (the sandboxed pipeline: ``fetch``, ``environment``,
-``sandbox``, ``compare``; returns an ``outcome.RebuildOutcome``), ``attest`` (statement and
-signature), ``db`` (state), ``publish`` (MQTT outbox), ``api`` (read-only HTTP), ``daemon``
-(wires them), ``cli`` (the ``rebuilder`` command)::
+``sandbox`` with ``_cgroup`` and ``_buildfs`` for its kernel limits, ``compare``; returns an
+``outcome.RebuildOutcome``), ``limits`` (which of those this machine enforces), ``attest``
+(statement and signature), ``db`` (state), ``publish`` (MQTT outbox), ``api`` (read-only HTTP),
+``daemon`` (wires them), ``cli`` (the ``rebuilder`` command)::
 
     config = load_config(Path("/var/lib/repro-quorum/rebuilder/config.toml"))
     await run_daemon(config)                  # what `rebuilder run` does

@@ -80,6 +80,8 @@ max_output_mb = 2048                  # all produced files together
 max_log_mb = 50
 max_source_mb = 2048                  # fetched source files together
 parallel = {args.parallel}                          # builds at once
+max_memory_mb = 8192                  # per build, no swap (cgroup memory.max)
+max_processes = 4096                  # per build, threads included (cgroup pids.max)
 
 [diffoscope]
 enabled = true                        # write a report for every mismatching output

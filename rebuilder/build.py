@@ -10,6 +10,7 @@ It never raises for a bad package: every failure is an outcome with ``failure`` 
     build.log        everything the steps printed (capped)
     inputs/          buildinfo, .dsc and source files, hash-checked
     tree/            bound at dirname(Build-Path) in the sandbox; removed after the build
+                     (as root: its own ext4 filesystem of max_disk_mb, tree.ext4 the image)
     artifacts/       the rebuilt .deb files (copied out of the tree, regular files only)
     published/       published .debs fetched for diffoscope
     reports/         diffoscope <name>.html / <name>.txt
@@ -24,7 +25,7 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -65,6 +66,8 @@ class BuildSettings:
     max_output_mb: int = 2048
     max_log_mb: int = 50
     max_source_mb: int = 2048
+    max_memory_mb: int = 8192  # per build (cgroup memory.max, no swap)
+    max_processes: int = 4096  # per build (cgroup pids.max)
     diffoscope_enabled: bool = True
     diffoscope_timeout: float = 600.0
     max_report_mb: int = 20
@@ -83,6 +86,8 @@ class BuildSettings:
             "max_output_mb",
             "max_log_mb",
             "max_source_mb",
+            "max_memory_mb",
+            "max_processes",
             "diffoscope_timeout",
             "max_report_mb",
         ):
@@ -186,6 +191,7 @@ def _share_read_only(directory: Path) -> None:
 
 
 def _remove_tree(path: Path) -> None:
+    sandbox.release_build_tree(path)  # the tree's own filesystem, if it has one
     if path.exists():
         # the sandbox may have left read-only directories behind
         def onerror(func: Any, p: str, exc: Any) -> None:
@@ -240,7 +246,8 @@ async def _pipeline(run: _Run) -> None:
     # 3. unpack and build inside the sandbox
     tree = run.work / "tree"
     _remove_tree(tree)
-    tree.mkdir()
+    bounded = await asyncio.to_thread(sandbox.make_build_tree, tree, settings.max_disk_mb * _MB)
+    run.say(f"build tree: {bounded or 'a directory, measured every few seconds'}")
     # explicit modes: the daemon's umask may be 077, and the sandbox user must read the
     # (public) inputs and own the tree
     _share_read_only(inputs)
@@ -253,6 +260,8 @@ async def _pipeline(run: _Run) -> None:
         timeout=settings.timeout,
         max_log_bytes=run.log_budget(),
         max_disk_bytes=settings.max_disk_mb * _MB,
+        max_memory_bytes=settings.max_memory_mb * _MB,
+        max_processes=settings.max_processes,
     )
     cfg = sandbox.SandboxConfig(
         # /run is a reserved top directory, so no Build-Path can overlap the inputs
@@ -283,7 +292,9 @@ async def _pipeline(run: _Run) -> None:
         "writable": [parent],
     }
     build_cfg = sandbox.SandboxConfig(
-        binds=cfg.binds,
+        # the build needs the unpacked tree only: the fetched inputs (and their host path in
+        # the sandbox's mount table) stay out of it
+        binds=(sandbox.Bind(tree, parent, writable=True),),
         chdir=build_path,
         env=cfg.env,
         root=root,
@@ -291,9 +302,7 @@ async def _pipeline(run: _Run) -> None:
         hidden=settings.hidden_paths,
     )
     remaining = max(1.0, deadline - time.monotonic())
-    limits = sandbox.Limits(
-        timeout=remaining, max_log_bytes=run.log_budget(), max_disk_bytes=limits.max_disk_bytes
-    )
+    limits = replace(limits, timeout=remaining, max_log_bytes=run.log_budget())
     run.say("$ " + " ".join(argv))
     await _sandboxed(run, argv, build_cfg, limits, tree, "dpkg-buildpackage")
 
@@ -465,12 +474,9 @@ async def _sandboxed(
 ) -> None:
     result = await sandbox.run_sandboxed(argv, cfg, run.log, limits, watch_dir=tree)
     run.log.seek(0, os.SEEK_END)
-    if result.limit == "timeout":
-        raise StageError("build", f"{what} exceeded the time limit of {limits.timeout:.0f}s")
-    if result.limit == "disk":
-        raise StageError(
-            "build", f"{what} exceeded the disk limit of {run.settings.max_disk_mb} MiB"
-        )
+    if result.limit is not None:
+        run.internal["stopped_by_limit"] = result.limit
+        raise StageError("build", f"{what} {sandbox.describe_limit(result.limit, limits)}")
     if result.returncode != 0:
         raise StageError("build", f"{what} exited with status {result.returncode} (see the log)")
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from debian import deb822
 
-from rebuilder import __version__
+from rebuilder import __version__, limits
 from rebuilder._template import render_config
 from rebuilder.attest import revocation_statement, sign_statement
 from rebuilder.config import (
@@ -252,7 +252,20 @@ async def _status(config: Config) -> dict[str, Any]:
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
                     "failure": r["failure"]} for r in recent],
+        "limits": limits.read(config.node.state_dir),
     }
+
+
+def _print_limits(record: dict[str, Any] | str) -> None:
+    if isinstance(record, str):
+        print(f"build limits: {record}")
+        return
+    advisory = [e["limit"] for e in record["limits"] if not e["enforced"]]
+    print(f"build limits (checked {record.get('checked_at', '?')}): "
+          + (f"ADVISORY ONLY: {', '.join(advisory)}" if advisory else "all enforced"))
+    for e in record["limits"]:
+        state = "enforced" if e["enforced"] else "advisory"
+        print(f"  {e['limit']:<7} {e.get('value', ''):<16} {state:<9} {e['mechanism']}")
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -263,6 +276,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"node {s['node']}: {s['queue']} queued, {len(s['running'])} running, "
           f"{s['done']} done, {s['failed']} failed")
     print(f"outbox backlog: {s['outbox_backlog']} unpublished of {s['attestations']} attestations")
+    _print_limits(s["limits"])
     for r in s["running"]:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")

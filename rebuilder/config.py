@@ -131,6 +131,8 @@ class BuildConfig:
     max_log_mb: int = 50
     max_source_mb: int = 2048
     parallel: int = 1
+    max_memory_mb: int = 8192
+    max_processes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
 
     b = _Section("build", data.get("build", {}), {"environment", "mirror", "timeout",
                                                   "max_disk_mb", "max_output_mb", "max_log_mb",
-                                                  "max_source_mb", "parallel"})
+                                                  "max_source_mb", "parallel",
+                                                  "max_memory_mb", "max_processes"})
     env = b.text("environment", "host")
     if env not in ("host", "mmdebstrap"):
         raise ConfigError(f"build.environment = {env!r} must be 'host' or 'mmdebstrap'")
@@ -334,6 +337,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         max_log_mb=b.integer("max_log_mb", 50, 1, 10_000),
         max_source_mb=b.integer("max_source_mb", 2048, 1, 1_000_000),
         parallel=b.integer("parallel", 1, 1, 64),
+        max_memory_mb=b.integer("max_memory_mb", 8192, 64, 16_000_000),
+        max_processes=b.integer("max_processes", 4096, 16, 4_000_000),
     )
     d = _Section("diffoscope", data.get("diffoscope", {}), {"enabled", "timeout",
                                                             "max_report_mb"})

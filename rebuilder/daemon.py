@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from rebuilder import limits
 from rebuilder.api import create_app
 from rebuilder.config import Config
 from rebuilder.db import Store
@@ -66,6 +67,8 @@ def build_settings(config: Config) -> Any:
         max_output_mb=b.max_output_mb,
         max_log_mb=b.max_log_mb,
         max_source_mb=b.max_source_mb,
+        max_memory_mb=b.max_memory_mb,
+        max_processes=b.max_processes,
         diffoscope_enabled=d.enabled,
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
@@ -93,6 +96,8 @@ async def run_daemon(
     for d in (config.node.builds_dir, config.node.reports_dir, config.node.logs_dir,
               config.node.cache_dir):
         d.mkdir(parents=True, exist_ok=True)
+    # which build limits the kernel holds here (cgroup, bounded tree), said before any build
+    await asyncio.to_thread(limits.announce, config)
     key = load_private_key(config.node.signing_key)
     store = await Store.open(config.node.db_path)
     try:

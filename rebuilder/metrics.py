@@ -3,12 +3,13 @@
 Everything is read from SQLite, so the figures survive restarts and the API process needs no
 shared memory with the workers. Metric names: ``rq_queue_length``, ``rq_running_builds``,
 ``rq_builds_total{verdict}``, ``rq_build_duration_seconds`` (histogram), ``rq_outbox_backlog``,
-``rq_attestations_total{kind}``.
+``rq_attestations_total{kind}``, and ``rq_sandbox_limit_enforced{limit}`` (from the daemon's
+start-up check, ``rebuilder.limits``).
 """
 
 from __future__ import annotations
 
-from rebuilder import __version__
+from rebuilder import __version__, limits
 from rebuilder.db import Store
 
 __all__ = ["DURATION_BUCKETS", "render_metrics"]
@@ -59,4 +60,5 @@ async def render_metrics(store: Store, node_id: str) -> str:
     ]
     for kind in ("rebuild", "failure", "revocation"):
         lines.append(f'rq_attestations_total{{kind="{kind}"}} {kinds.get(kind, 0)}')
+    lines += limits.metrics_lines(limits.current())
     return "\n".join(lines) + "\n"

@@ -735,6 +735,8 @@ def render_rebuilder_unit(run_as_root: bool) -> str:
         rebuilder_config_dir="/etc/repro-quorum/rebuilder",
         rebuilder_node_id="rb-x",
         rebuilder_foreign_arch_builds=False,
+        rebuilder_build_parallel=4,
+        rebuilder_build_max_processes=8192,
         repro_quorum_venv_dir="/opt/repro-quorum/venv",
     )
 
@@ -753,3 +755,8 @@ def test_rebuilder_unit_runs_mmdebstrap_mode_as_bounded_root() -> None:
     host = render_rebuilder_unit(run_as_root=False).splitlines()
     assert "User=rq-rebuilder" in host and "CapabilityBoundingSet=" in host
     assert "PrivateDevices=yes" in host
+    for lines in (settings, host):
+        # per-build cgroups: the node owns its cgroup and may write below it
+        assert "Delegate=yes" in lines and "MemorySwapMax=0" in lines
+        assert not any(line.startswith("ProtectControlGroups=") for line in lines)
+        assert "TasksMax=33536" in lines  # 4 builds x (8192 + 64) + 512

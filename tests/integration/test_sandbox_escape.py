@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from rebuilder import sandbox
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
 from rebuilder.testrepo import (
@@ -262,3 +263,29 @@ async def test_host_environment_variable_is_not_visible(
     rules = RULES.format(attack='test -n "$$RQ_HOST_SECRET"', pkg=source)
     outcome = await _rebuild(repo, node_state, source, rules)
     assert outcome.failure_stage == "build"
+
+
+async def test_build_sees_no_host_path_in_proc(repo: TestRepository, node_state: Path) -> None:
+    """The sandbox's processes and mounts do not show where the node keeps its builds.
+
+    Before, /proc/1/cmdline in the sandbox was bwrap's whole command line: every host path it
+    bound (the build tree under the state directory) and every path it covered.
+    """
+    source = "rq-proc-paths"
+    show = (
+        "echo rq-cmdline-begin; for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $$f; echo; "
+        "done; echo rq-cmdline-end; echo rq-mounts-begin; cat /proc/self/mountinfo; "
+        "echo rq-mounts-end"
+    )
+    outcome = await _rebuild(repo, node_state, source, RULES.format(attack=show, pkg=source))
+    assert outcome.failure is None, outcome.failure
+    assert outcome.log_path is not None
+    log = outcome.log_path.read_bytes()
+    cmdlines = log.split(b"rq-cmdline-begin\n", 1)[1].split(b"rq-cmdline-end", 1)[0]
+    assert str(node_state).encode() not in cmdlines
+    assert b"bwrap --args" in cmdlines  # pid 1 of the sandbox, options passed by memfd
+    assert b"--bind" not in cmdlines and b"--tmpfs" not in cmdlines
+    mounts = log.split(b"rq-mounts-begin\n", 1)[1].split(b"rq-mounts-end", 1)[0]
+    assert b"/run/rebuild-inputs" not in mounts  # the build step does not get the inputs
+    if sandbox.enforcement()[2].enforced:  # the tree is a filesystem of its own
+        assert str(node_state).encode() not in mounts

@@ -90,3 +90,7 @@ def test_systemd_unit_is_hardened() -> None:
     # bubblewrap needs namespaces and netlink: these must not be restricted.
     assert "RestrictNamespaces" not in svc
     assert "AF_NETLINK" in svc["RestrictAddressFamilies"]
+    # an unprivileged bwrap cannot mount the build's /proc where parts of /proc are hidden
+    assert "ProtectKernelTunables" not in svc and "ProtectKernelLogs" not in svc
+    # per-build cgroups below the service's own: delegated, and writable
+    assert svc["Delegate"] == "yes" and "ProtectControlGroups" not in svc

@@ -146,3 +146,36 @@ def test_hiding_a_secret_inside_a_system_directory_is_fine() -> None:
 def test_build_settings_make_hidden_paths_absolute() -> None:
     settings = BuildSettings(hidden_paths=(Path("state"),))
     assert settings.hidden_paths == (Path.cwd() / "state",)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root (to run the walk as another user) and a system python3",
+)
+def test_directory_size_counts_what_a_chmod_300_directory_hides() -> None:
+    """An unprivileged node owns what its builds wrote; an unreadable directory of its own is
+    opened up and counted, not skipped (it used to be: 240 MiB written under a 50 MiB limit)."""
+    base = Path(tempfile.mkdtemp(prefix="rq-walk-", dir="/var/tmp"))
+    try:
+        base.chmod(0o755)
+        tree = base / "tree"
+        hidden = tree / "hidden"
+        hidden.mkdir(parents=True)
+        (hidden / "blob").write_bytes(b"\1" * 1_000_000)
+        for p in (tree, hidden, hidden / "blob"):
+            os.chown(p, 65534, 65534)
+        hidden.chmod(0o300)  # write and search, no listing
+        repo = Path(__file__).parents[3]
+        script = (
+            "import sys, pathlib; from rebuilder.sandbox import directory_size; "
+            "print(directory_size(pathlib.Path(sys.argv[1])))"
+        )
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-c", script, str(tree)],
+            capture_output=True, text=True, check=True, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+        )  # fmt: skip
+        assert int(out.stdout) >= 1_000_000, out.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
