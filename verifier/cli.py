@@ -3,6 +3,7 @@
     verifier check [--policy FILE] [--attestations DIR]... [--coordinator URL] [--json] DEB...
     verifier keygen --out PATH [--public-out PATH]
     verifier apt-hook [--policy FILE]          # DPkg::Pre-Install-Pkgs; .deb paths on stdin
+    verifier intoto-layout [--policy FILE] --out root.layout   # for apt-transport-in-toto
 
 Exit status: 0 every artifact accepted, 1 any rejected, 2 usage or configuration error.
 argv, stdin and the clock are read here only; everything below is given values.
@@ -16,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -188,7 +189,39 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--public-out", type=Path, help="also write the public key PEM here")
     hook = sub.add_parser("apt-hook", help="DPkg::Pre-Install-Pkgs hook: .deb paths on stdin")
     _add_source_options(hook)
+    layout = sub.add_parser(
+        "intoto-layout", help="write apt-transport-in-toto's root layout from a policy"
+    )
+    layout.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help=f"default {DEFAULT_POLICY_PATH}"
+    )
+    layout.add_argument("--out", type=Path, required=True, help="the unsigned root layout")
+    layout.add_argument(
+        "--expires-days", type=int, default=365, help="days until it expires (default 365)"
+    )
     return parser
+
+
+def _intoto_layout(args: argparse.Namespace) -> int:
+    from verifier.intoto import layout_bytes, layout_warnings, root_layout
+
+    policy = Policy.load(args.policy)
+    if not 1 <= args.expires_days <= 3660:
+        raise ConfigError("--expires-days must be between 1 and 3660")
+    expires = datetime.now(UTC) + timedelta(days=args.expires_days)
+    metablock = root_layout(policy, expires=expires)
+    try:
+        args.out.write_bytes(layout_bytes(metablock))
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.out}: {e.strerror or e}") from e
+    for w in layout_warnings(policy):
+        print(f"verifier: warning: {w}", file=sys.stderr)
+    step = metablock["signed"]["steps"][0]
+    print(f"wrote {args.out}: step {step['name']!r}, threshold {step['threshold']} of"
+          f" {len(step['pubkeys'])} rebuilder keys, expires {metablock['signed']['expires']}")
+    print(f"next: in-toto-sign -f {args.out} --gpg <your OpenPGP keyid>, then list that keyid"
+          " in APT::Intoto::Keyids (docs/verifier.md)")
+    return EXIT_ACCEPTED
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -241,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "intoto-layout":
+            return _intoto_layout(args)
         if args.command == "check":
             return _run_checks(args, args.artifacts, hook=False)
         data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
