@@ -109,14 +109,15 @@ async def test_one_link_is_below_the_threshold(setup: Any) -> None:
     tmp_path, links, layout, fpr, home = setup
     r = intoto_verify(_workdir(tmp_path, "one", links[:1], DEB), layout, fpr, home)
     assert r.returncode != 0
-    assert "LinkNotFoundError: Step 'rebuild' requires '2' link metadata file(s), found '1'" in r.stderr
+    want = "LinkNotFoundError: Step 'rebuild' requires '2' link metadata file(s), found '1'"
+    assert want in r.stderr, r.stderr
 
 
 async def test_tampered_deb_fails_debians_in_toto(setup: Any) -> None:
     tmp_path, links, layout, fpr, home = setup
     r = intoto_verify(_workdir(tmp_path, "bad", links, DEB + b"backdoor"), layout, fpr, home)
     assert r.returncode != 0
-    assert "RuleVerificationError" in r.stderr or "rule" in r.stderr.lower()
+    assert "RuleVerificationError: 'DISALLOW *.deb' matched" in r.stderr, r.stderr
 
 
 async def test_link_with_edited_product_fails_its_signature(setup: Any) -> None:
@@ -127,4 +128,5 @@ async def test_link_with_edited_product_fails_its_signature(setup: Any) -> None:
         link["signed"]["products"][DEB_NAME]["sha256"] = evil
     r = intoto_verify(_workdir(tmp_path, "forged", forged, DEB + b"backdoor"), layout, fpr, home)
     assert r.returncode != 0
-    assert "signature" in r.stderr.lower()
+    assert "validly signed by different authorized functionaries. Only found '0'" in r.stderr, \
+        r.stderr
