@@ -97,6 +97,7 @@ def test_apt_install_is_blocked_without_quorum_and_completes_with_one(tmp_path: 
         (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
         hook = (
             f"{sys.executable} -m verifier.cli apt-hook --policy {tmp_path}/policy.toml --timeout 5"
+            f" --decision-log {tmp_path}/decisions.jsonl"
         )
         (tmp_path / "apt.conf").write_text(
             f'Dir::Etc::SourceList "{tmp_path}/sources.list";\n'
