@@ -125,3 +125,22 @@ def test_cached_file_that_is_another_package_is_not_trusted(
     report = json.loads(capsys.readouterr().out)
     [u] = report["unchecked"]
     assert u["kind"] == "unusable" and "not the installed package" in u["why"]
+
+
+def test_audit_timer_units_are_valid_systemd(tmp_path: Path) -> None:
+    """The shipped units pass `systemd-analyze verify` (with the command pointed at this venv)."""
+    import subprocess
+    import sys
+
+    units = Path(__file__).parents[3] / "verifier" / "systemd"
+    service = (units / "repro-quorum-audit.service").read_text()
+    assert "ExecStart=/opt/repro-quorum/bin/verifier audit --policy" in service
+    verifier_bin = Path(sys.executable).parent / "verifier"
+    (tmp_path / "repro-quorum-audit.service").write_text(
+        service.replace("/opt/repro-quorum/bin/verifier", str(verifier_bin)))
+    shutil.copy(units / "repro-quorum-audit.timer", tmp_path)
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "repro-quorum-audit.service"),
+                        str(tmp_path / "repro-quorum-audit.timer")],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "OnCalendar=daily" in (units / "repro-quorum-audit.timer").read_text()
