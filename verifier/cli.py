@@ -31,8 +31,8 @@ from verifier.keys import generate_private_key, keyid, public_key_pem, save_priv
 from verifier.policy import DEFAULT_POLICY_PATH, Policy
 from verifier.sources import (
     ClientConfig,
+    check_many_via_coordinator,
     check_online,
-    check_via_coordinator,
     group_by_key,
     load_attestations,
     open_fetcher,
@@ -124,16 +124,15 @@ async def check_artifacts(
         return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
+        if coordinator:  # one round trip for up to BATCH_SIZE artifacts
+            results = await check_many_via_coordinator(
+                [a for _, a in artifacts], policy, fetcher, coordinator, now, config
+            )
+            return [Checked(p, r) for (p, _), r in zip(artifacts, results, strict=True)]
 
         async def one(path: Path, artifact: Artifact) -> Checked:
             async with limit:
-                if coordinator:
-                    r = await check_via_coordinator(
-                        artifact, policy, fetcher, coordinator, now, config
-                    )
-                else:
-                    r = await check_online(artifact, policy, fetcher, now, config)
-                return Checked(path, r)
+                return Checked(path, await check_online(artifact, policy, fetcher, now, config))
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(p, a), name=f"check {p}") for p, a in artifacts]

@@ -15,7 +15,7 @@ import abc
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "AiohttpFetcher",
     "ClientConfig",
     "FetcherInterface",
+    "check_many_via_coordinator",
     "check_offline",
     "check_online",
     "check_via_coordinator",
@@ -81,10 +82,26 @@ class FetcherInterface(abc.ABC):
     async def fetch(self, url: str, *, max_bytes: int, timeout: float) -> bytes:  # noqa: ASYNC109
         """The whole body, at most ``max_bytes``, within ``timeout`` seconds, or an error:
         ``BadDataError`` when the peer sent too much, ``UnreachableError`` for anything else."""
+        return await self._collect(lambda: self._fetch(url), url, max_bytes, timeout)
+
+    def _post(self, url: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        """Like ``_fetch`` for a POST of a JSON ``body``; fetchers that cannot POST keep this."""
+        raise UnreachableError(url, f"{type(self).__name__} cannot send POST requests")
+
+    async def post(
+        self, url: str, body: bytes, *, max_bytes: int, timeout: float  # noqa: ASYNC109
+    ) -> bytes:
+        """``fetch`` for a POST: the same limits and the same two error families."""
+        return await self._collect(lambda: self._post(url, body), url, max_bytes, timeout)
+
+    async def _collect(
+        self, chunks_of: Callable[[], AsyncGenerator[bytes, None]], url: str, max_bytes: int,
+        timeout: float,  # noqa: ASYNC109  # the seam enforces the timeout itself
+    ) -> bytes:
         buf = bytearray()
         try:
             async with asyncio.timeout(timeout):
-                async with contextlib.aclosing(self._fetch(url)) as chunks:
+                async with contextlib.aclosing(chunks_of()) as chunks:
                     async for chunk in chunks:
                         buf += chunk
                         if len(buf) > max_bytes:
@@ -109,6 +126,16 @@ class AiohttpFetcher(FetcherInterface):
     async def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
         async with self._session.get(
             url, allow_redirects=False, headers={"Accept": "application/json"}
+        ) as resp:
+            if resp.status != 200:
+                raise HTTPStatusError(url, resp.status)
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                yield chunk
+
+    async def _post(self, url: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        async with self._session.post(
+            url, data=body, allow_redirects=False,
+            headers={"Accept": "application/json", "Content-Type": "application/json"},
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
@@ -325,3 +352,76 @@ async def check_via_coordinator(
     else:
         evidence = dict(group_by_key(answer, policy)[0])
     return decide(artifact, policy, evidence, now)
+
+
+BATCH_SIZE = 500  # queries per POST, below the coordinator's 1000
+
+
+def _batch_body(artifacts: Sequence[Artifact]) -> bytes:
+    return json.dumps({"queries": [
+        {"digest": f"sha256:{a.sha256}",
+         "package": {"ecosystem": "debian", "name": a.identity.source,
+                     "version": a.identity.source_version}}
+        for a in artifacts
+    ]}, separators=(",", ":")).encode()
+
+
+def _batch_answers(body: bytes, url: str, artifacts: Sequence[Artifact], config: ClientConfig
+                   ) -> list[list[bytes]]:
+    """Each artifact's envelopes, in order; ``BadDataError`` if the answer does not fit."""
+    doc = strict_json_loads(body, "response")
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list) or len(results) != len(artifacts):
+        raise BadDataError("response", f"{url} did not answer with one result per query")
+    out = []
+    for a, r in zip(artifacts, results, strict=True):
+        if not isinstance(r, dict) or r.get("digest") != f"sha256:{a.sha256}":
+            raise BadDataError("response", f"{url} answered another digest than asked")
+        items = r.get("attestations")
+        if not isinstance(items, list) or len(items) > config.max_envelopes:
+            raise BadDataError("response", f"{url} sent a bad attestations list for"
+                               f" sha256:{a.sha256[:16]}…")
+        out.append([json.dumps(e, sort_keys=True, separators=(",", ":")).encode()
+                    for e in items])
+    return out
+
+
+async def check_many_via_coordinator(
+    artifacts: Sequence[Artifact],
+    policy: Policy,
+    fetcher: FetcherInterface,
+    coordinator_url: str,
+    now: datetime,
+    config: ClientConfig | None = None,
+) -> list[QuorumResult]:
+    """Many artifacts in ``POST /v1/attestations:batch`` round trips, then the same checks as
+    one at a time. A coordinator without the batch endpoint (404/405) is asked per artifact."""
+    config = config or ClientConfig()
+    url = f"{coordinator_url.rstrip('/')}/v1/attestations:batch"
+    results: list[QuorumResult] = []
+    for i in range(0, len(artifacts), BATCH_SIZE):
+        chunk = artifacts[i:i + BATCH_SIZE]
+        try:
+            body = await fetcher.post(url, _batch_body(chunk),
+                                      max_bytes=config.max_response_bytes * 4,
+                                      timeout=config.timeout)
+            answers: list[list[bytes]] | Unreachable | BadResponse = _batch_answers(
+                body, url, chunk, config)
+        except HTTPStatusError as e:
+            if e.status in (404, 405):
+                results += [await check_via_coordinator(a, policy, fetcher, coordinator_url,
+                                                        now, config) for a in chunk]
+                continue
+            answers = Unreachable(f"via coordinator: {e.reason}")
+        except UnreachableError as e:
+            answers = Unreachable(f"via coordinator: {e.reason}")
+        except BadDataError as e:
+            answers = BadResponse(f"via coordinator: {e.reason}")
+        for j, a in enumerate(chunk):
+            evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
+            if isinstance(answers, list):
+                evidence = dict(group_by_key(answers[j], policy)[0])
+            else:
+                evidence = {r.id: answers for r in policy.rebuilders}
+            results.append(decide(a, policy, evidence, now))
+    return results
