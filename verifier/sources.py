@@ -213,6 +213,31 @@ def group_by_key(pool: Iterable[bytes], policy: Policy) -> tuple[dict[str, list[
     return grouped, dropped
 
 
+def group_by_hint(pool: Iterable[bytes], policy: Policy) -> dict[str, list[bytes]]:
+    """Attribute envelopes by their keyid hint, verifying only those without a trusted hint.
+
+    For a large answer from a coordinator, where ``group_by_key`` would verify every envelope
+    once to attribute it and the decision again to count it. The hint never decides: an
+    envelope filed under a rebuilder whose key does not verify it is ignored by the decision as
+    unusable. Only the attribution of an envelope whose hint lies can be lost, which a
+    coordinator could achieve by withholding it anyway.
+    """
+    keys: dict[KeyId, Ed25519PublicKey] = {r.keyid: r.public_key for r in policy.rebuilders}
+    owner = {r.keyid: r.id for r in policy.rebuilders}
+    grouped: dict[str, list[bytes]] = {r.id: [] for r in policy.rebuilders}
+    for raw in dict.fromkeys(pool):
+        try:
+            env = Envelope.from_bytes(raw)
+        except BadDataError:
+            continue
+        kid = next((KeyId(s.keyid) for s in env.signatures if s.keyid in owner), None)
+        if kid is None:
+            kid = env.verify_any(keys)
+        if kid is not None:
+            grouped[owner[kid]].append(raw)
+    return grouped
+
+
 def check_offline(
     artifact: Artifact, policy: Policy, pool: Iterable[bytes], now: datetime
 ) -> QuorumResult:
@@ -420,7 +445,7 @@ async def check_many_via_coordinator(
         for j, a in enumerate(chunk):
             evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
             if isinstance(answers, list):
-                evidence = dict(group_by_key(answers[j], policy)[0])
+                evidence = dict(group_by_hint(answers[j], policy))
             else:
                 evidence = {r.id: answers for r in policy.rebuilders}
             results.append(decide(a, policy, evidence, now))
