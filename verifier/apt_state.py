@@ -144,6 +144,16 @@ def cached_deb(package: InstalledPackage, cache: Path = DEFAULT_APT_CACHE) -> Pa
     return path if path.is_file() else None
 
 
+def _site(prefix: str) -> str:
+    """The host (and port) of a lists file name; ``file:<path>`` for a local repository, whose
+    name is its path with each ``/`` written ``_`` (a real ``_`` is ``%5f``)."""
+    first = prefix.split("_", 1)[0]
+    if first:
+        return unquote(first)
+    path = prefix.split("_dists_", 1)[0].removesuffix("_Packages").removesuffix("_.")
+    return "file:" + unquote(path.replace("_", "/"))
+
+
 def _repository(list_name: str, releases: dict[str, RepositoryInfo]) -> RepositoryInfo:
     """The repository of a lists file, from its name: ``<site>_<path>_dists_<suite>_...``."""
     head, sep, _ = list_name.partition("_dists_")
@@ -152,8 +162,7 @@ def _repository(list_name: str, releases: dict[str, RepositoryInfo]) -> Reposito
         info = releases.get(f"{head}_dists_{suite_dir}")
         if info is not None:
             return info
-    site = unquote(list_name.split("_", 1)[0])
-    return RepositoryInfo(site=site, origin=None, label=None, suite=None)
+    return RepositoryInfo(site=_site(list_name), origin=None, label=None, suite=None)
 
 
 class AptLists:
@@ -187,7 +196,7 @@ class AptLists:
                     for m in _RELEASE_FIELD.finditer(data):
                         f.setdefault(m.group(1), m.group(2).decode("utf-8", "replace"))
                     releases[prefix] = RepositoryInfo(
-                        site=unquote(prefix.split("_", 1)[0]), origin=f.get(b"Origin"),
+                        site=_site(prefix), origin=f.get(b"Origin"),
                         label=f.get(b"Label"), suite=f.get(b"Suite") or f.get(b"Codename"))
         entries: list[IndexEntry] = []
         for path in sorted(lists.iterdir()):
