@@ -34,6 +34,7 @@ from verifier.statement import (
 )
 
 __all__ = [
+    "NOT_WAITED_FOR",
     "Artifact",
     "BadResponse",
     "Evidence",
@@ -48,6 +49,11 @@ __all__ = [
 ]
 
 NOT_QUERIED = "not queried: the decision was already settled by the other rebuilders"
+# check_online: still silent when the others had settled the outcome, after the grace period.
+NOT_WAITED_FOR = (
+    "not waited for: no answer yet when the others had settled the outcome, which its answer"
+    " could not change"
+)
 
 
 class Status(StrEnum):
@@ -441,6 +447,7 @@ def conclude(
             r
             for r in results
             if r.status in (Status.NO_ATTESTATION, Status.UNREACHABLE, Status.INVALID)
+            and r.detail != NOT_WAITED_FOR  # settled without it: waiting for it cannot help
             and not (distinct and r.operator in counted_ops)
         ]
         need = policy.threshold - counted

@@ -19,15 +19,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, S
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from verifier.decision import (
+    NOT_WAITED_FOR,
     Artifact,
     BadResponse,
     QuorumResult,
     RebuilderResult,
+    Status,
     Unreachable,
     assess,
     conclude,
@@ -62,10 +65,13 @@ class ClientConfig:
     timeout: float = 10.0  # seconds for one request, connection to last byte
     max_response_bytes: int = 16 * 1024 * 1024
     max_envelopes: int = 1000  # per response
+    settle_grace: float = 1.0  # seconds to wait for the rest once the outcome is settled
 
     def __post_init__(self) -> None:
         if not 0 < self.timeout <= 600:
             raise ConfigError(f"client timeout {self.timeout} must be in (0, 600] seconds")
+        if not 0 <= self.settle_grace <= 600:
+            raise ConfigError(f"settle grace {self.settle_grace} must be in [0, 600] seconds")
         if self.max_response_bytes < 1024 or self.max_envelopes < 1:
             raise ConfigError("client limits must allow at least 1 KiB and one envelope")
 
@@ -326,8 +332,11 @@ async def check_online(
     now: datetime,
     config: ClientConfig | None = None,
 ) -> QuorumResult:
-    """Ask every trusted rebuilder concurrently; stop as soon as no answer can change the
-    outcome (``is_settled``). Rebuilders not yet answered then show as not queried."""
+    """Ask every trusted rebuilder concurrently and wait for every answer, up to
+    ``config.settle_grace`` seconds more once no answer can change the outcome (``is_settled``):
+    the explanation is then complete and the same on every run whenever the rebuilders answer
+    promptly, and one stalled rebuilder delays a settled decision by at most the grace. A
+    rebuilder still silent then shows as not waited for, and the advice does not name it."""
     config = config or ClientConfig()
     results: dict[str, RebuilderResult] = {}
     pending: dict[str, TrustedRebuilder] = {}
@@ -336,24 +345,37 @@ async def check_online(
             results[r.id] = assess(artifact, r, policy, [], now)  # never asked: never counted
         else:
             pending[r.id] = r
-    tasks: list[asyncio.Task[None]] = []
+    settled = asyncio.Event()
 
     async def one(r: TrustedRebuilder) -> None:
         evidence = await ask(fetcher, r.base_url, artifact, config)
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
-            me = asyncio.current_task()
-            for t in tasks:
-                if t is not me:
-                    t.cancel()  # its rebuilder then shows as "not queried"
+            settled.set()
 
     if pending and not is_settled(artifact, policy, results.values(), pending.values()):
-        async with asyncio.TaskGroup() as tg:
-            for r in list(pending.values()):
-                tasks.append(tg.create_task(one(r), name=f"ask {r.id}"))
+        tasks = [asyncio.create_task(one(r), name=f"ask {r.id}") for r in list(pending.values())]
+        settled_wait: asyncio.Task[Any] = asyncio.create_task(settled.wait(), name="settled")
+        try:
+            while not settled.is_set() and not all(t.done() for t in tasks):
+                running: list[asyncio.Task[Any]] = [t for t in tasks if not t.done()]
+                await asyncio.wait([*running, settled_wait], return_when=asyncio.FIRST_COMPLETED)
+            unfinished = [t for t in tasks if not t.done()]
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=config.settle_grace)
+        finally:
+            settled_wait.cancel()
+            for t in tasks:
+                t.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, Exception):
+                raise o
     ordered = [
-        results.get(r.id) or assess(artifact, r, policy, None, now) for r in policy.rebuilders
+        results.get(r.id)
+        or RebuilderResult(r.id, r.operator, Status.NO_ATTESTATION, NOT_WAITED_FOR)
+        for r in policy.rebuilders
     ]
     return conclude(artifact, policy, ordered)
 

@@ -12,7 +12,7 @@ import pytest
 from tests.integration._verifier_servers import Behaviour, serving
 from tests.support import free_port
 from tests.unit.verifier._vectors import VECTORS, load_case, make_vectors
-from verifier.decision import NOT_QUERIED, Status
+from verifier.decision import NOT_WAITED_FOR, Status
 from verifier.policy import Policy, TrustedRebuilder
 from verifier.sources import (
     ClientConfig,
@@ -113,11 +113,27 @@ async def test_early_stop_once_the_outcome_cannot_change() -> None:
         Behaviour(envelopes=[att("agree-rb-beta")]),
         Behaviour(stall=True),
     ]
-    # With mismatches tolerated, two agreements settle it: no waiting for the stalled node.
-    result, elapsed = await run(behaviours, ClientConfig(timeout=30), reject_on_mismatch=0)
+    # With mismatches tolerated, two agreements settle it: the stalled node is waited for
+    # only the grace period, then shown as not waited for.
+    result, elapsed = await run(behaviours, ClientConfig(timeout=30, settle_grace=0.3),
+                                reject_on_mismatch=0)
     assert result.accepted
-    assert status(result, "rb-gamma") == ("no_attestation", NOT_QUERIED)
-    assert elapsed < 5
+    assert status(result, "rb-gamma") == ("no_attestation", NOT_WAITED_FOR)
+    assert 0.3 <= elapsed < 5
+
+
+async def test_prompt_answers_are_all_shown_even_once_settled() -> None:
+    """The explanation is complete and the same every run: a rebuilder that answers promptly
+    after the outcome is settled is still shown as what it is, not as not queried."""
+    behaviours = [
+        Behaviour(envelopes=[att("agree-rb-alpha")]),
+        Behaviour(envelopes=[att("agree-rb-beta")]),
+        Behaviour(envelopes=[att("mismatch-rb-gamma")], delay=0.1),
+    ]
+    for _ in range(3):
+        result, _ = await run(behaviours, ClientConfig(timeout=30), reject_on_mismatch=0)
+        assert result.accepted
+        assert status(result, "rb-gamma")[0] == "disagrees"
 
 
 async def test_early_stop_on_a_disagreement() -> None:
@@ -126,11 +142,13 @@ async def test_early_stop_on_a_disagreement() -> None:
         Behaviour(stall=True),
         Behaviour(envelopes=[att("mismatch-rb-gamma")]),
     ]
-    result, elapsed = await run(behaviours, ClientConfig(timeout=30))
+    result, elapsed = await run(behaviours, ClientConfig(timeout=30, settle_grace=0.3))
     assert not result.accepted
     assert status(result, "rb-gamma")[0] == "disagrees"
-    assert status(result, "rb-alpha")[1] == NOT_QUERIED
+    assert status(result, "rb-alpha")[1] == NOT_WAITED_FOR
     assert elapsed < 5
+    # The advice does not send the installer to wait for rebuilders that cannot change it.
+    assert "wait for rb-alpha" not in " ".join(result.reasons)
 
 
 async def test_oversized_response_is_invalid_not_fatal() -> None:
