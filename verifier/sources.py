@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from verifier.decision import (
+    NOT_A_REBUILDER,
     NOT_WAITED_FOR,
     Artifact,
     BadResponse,
@@ -281,18 +283,36 @@ def envelopes_in(body: bytes, url: str, config: ClientConfig) -> list[bytes]:
     return [json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in items]
 
 
+class _NotFound:
+    """A 404: the peer has nothing for this package or digest (or is not a rebuilder)."""
+
+
+_NOT_FOUND = _NotFound()
+
+
 async def _query(
     fetcher: FetcherInterface, url: str, config: ClientConfig
-) -> list[bytes] | UnreachableError | BadDataError:
+) -> list[bytes] | UnreachableError | BadDataError | _NotFound:
     try:
         body = await fetcher.fetch(url, max_bytes=config.max_response_bytes, timeout=config.timeout)
         return envelopes_in(body, url, config)
     except HTTPStatusError as e:
         if e.status == 404:
-            return []  # the peer has nothing for this package or digest
+            return _NOT_FOUND
         return e
     except (UnreachableError, BadDataError) as e:
         return e
+
+
+async def _is_a_rebuilder(fetcher: FetcherInterface, base_url: str, config: ClientConfig) -> bool:
+    """Whether ``GET /v1/node`` answers like a node; only asked when both queries were 404."""
+    url = f"{base_url.rstrip('/')}/v1/node"
+    try:
+        body = await fetcher.fetch(url, max_bytes=64 * 1024, timeout=config.timeout)
+        doc = strict_json_loads(body, "response")
+    except (UnreachableError, BadDataError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("id"), str)
 
 
 async def ask(
@@ -301,7 +321,9 @@ async def ask(
     """Both queries at once: by digest (agreements) and by package (disagreements too).
 
     The package query is required: it is the one that shows a mismatch this node reported, so
-    an agreement seen without it could hide a disagreement and is not counted.
+    an agreement seen without it could hide a disagreement and is not counted. A node answers
+    both even when it has nothing; when both are 404 and so is ``/v1/node``, the URL does not
+    point at a rebuilder, and the answer says so rather than "no attestation".
     """
     async with asyncio.TaskGroup() as tg:
         by_digest = tg.create_task(
@@ -311,6 +333,19 @@ async def ask(
             _query(fetcher, package_url(base_url, artifact), config), name="query by package"
         )
     digest_answer, package_answer = by_digest.result(), by_package.result()
+    if (
+        isinstance(digest_answer, _NotFound)
+        and isinstance(package_answer, _NotFound)
+        and not await _is_a_rebuilder(fetcher, base_url, config)
+    ):
+        return BadResponse(
+            f"{NOT_A_REBUILDER}: {base_url} answers 404 to the attestation queries and to"
+            " GET /v1/node; check this rebuilder's url in the policy"
+        )
+    if isinstance(digest_answer, _NotFound):
+        digest_answer = []
+    if isinstance(package_answer, _NotFound):
+        package_answer = []
     if isinstance(package_answer, list):
         extra = digest_answer if isinstance(digest_answer, list) else []
         return package_answer + extra  # the decision verifies and counts duplicates once
@@ -392,13 +427,25 @@ async def check_via_coordinator(
     never a trust anchor (it can withhold attestations, never forge them)."""
     config = config or ClientConfig()
     answer = await ask(fetcher, coordinator_url, artifact, config)
-    evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
     if isinstance(answer, (Unreachable, BadResponse)):
-        kind = type(answer)
-        evidence = {r.id: kind(f"via coordinator: {answer.error}") for r in policy.rebuilders}
-    else:
-        evidence = dict(group_by_key(answer, policy)[0])
-    return decide(artifact, policy, evidence, now)
+        return _coordinator_failed(artifact, policy, coordinator_url, answer, now)
+    return decide(artifact, policy, dict(group_by_key(answer, policy)[0]), now)
+
+
+def _coordinator_failed(
+    artifact: Artifact, policy: Policy, url: str, failure: Unreachable | BadResponse,
+    now: datetime,
+) -> QuorumResult:
+    """A rejection whose reason is the coordinator, not the rebuilders it was asked about."""
+    kind = type(failure)
+    evidence = {r.id: kind(f"via coordinator: {failure.error}") for r in policy.rebuilders}
+    result = decide(artifact, policy, evidence, now)
+    what = "is unreachable" if isinstance(failure, Unreachable) else "gave an unusable answer"
+    return dataclasses.replace(result, reasons=(
+        f"The coordinator at {url} {what} ({failure.error}), so no rebuilder's attestations"
+        " were seen. Check the URL and the network, or leave out --coordinator to ask the"
+        " rebuilders directly.",
+    ))
 
 
 BATCH_SIZE = 500  # queries per POST, below the coordinator's 1000
@@ -459,16 +506,14 @@ async def check_many_via_coordinator(
                 results += [await check_via_coordinator(a, policy, fetcher, coordinator_url,
                                                         now, config) for a in chunk]
                 continue
-            answers = Unreachable(f"via coordinator: {e.reason}")
+            answers = Unreachable(e.reason)
         except UnreachableError as e:
-            answers = Unreachable(f"via coordinator: {e.reason}")
+            answers = Unreachable(e.reason)
         except BadDataError as e:
-            answers = BadResponse(f"via coordinator: {e.reason}")
+            answers = BadResponse(e.reason)
         for j, a in enumerate(chunk):
-            evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
             if isinstance(answers, list):
-                evidence = dict(group_by_hint(answers[j], policy))
+                results.append(decide(a, policy, dict(group_by_hint(answers[j], policy)), now))
             else:
-                evidence = {r.id: answers for r in policy.rebuilders}
-            results.append(decide(a, policy, evidence, now))
+                results.append(_coordinator_failed(a, policy, coordinator_url, answers, now))
     return results
