@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := mosquitto bubblewrap mmdebstrap diffoscope dpkg-dev debhelper fakeroot \
-	apt-utils build-essential chromium xz-utils ca-certificates
+	apt-utils build-essential chromium xz-utils ca-certificates gnupg apt-transport-in-toto in-toto
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast lint typecheck bench clean vectors

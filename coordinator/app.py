@@ -365,12 +365,14 @@ async def _mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: CoordinatorConfig) -> web.Application:
     from coordinator import dashboard  # the dashboard imports from this module
+    from coordinator.batch import post_attestations_batch  # and so does the batch endpoint
 
     app = web.Application(client_max_size=64 * 1024)
     app[CONFIG] = config
     app[VIEWS] = []
     app.cleanup_ctx.extend([_store_ctx, _ingest_ctx, _http_ctx, _mqtt_ctx, _scheduler_ctx])
     app.router.add_get("/v1/attestations", get_attestations)
+    app.router.add_post("/v1/attestations:batch", post_attestations_batch)
     app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)
     app.router.add_get("/v1/rebuilders", get_rebuilders)
     app.router.add_get("/v1/disagreements", get_disagreements)

@@ -102,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
     ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
     """,
+    # 3 (branch intoto): in-toto links look packages up by subject file name
+    """
+    CREATE INDEX subjects_name ON subjects (name);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

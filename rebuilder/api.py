@@ -21,9 +21,13 @@ from aiohttp import web
 from rebuilder import __version__
 from rebuilder.config import Config
 from rebuilder.db import Store
+from rebuilder.intoto import link_for, link_signer, sign_link, sslib_key
 from rebuilder.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rebuilder.metrics import render_metrics
+from verifier.dsse import Envelope
+from verifier.errors import BadDataError
 from verifier.keys import keyid, load_private_key, public_key_pem
+from verifier.statement import RebuildStatement, parse_statement
 
 __all__ = [
     "CONFIG_KEY",
@@ -35,6 +39,7 @@ __all__ = [
 CONFIG_KEY = web.AppKey("config", Config)
 STORE_KEY = web.AppKey("store", Store)
 NODE_KEY = web.AppKey("node", dict)
+LINK_SIGNER_KEY = web.AppKey("link_signer", object)
 
 REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 DEFAULT_LIMIT = 100
@@ -259,6 +264,32 @@ async def package(request: web.Request) -> web.Response:
     return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + b"}")
 
 
+async def intoto_link(request: web.Request) -> web.Response:
+    """apt-transport-in-toto's ``/sources/<binary name>/<binary version>/metadata``."""
+    name, version = request.match_info["name"], request.match_info["version"]
+    # APT writes an epoch's ':' as %3a in the file name the transport builds this URL from;
+    # aiohttp has already decoded it.
+    if not _PKG_NAME.fullmatch(name):
+        raise BadRequest("package name must match [a-z0-9][a-z0-9.+-]*")
+    if not _PKG_VERSION.fullmatch(version):
+        raise BadRequest("version is not a Debian version")
+    envs = await request.app[STORE_KEY].unrevoked_rebuilds_for_deb(name, version)
+    statements: list[RebuildStatement] = []
+    for raw in envs:
+        try:
+            st = parse_statement(Envelope.from_bytes(raw).payload)
+        except BadDataError:  # our own store: cannot happen unless the database was edited
+            continue
+        if isinstance(st, RebuildStatement):
+            statements.append(st)
+    link = link_for(statements, name, version)
+    if link is None:
+        return _error(404, f"this rebuilder has not reproduced {name} {version}")
+    signer = request.app[LINK_SIGNER_KEY]
+    body = await asyncio.to_thread(sign_link, link, signer)  # type: ignore[arg-type]
+    return _raw_json(body)
+
+
 async def node(request: web.Request) -> web.Response:
     return _json(request.app[NODE_KEY])
 
@@ -278,8 +309,10 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def node_document(config: Config, public_key: str, kid: str) -> dict[str, Any]:
-    return {
+def node_document(
+    config: Config, public_key: str, kid: str, intoto_key: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "id": config.node.id,
         "operator": config.node.operator,
         "url": config.node.public_url,
@@ -287,6 +320,10 @@ def node_document(config: Config, public_key: str, kid: str) -> dict[str, Any]:
         "keyid": kid,
         "version": __version__,
     }
+    if intoto_key is not None:
+        # apt-transport-in-toto's layouts name keys by securesystemslib's keyid, not ours.
+        doc["intoto"] = {"keyid": intoto_key["keyid"], "key": intoto_key}
+    return doc
 
 
 def create_app(config: Config, *, store: Store | None = None) -> web.Application:
@@ -294,8 +331,12 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app = web.Application(middlewares=[_errors], client_max_size=4096)
     app[CONFIG_KEY] = config
     key = load_private_key(config.node.signing_key)
+    sslib = sslib_key(key.public_key())
     app[NODE_KEY] = node_document(config, public_key_pem(key.public_key()),
-                                  keyid(key.public_key()))
+                                  keyid(key.public_key()),
+                                  {"keyid": sslib.keyid, **sslib.to_dict()})
+    # The link signer holds the key: links are derived on request from what this node signed.
+    app[LINK_SIGNER_KEY] = link_signer(key)
     del key
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
@@ -315,6 +356,7 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app.router.add_get("/v1/builds/{id}/log", build_log)
     app.router.add_get("/v1/reports/{name}", report)
     app.router.add_get("/v1/node", node)
+    app.router.add_get("/sources/{name}/{version}/metadata", intoto_link)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -471,6 +471,21 @@ class Store:
         out += await self.revocations_of([r["envelope_sha256"] for r in rows])
         return out
 
+    async def unrevoked_rebuilds_for_deb(
+        self, name: str, version: str, limit: int = 100
+    ) -> list[bytes]:
+        """Rebuild envelopes with a subject ``<name>_<version without epoch>_*``, not revoked."""
+        prefix = f"{name}_{version.split(':', 1)[1] if ':' in version else version}_"
+        # A range on the indexed name: '_' + 1 is '`'.
+        rows = await self._all(
+            "SELECT DISTINCT a.seq, a.envelope FROM subjects s JOIN attestations a ON a.seq = s.seq"
+            " WHERE s.name >= ? AND s.name < ? AND a.kind = 'rebuild' AND NOT EXISTS"
+            " (SELECT 1 FROM attestations r WHERE r.revokes = a.envelope_sha256)"
+            " ORDER BY a.seq DESC LIMIT ?",
+            (prefix, prefix[:-1] + "`", limit),
+        )
+        return [bytes(r["envelope"]) for r in rows]
+
     async def attestation(self, envelope_sha256: str) -> AttestationRow | None:
         r = await self._one(
             "SELECT seq, envelope_sha256, envelope, kind FROM attestations"

@@ -3,6 +3,8 @@
     verifier check [--policy FILE] [--attestations DIR]... [--coordinator URL] [--json] DEB...
     verifier keygen --out PATH [--public-out PATH]
     verifier apt-hook [--policy FILE]          # DPkg::Pre-Install-Pkgs; .deb paths on stdin
+    verifier audit [--policy FILE] [--json]    # re-check what is installed; exit 1 if any fails
+    verifier intoto-layout [--policy FILE] --out root.layout   # for apt-transport-in-toto
 
 Exit status: 0 every artifact accepted, 1 any rejected, 2 usage or configuration error.
 argv, stdin and the clock are read here only; everything below is given values.
@@ -13,13 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+from verifier.apt_state import DEFAULT_ADMINDIR, DEFAULT_APT_CACHE, DEFAULT_APT_LISTS
 from verifier.debian import read_deb_identity, sha256_file
 from verifier.decision import Artifact, QuorumResult, decide
 from verifier.errors import BadDataError, ConfigError, VerifierError
@@ -27,8 +31,8 @@ from verifier.keys import generate_private_key, keyid, public_key_pem, save_priv
 from verifier.policy import DEFAULT_POLICY_PATH, Policy
 from verifier.sources import (
     ClientConfig,
+    check_many_via_coordinator,
     check_online,
-    check_via_coordinator,
     group_by_key,
     load_attestations,
     open_fetcher,
@@ -39,6 +43,7 @@ __all__ = ["main", "parse_hook_input"]
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 MAX_HOOK_INPUT = 16 * 1024 * 1024
 _CONCURRENT_ARTIFACTS = 8
+BREAKGLASS_HINT = 'REPRO_QUORUM_BREAKGLASS="<reason>" apt-get ...'
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +105,34 @@ async def _check_all(
     coordinator: str | None,
     config: ClientConfig,
 ) -> list[Checked]:
-    now = datetime.now(UTC)
     artifacts = [(p, _artifact(p)) for p in paths]
+    return await check_artifacts(artifacts, policy, attestation_dirs, coordinator, config)
+
+
+async def check_artifacts(
+    artifacts: Sequence[tuple[Path, Artifact]],
+    policy: Policy,
+    attestation_dirs: Sequence[Path],
+    coordinator: str | None,
+    config: ClientConfig,
+) -> list[Checked]:
+    """Decide every artifact: offline from files, via a coordinator, or asking each rebuilder."""
+    now = datetime.now(UTC)
     if attestation_dirs:
         # Attribute the pool to rebuilders once; every artifact's decision re-verifies its part.
         grouped, _ = group_by_key(load_attestations(attestation_dirs), policy)
         return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
+        if coordinator:  # one round trip for up to BATCH_SIZE artifacts
+            results = await check_many_via_coordinator(
+                [a for _, a in artifacts], policy, fetcher, coordinator, now, config
+            )
+            return [Checked(p, r) for (p, _), r in zip(artifacts, results, strict=True)]
 
         async def one(path: Path, artifact: Artifact) -> Checked:
             async with limit:
-                if coordinator:
-                    r = await check_via_coordinator(
-                        artifact, policy, fetcher, coordinator, now, config
-                    )
-                else:
-                    r = await check_online(artifact, policy, fetcher, now, config)
-                return Checked(path, r)
+                return Checked(path, await check_online(artifact, policy, fetcher, now, config))
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(p, a), name=f"check {p}") for p, a in artifacts]
@@ -173,6 +188,11 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_apt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--apt-lists", type=Path, default=DEFAULT_APT_LISTS,
+                   help=f"APT's downloaded indexes (default {DEFAULT_APT_LISTS})")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verifier",
@@ -188,7 +208,54 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--public-out", type=Path, help="also write the public key PEM here")
     hook = sub.add_parser("apt-hook", help="DPkg::Pre-Install-Pkgs hook: .deb paths on stdin")
     _add_source_options(hook)
+    _add_apt_options(hook)
+    hook.add_argument("--decision-log", type=Path, metavar="FILE",
+                      help="append the record here (default: the policy's decision_log)")
+    audit = sub.add_parser(
+        "audit", help="re-check every installed package against the current policy"
+    )
+    _add_source_options(audit)
+    _add_apt_options(audit)
+    audit.add_argument("--admindir", type=Path, default=DEFAULT_ADMINDIR,
+                       help=f"dpkg's database (default {DEFAULT_ADMINDIR})")
+    audit.add_argument("--apt-cache", type=Path, default=DEFAULT_APT_CACHE,
+                       help=f"downloaded .debs (default {DEFAULT_APT_CACHE})")
+    audit.add_argument("--decision-log", type=Path, metavar="FILE",
+                       help="the APT hook's record (default: the policy's decision_log)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    layout = sub.add_parser(
+        "intoto-layout", help="write apt-transport-in-toto's root layout from a policy"
+    )
+    layout.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help=f"default {DEFAULT_POLICY_PATH}"
+    )
+    layout.add_argument("--out", type=Path, required=True, help="the unsigned root layout")
+    layout.add_argument(
+        "--expires-days", type=int, default=365, help="days until it expires (default 365)"
+    )
     return parser
+
+
+def _intoto_layout(args: argparse.Namespace) -> int:
+    from verifier.intoto import layout_bytes, layout_warnings, root_layout
+
+    policy = Policy.load(args.policy)
+    if not 1 <= args.expires_days <= 3660:
+        raise ConfigError("--expires-days must be between 1 and 3660")
+    expires = datetime.now(UTC) + timedelta(days=args.expires_days)
+    metablock = root_layout(policy, expires=expires)
+    try:
+        args.out.write_bytes(layout_bytes(metablock))
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.out}: {e.strerror or e}") from e
+    for w in layout_warnings(policy):
+        print(f"verifier: warning: {w}", file=sys.stderr)
+    step = metablock["signed"]["steps"][0]
+    print(f"wrote {args.out}: step {step['name']!r}, threshold {step['threshold']} of"
+          f" {len(step['pubkeys'])} rebuilder keys, expires {metablock['signed']['expires']}")
+    print(f"next: in-toto-sign -f {args.out} --gpg <your OpenPGP keyid>, then list that keyid"
+          " in APT::Intoto::Keyids (docs/verifier.md)")
+    return EXIT_ACCEPTED
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -210,30 +277,96 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_ACCEPTED
 
 
-def _run_checks(args: argparse.Namespace, paths: Sequence[Path], hook: bool) -> int:
+def _run_checks(args: argparse.Namespace, paths: Sequence[Path]) -> int:
     policy = Policy.load(args.policy)
     config = ClientConfig(timeout=args.timeout)
     checked = asyncio.run(_check_all(paths, policy, args.attestations, args.coordinator, config))
     rejected = [c for c in checked if not c.result.accepted]
-    if getattr(args, "json", False):
+    if args.json:
         json.dump([c.to_dict() for c in checked], sys.stdout, indent=2)
         print()
-    elif hook:
-        for c in checked:
-            if c.result.accepted:
-                print(f"verifier: {printable(c.result.summary)}", file=sys.stderr)
-            else:
-                render(c, sys.stderr)
-        if rejected:
-            print(
-                f"verifier: refusing to install: {len(rejected)} of {len(checked)} packages"
-                f" lack a rebuilder quorum under {policy.source}",
-                file=sys.stderr,
-            )
     else:
         for c in checked:
             render(c, sys.stdout)
     return EXIT_REJECTED if rejected else EXIT_ACCEPTED
+
+
+def _run_hook(args: argparse.Namespace, text: str) -> int:
+    """The APT hook: scope, check, then enforce, report (dry run) or let a breakglass through.
+
+    Every run is recorded in the decision log; a breakglass that cannot be recorded refuses.
+    """
+    from verifier.apt_state import AptLists
+    from verifier.decision_log import append_record, invoking_user, to_syslog
+    from verifier.hook import (
+        NotChecked,
+        breakglass_reason,
+        hook_outcome,
+        hook_record,
+        in_scope,
+        parse_hook_config,
+    )
+
+    paths = parse_hook_input(text)
+    if not paths:
+        return EXIT_ACCEPTED  # nothing is being unpacked (removals, configuration only)
+    policy = Policy.load(args.policy)
+    breakglass = breakglass_reason(dict(os.environ), parse_hook_config(text))
+    log_path = args.decision_log or policy.decision_log
+    artifacts = [(p, _artifact(p)) for p in paths]
+    skipped: list[NotChecked] = []
+    if policy.scope is not None:
+        lists = AptLists.read(args.apt_lists)
+        kept = []
+        for p, a in artifacts:
+            why = in_scope(policy, a, lists)
+            if why is None:
+                kept.append((p, a))
+            else:
+                skipped.append(NotChecked(p, a, why))
+        artifacts = kept
+    config = ClientConfig(timeout=args.timeout)
+    checked = asyncio.run(
+        check_artifacts(artifacts, policy, args.attestations, args.coordinator, config)
+    )
+    pairs = [(c.path, c.result) for c in checked]
+    outcome = hook_outcome(policy, pairs, breakglass)
+    user, uid = invoking_user()
+    record = hook_record(policy, outcome, pairs, skipped, user=user, uid=uid,
+                         breakglass=breakglass, now=datetime.now(UTC))
+    for s in skipped:
+        print(f"verifier: not checked: {printable(str(s.path))}: {printable(s.why)}",
+              file=sys.stderr)
+    for c in checked:
+        if c.result.accepted:
+            print(f"verifier: {printable(c.result.summary)}", file=sys.stderr)
+        else:
+            render(c, sys.stderr)
+    try:
+        append_record(log_path, record)
+    except ConfigError as e:
+        if outcome.name == "breakglass":
+            print(f"verifier: refusing the breakglass: it must be recorded and {e}",
+                  file=sys.stderr)
+            return EXIT_REJECTED
+        print(f"verifier: warning: {e}", file=sys.stderr)
+    n, total = len(outcome.rejected), len(checked)
+    if outcome.name == "would-refuse":
+        print(f"verifier: dry run (mode = \"dry-run\" in {policy.source}): would refuse {n} of"
+              f" {total} packages; installing anyway (recorded in {log_path})", file=sys.stderr)
+    elif outcome.name == "breakglass":
+        names = ", ".join(f"{r.artifact.identity.subject_name} (sha256 {r.artifact.sha256})"
+                          for _, r in outcome.rejected)
+        to_syslog(f"BREAKGLASS by {user} (uid {uid}): installing {names} without a rebuilder"
+                  f" quorum; reason: {breakglass}")
+        print(f"verifier: BREAKGLASS: installing {n} of {total} packages without a rebuilder"
+              f" quorum, reason {breakglass!r}; recorded in {log_path} and syslog, and listed"
+              " by `verifier audit` until they reach a quorum", file=sys.stderr)
+    elif outcome.name == "refused":
+        print(f"verifier: refusing to install: {n} of {total} packages lack a rebuilder quorum"
+              f" under {policy.source} (to override once, with a reason that is recorded:"
+              f" {BREAKGLASS_HINT})", file=sys.stderr)
+    return outcome.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,15 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "intoto-layout":
+            return _intoto_layout(args)
         if args.command == "check":
-            return _run_checks(args, args.artifacts, hook=False)
+            return _run_checks(args, args.artifacts)
+        if args.command == "audit":
+            from verifier.audit import run_audit
+
+            return run_audit(args)
         data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
         if len(data) > MAX_HOOK_INPUT:
             raise BadDataError("apt hook input", f"over {MAX_HOOK_INPUT} bytes")
-        paths = parse_hook_input(data.decode("utf-8", "surrogateescape"))
-        if not paths:
-            return EXIT_ACCEPTED  # nothing is being unpacked (removals, configuration only)
-        return _run_checks(args, paths, hook=True)
+        return _run_hook(args, data.decode("utf-8", "surrogateescape"))
     except ConfigError as e:
         print(f"verifier: {e}", file=sys.stderr)
         return EXIT_USAGE

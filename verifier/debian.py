@@ -85,7 +85,11 @@ def read_deb_identity(path: Path) -> DebIdentity:
     from debian import arfile, debfile  # imported late: python-debian is slow to import
 
     try:
-        control = debfile.DebFile(str(path)).debcontrol()
+        deb = debfile.DebFile(str(path))
+        try:
+            control = deb.debcontrol()
+        finally:
+            deb.close()  # python-debian keeps the file open otherwise (a ResourceWarning)
     except (debfile.DebError, arfile.ArError, OSError, ValueError, KeyError, EOFError) as e:
         raise BadDataError("deb", f"{path} is not a readable Debian package: {e}") from e
     missing = [f for f in ("Package", "Version", "Architecture") if not control.get(f)]

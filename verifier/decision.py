@@ -34,6 +34,7 @@ from verifier.statement import (
 )
 
 __all__ = [
+    "NOT_WAITED_FOR",
     "Artifact",
     "BadResponse",
     "Evidence",
@@ -48,6 +49,13 @@ __all__ = [
 ]
 
 NOT_QUERIED = "not queried: the decision was already settled by the other rebuilders"
+# The start of the detail of a rebuilder whose URL answers like no rebuilder (404 everywhere).
+NOT_A_REBUILDER = "the URL does not look like a rebuilder"
+# check_online: still silent when the others had settled the outcome, after the grace period.
+NOT_WAITED_FOR = (
+    "not waited for: no answer yet when the others had settled the outcome, which its answer"
+    " could not change"
+)
 
 
 class Status(StrEnum):
@@ -441,6 +449,7 @@ def conclude(
             r
             for r in results
             if r.status in (Status.NO_ATTESTATION, Status.UNREACHABLE, Status.INVALID)
+            and r.detail != NOT_WAITED_FOR  # settled without it: waiting for it cannot help
             and not (distinct and r.operator in counted_ops)
         ]
         need = policy.threshold - counted
@@ -448,13 +457,18 @@ def conclude(
             hints = []
             waiting = [r for r in candidates if r.status == Status.NO_ATTESTATION]
             down = [r for r in candidates if r.status == Status.UNREACHABLE]
-            bad = [r for r in candidates if r.status == Status.INVALID]
+            misplaced = [r for r in candidates if r.detail.startswith(NOT_A_REBUILDER)]
+            bad = [r for r in candidates
+                   if r.status == Status.INVALID and r not in misplaced]
             if waiting:
                 hints.append(f"{_names(waiting)} to publish a reproducing attestation")
             if down:
                 hints.append(f"{_names(down)} to become reachable and confirm")
             if bad:
                 hints.append(f"{_names(bad)} to serve validly signed attestations")
+            if misplaced:
+                hints.append(f"the url of {_names(misplaced)} in {policy.source} to be"
+                             " corrected (it does not look like a rebuilder)")
             sentence += (
                 f" It needs {need} more agreeing {'operator' if distinct else 'rebuilder'}"
                 f"{'s' if need > 1 else ''}: wait for " + "; or ".join(hints) + "."

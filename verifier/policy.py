@@ -25,7 +25,15 @@ from verifier.errors import BadDataError, ConfigError
 from verifier.keys import Ed25519PublicKey, KeyId, keyid, load_public_key
 from verifier.statement import Digest
 
-__all__ = ["DEFAULT_POLICY_PATH", "Distrust", "Policy", "TrustedRebuilder"]
+__all__ = [
+    "DEFAULT_DECISION_LOG",
+    "DEFAULT_POLICY_PATH",
+    "MODES",
+    "Distrust",
+    "Policy",
+    "Scope",
+    "TrustedRebuilder",
+]
 
 DEFAULT_POLICY_PATH = Path("/etc/repro-quorum/policy.toml")
 MAX_POLICY_BYTES = 1024 * 1024
@@ -41,10 +49,16 @@ _TOP_KEYS = frozenset(
         "max_age_days",
         "rebuilder",
         "distrust",
+        "mode",
+        "scope",
+        "decision_log",
     }
 )
 _REBUILDER_KEYS = frozenset({"id", "operator", "url", "public_key", "public_key_file"})
 _DISTRUST_KEYS = frozenset({"keyids", "digests"})
+_SCOPE_KEYS = frozenset({"origins", "labels", "sites"})
+MODES = ("enforce", "dry-run")
+DEFAULT_DECISION_LOG = Path("/var/log/repro-quorum/decisions.jsonl")
 
 
 def _refuse_world_writable(fd: int, path: Path) -> None:
@@ -60,6 +74,12 @@ def _int(value: object, name: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"policy: {name} must be at least {minimum}, got {value}")
     return value
+
+
+def _path(value: object, name: str, base_dir: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"policy: {name} must be a path")
+    return base_dir / value  # an absolute path stays as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +198,44 @@ class Distrust:
 
 
 @dataclass(frozen=True, slots=True)
+class Scope:
+    """``[scope]``: check only packages from these repositories (APT's Origin, Label, or the
+    site a repository is reached at); anything else, a local .deb included, is not checked."""
+
+    origins: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+    sites: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not (self.origins or self.labels or self.sites):
+            raise ConfigError("policy: [scope] lists no origins, labels or sites; remove it to"
+                              " check every package")
+
+    def covers(self, origin: str | None, label: str | None, site: str) -> bool:
+        return (origin in self.origins) or (label in self.labels) or (site in self.sites)
+
+    def describe(self) -> str:
+        parts = [f"{what} {', '.join(sorted(v))}" for what, v in
+                 (("origins", self.origins), ("labels", self.labels), ("sites", self.sites)) if v]
+        return "; ".join(parts)
+
+    @classmethod
+    def from_dict(cls, d: object) -> Scope:
+        if not isinstance(d, dict):
+            raise ConfigError("policy: [scope] is not a table")
+        unknown = sorted(set(d) - _SCOPE_KEYS)
+        if unknown:
+            raise ConfigError(f"policy: [scope] has unknown keys {', '.join(unknown)}")
+        out: dict[str, frozenset[str]] = {}
+        for name in _SCOPE_KEYS:
+            v = d.get(name, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise ConfigError(f"policy: [scope] {name} must be a list of non-empty strings")
+            out[name] = frozenset(v)
+        return cls(**out)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A validated verifier policy. ``load`` / ``from_toml`` / ``from_dict`` build one."""
 
@@ -187,12 +245,17 @@ class Policy:
     reject_on_mismatch: int = 1
     max_age_days: int = 0
     distrust: Distrust = Distrust()
+    mode: str = "enforce"  # "dry-run": the APT hook reports what it would refuse, refuses nothing
+    scope: Scope | None = None  # None: every package is checked
+    decision_log: Path = DEFAULT_DECISION_LOG  # the APT hook's append-only record
     source: str = field(default="<policy>", compare=False)
 
     def __post_init__(self) -> None:
         _int(self.threshold, "threshold", 1)
         _int(self.reject_on_mismatch, "reject_on_mismatch", 0)
         _int(self.max_age_days, "max_age_days", 0)
+        if self.mode not in MODES:
+            raise ConfigError(f"policy: mode {self.mode!r} must be one of {', '.join(MODES)}")
         if not isinstance(self.require_distinct_operators, bool):
             raise ConfigError("policy: require_distinct_operators must be true or false")
         if not self.rebuilders:
@@ -257,6 +320,10 @@ class Policy:
             reject_on_mismatch=d.get("reject_on_mismatch", 1),
             max_age_days=d.get("max_age_days", 0),
             distrust=Distrust.from_dict(d.get("distrust", {})),
+            mode=d.get("mode", "enforce"),
+            scope=Scope.from_dict(d["scope"]) if "scope" in d else None,
+            decision_log=_path(d.get("decision_log", str(DEFAULT_DECISION_LOG)), "decision_log",
+                               base_dir),
             source=source,
         )
 

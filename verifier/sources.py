@@ -14,20 +14,25 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from verifier.decision import (
+    NOT_A_REBUILDER,
+    NOT_WAITED_FOR,
     Artifact,
     BadResponse,
     QuorumResult,
     RebuilderResult,
+    Status,
     Unreachable,
     assess,
     conclude,
@@ -43,6 +48,7 @@ __all__ = [
     "AiohttpFetcher",
     "ClientConfig",
     "FetcherInterface",
+    "check_many_via_coordinator",
     "check_offline",
     "check_online",
     "check_via_coordinator",
@@ -61,10 +67,13 @@ class ClientConfig:
     timeout: float = 10.0  # seconds for one request, connection to last byte
     max_response_bytes: int = 16 * 1024 * 1024
     max_envelopes: int = 1000  # per response
+    settle_grace: float = 1.0  # seconds to wait for the rest once the outcome is settled
 
     def __post_init__(self) -> None:
         if not 0 < self.timeout <= 600:
             raise ConfigError(f"client timeout {self.timeout} must be in (0, 600] seconds")
+        if not 0 <= self.settle_grace <= 600:
+            raise ConfigError(f"settle grace {self.settle_grace} must be in [0, 600] seconds")
         if self.max_response_bytes < 1024 or self.max_envelopes < 1:
             raise ConfigError("client limits must allow at least 1 KiB and one envelope")
 
@@ -81,10 +90,26 @@ class FetcherInterface(abc.ABC):
     async def fetch(self, url: str, *, max_bytes: int, timeout: float) -> bytes:  # noqa: ASYNC109
         """The whole body, at most ``max_bytes``, within ``timeout`` seconds, or an error:
         ``BadDataError`` when the peer sent too much, ``UnreachableError`` for anything else."""
+        return await self._collect(lambda: self._fetch(url), url, max_bytes, timeout)
+
+    def _post(self, url: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        """Like ``_fetch`` for a POST of a JSON ``body``; fetchers that cannot POST keep this."""
+        raise UnreachableError(url, f"{type(self).__name__} cannot send POST requests")
+
+    async def post(
+        self, url: str, body: bytes, *, max_bytes: int, timeout: float  # noqa: ASYNC109
+    ) -> bytes:
+        """``fetch`` for a POST: the same limits and the same two error families."""
+        return await self._collect(lambda: self._post(url, body), url, max_bytes, timeout)
+
+    async def _collect(
+        self, chunks_of: Callable[[], AsyncGenerator[bytes, None]], url: str, max_bytes: int,
+        timeout: float,  # noqa: ASYNC109  # the seam enforces the timeout itself
+    ) -> bytes:
         buf = bytearray()
         try:
             async with asyncio.timeout(timeout):
-                async with contextlib.aclosing(self._fetch(url)) as chunks:
+                async with contextlib.aclosing(chunks_of()) as chunks:
                     async for chunk in chunks:
                         buf += chunk
                         if len(buf) > max_bytes:
@@ -109,6 +134,16 @@ class AiohttpFetcher(FetcherInterface):
     async def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
         async with self._session.get(
             url, allow_redirects=False, headers={"Accept": "application/json"}
+        ) as resp:
+            if resp.status != 200:
+                raise HTTPStatusError(url, resp.status)
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                yield chunk
+
+    async def _post(self, url: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        async with self._session.post(
+            url, data=body, allow_redirects=False,
+            headers={"Accept": "application/json", "Content-Type": "application/json"},
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
@@ -186,6 +221,31 @@ def group_by_key(pool: Iterable[bytes], policy: Policy) -> tuple[dict[str, list[
     return grouped, dropped
 
 
+def group_by_hint(pool: Iterable[bytes], policy: Policy) -> dict[str, list[bytes]]:
+    """Attribute envelopes by their keyid hint, verifying only those without a trusted hint.
+
+    For a large answer from a coordinator, where ``group_by_key`` would verify every envelope
+    once to attribute it and the decision again to count it. The hint never decides: an
+    envelope filed under a rebuilder whose key does not verify it is ignored by the decision as
+    unusable. Only the attribution of an envelope whose hint lies can be lost, which a
+    coordinator could achieve by withholding it anyway.
+    """
+    keys: dict[KeyId, Ed25519PublicKey] = {r.keyid: r.public_key for r in policy.rebuilders}
+    owner = {r.keyid: r.id for r in policy.rebuilders}
+    grouped: dict[str, list[bytes]] = {r.id: [] for r in policy.rebuilders}
+    for raw in dict.fromkeys(pool):
+        try:
+            env = Envelope.from_bytes(raw)
+        except BadDataError:
+            continue
+        kid = next((KeyId(s.keyid) for s in env.signatures if s.keyid in owner), None)
+        if kid is None:
+            kid = env.verify_any(keys)
+        if kid is not None:
+            grouped[owner[kid]].append(raw)
+    return grouped
+
+
 def check_offline(
     artifact: Artifact, policy: Policy, pool: Iterable[bytes], now: datetime
 ) -> QuorumResult:
@@ -223,18 +283,36 @@ def envelopes_in(body: bytes, url: str, config: ClientConfig) -> list[bytes]:
     return [json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in items]
 
 
+class _NotFound:
+    """A 404: the peer has nothing for this package or digest (or is not a rebuilder)."""
+
+
+_NOT_FOUND = _NotFound()
+
+
 async def _query(
     fetcher: FetcherInterface, url: str, config: ClientConfig
-) -> list[bytes] | UnreachableError | BadDataError:
+) -> list[bytes] | UnreachableError | BadDataError | _NotFound:
     try:
         body = await fetcher.fetch(url, max_bytes=config.max_response_bytes, timeout=config.timeout)
         return envelopes_in(body, url, config)
     except HTTPStatusError as e:
         if e.status == 404:
-            return []  # the peer has nothing for this package or digest
+            return _NOT_FOUND
         return e
     except (UnreachableError, BadDataError) as e:
         return e
+
+
+async def _is_a_rebuilder(fetcher: FetcherInterface, base_url: str, config: ClientConfig) -> bool:
+    """Whether ``GET /v1/node`` answers like a node; only asked when both queries were 404."""
+    url = f"{base_url.rstrip('/')}/v1/node"
+    try:
+        body = await fetcher.fetch(url, max_bytes=64 * 1024, timeout=config.timeout)
+        doc = strict_json_loads(body, "response")
+    except (UnreachableError, BadDataError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("id"), str)
 
 
 async def ask(
@@ -243,7 +321,9 @@ async def ask(
     """Both queries at once: by digest (agreements) and by package (disagreements too).
 
     The package query is required: it is the one that shows a mismatch this node reported, so
-    an agreement seen without it could hide a disagreement and is not counted.
+    an agreement seen without it could hide a disagreement and is not counted. A node answers
+    both even when it has nothing; when both are 404 and so is ``/v1/node``, the URL does not
+    point at a rebuilder, and the answer says so rather than "no attestation".
     """
     async with asyncio.TaskGroup() as tg:
         by_digest = tg.create_task(
@@ -253,6 +333,19 @@ async def ask(
             _query(fetcher, package_url(base_url, artifact), config), name="query by package"
         )
     digest_answer, package_answer = by_digest.result(), by_package.result()
+    if (
+        isinstance(digest_answer, _NotFound)
+        and isinstance(package_answer, _NotFound)
+        and not await _is_a_rebuilder(fetcher, base_url, config)
+    ):
+        return BadResponse(
+            f"{NOT_A_REBUILDER}: {base_url} answers 404 to the attestation queries and to"
+            " GET /v1/node; check this rebuilder's url in the policy"
+        )
+    if isinstance(digest_answer, _NotFound):
+        digest_answer = []
+    if isinstance(package_answer, _NotFound):
+        package_answer = []
     if isinstance(package_answer, list):
         extra = digest_answer if isinstance(digest_answer, list) else []
         return package_answer + extra  # the decision verifies and counts duplicates once
@@ -274,8 +367,11 @@ async def check_online(
     now: datetime,
     config: ClientConfig | None = None,
 ) -> QuorumResult:
-    """Ask every trusted rebuilder concurrently; stop as soon as no answer can change the
-    outcome (``is_settled``). Rebuilders not yet answered then show as not queried."""
+    """Ask every trusted rebuilder concurrently and wait for every answer, up to
+    ``config.settle_grace`` seconds more once no answer can change the outcome (``is_settled``):
+    the explanation is then complete and the same on every run whenever the rebuilders answer
+    promptly, and one stalled rebuilder delays a settled decision by at most the grace. A
+    rebuilder still silent then shows as not waited for, and the advice does not name it."""
     config = config or ClientConfig()
     results: dict[str, RebuilderResult] = {}
     pending: dict[str, TrustedRebuilder] = {}
@@ -284,24 +380,37 @@ async def check_online(
             results[r.id] = assess(artifact, r, policy, [], now)  # never asked: never counted
         else:
             pending[r.id] = r
-    tasks: list[asyncio.Task[None]] = []
+    settled = asyncio.Event()
 
     async def one(r: TrustedRebuilder) -> None:
         evidence = await ask(fetcher, r.base_url, artifact, config)
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
-            me = asyncio.current_task()
-            for t in tasks:
-                if t is not me:
-                    t.cancel()  # its rebuilder then shows as "not queried"
+            settled.set()
 
     if pending and not is_settled(artifact, policy, results.values(), pending.values()):
-        async with asyncio.TaskGroup() as tg:
-            for r in list(pending.values()):
-                tasks.append(tg.create_task(one(r), name=f"ask {r.id}"))
+        tasks = [asyncio.create_task(one(r), name=f"ask {r.id}") for r in list(pending.values())]
+        settled_wait: asyncio.Task[Any] = asyncio.create_task(settled.wait(), name="settled")
+        try:
+            while not settled.is_set() and not all(t.done() for t in tasks):
+                running: list[asyncio.Task[Any]] = [t for t in tasks if not t.done()]
+                await asyncio.wait([*running, settled_wait], return_when=asyncio.FIRST_COMPLETED)
+            unfinished = [t for t in tasks if not t.done()]
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=config.settle_grace)
+        finally:
+            settled_wait.cancel()
+            for t in tasks:
+                t.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, Exception):
+                raise o
     ordered = [
-        results.get(r.id) or assess(artifact, r, policy, None, now) for r in policy.rebuilders
+        results.get(r.id)
+        or RebuilderResult(r.id, r.operator, Status.NO_ATTESTATION, NOT_WAITED_FOR)
+        for r in policy.rebuilders
     ]
     return conclude(artifact, policy, ordered)
 
@@ -318,10 +427,93 @@ async def check_via_coordinator(
     never a trust anchor (it can withhold attestations, never forge them)."""
     config = config or ClientConfig()
     answer = await ask(fetcher, coordinator_url, artifact, config)
-    evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
     if isinstance(answer, (Unreachable, BadResponse)):
-        kind = type(answer)
-        evidence = {r.id: kind(f"via coordinator: {answer.error}") for r in policy.rebuilders}
-    else:
-        evidence = dict(group_by_key(answer, policy)[0])
-    return decide(artifact, policy, evidence, now)
+        return _coordinator_failed(artifact, policy, coordinator_url, answer, now)
+    return decide(artifact, policy, dict(group_by_key(answer, policy)[0]), now)
+
+
+def _coordinator_failed(
+    artifact: Artifact, policy: Policy, url: str, failure: Unreachable | BadResponse,
+    now: datetime,
+) -> QuorumResult:
+    """A rejection whose reason is the coordinator, not the rebuilders it was asked about."""
+    kind = type(failure)
+    evidence = {r.id: kind(f"via coordinator: {failure.error}") for r in policy.rebuilders}
+    result = decide(artifact, policy, evidence, now)
+    what = "is unreachable" if isinstance(failure, Unreachable) else "gave an unusable answer"
+    return dataclasses.replace(result, reasons=(
+        f"The coordinator at {url} {what} ({failure.error}), so no rebuilder's attestations"
+        " were seen. Check the URL and the network, or leave out --coordinator to ask the"
+        " rebuilders directly.",
+    ))
+
+
+BATCH_SIZE = 500  # queries per POST, below the coordinator's 1000
+
+
+def _batch_body(artifacts: Sequence[Artifact]) -> bytes:
+    return json.dumps({"queries": [
+        {"digest": f"sha256:{a.sha256}",
+         "package": {"ecosystem": "debian", "name": a.identity.source,
+                     "version": a.identity.source_version}}
+        for a in artifacts
+    ]}, separators=(",", ":")).encode()
+
+
+def _batch_answers(body: bytes, url: str, artifacts: Sequence[Artifact], config: ClientConfig
+                   ) -> list[list[bytes]]:
+    """Each artifact's envelopes, in order; ``BadDataError`` if the answer does not fit."""
+    doc = strict_json_loads(body, "response")
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list) or len(results) != len(artifacts):
+        raise BadDataError("response", f"{url} did not answer with one result per query")
+    out = []
+    for a, r in zip(artifacts, results, strict=True):
+        if not isinstance(r, dict) or r.get("digest") != f"sha256:{a.sha256}":
+            raise BadDataError("response", f"{url} answered another digest than asked")
+        items = r.get("attestations")
+        if not isinstance(items, list) or len(items) > config.max_envelopes:
+            raise BadDataError("response", f"{url} sent a bad attestations list for"
+                               f" sha256:{a.sha256[:16]}…")
+        out.append([json.dumps(e, sort_keys=True, separators=(",", ":")).encode()
+                    for e in items])
+    return out
+
+
+async def check_many_via_coordinator(
+    artifacts: Sequence[Artifact],
+    policy: Policy,
+    fetcher: FetcherInterface,
+    coordinator_url: str,
+    now: datetime,
+    config: ClientConfig | None = None,
+) -> list[QuorumResult]:
+    """Many artifacts in ``POST /v1/attestations:batch`` round trips, then the same checks as
+    one at a time. A coordinator without the batch endpoint (404/405) is asked per artifact."""
+    config = config or ClientConfig()
+    url = f"{coordinator_url.rstrip('/')}/v1/attestations:batch"
+    results: list[QuorumResult] = []
+    for i in range(0, len(artifacts), BATCH_SIZE):
+        chunk = artifacts[i:i + BATCH_SIZE]
+        try:
+            body = await fetcher.post(url, _batch_body(chunk),
+                                      max_bytes=config.max_response_bytes * 4,
+                                      timeout=config.timeout)
+            answers: list[list[bytes]] | Unreachable | BadResponse = _batch_answers(
+                body, url, chunk, config)
+        except HTTPStatusError as e:
+            if e.status in (404, 405):
+                results += [await check_via_coordinator(a, policy, fetcher, coordinator_url,
+                                                        now, config) for a in chunk]
+                continue
+            answers = Unreachable(e.reason)
+        except UnreachableError as e:
+            answers = Unreachable(e.reason)
+        except BadDataError as e:
+            answers = BadResponse(e.reason)
+        for j, a in enumerate(chunk):
+            if isinstance(answers, list):
+                results.append(decide(a, policy, dict(group_by_hint(answers[j], policy)), now))
+            else:
+                results.append(_coordinator_failed(a, policy, coordinator_url, answers, now))
+    return results

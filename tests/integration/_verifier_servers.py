@@ -27,6 +27,7 @@ class Behaviour:
     status: int = 200
     package_status: int = 200  # status of the package query alone (when status is 200)
     stall: bool = False
+    delay: float = 0.0  # seconds before answering
     oversize: int = 0  # bytes of padding streamed before the JSON ends
     body: bytes | None = None  # answer exactly this instead
     requests: list[str] = field(default_factory=list)
@@ -67,6 +68,8 @@ def create_app(b: Behaviour) -> web.Application:
         b.requests.append(request.path_qs)
         if b.stall:
             await asyncio.Event().wait()  # the client's timeout has to end this
+        if b.delay:
+            await asyncio.sleep(b.delay)
         if b.body is not None:
             return web.Response(body=b.body, status=b.status, content_type="application/json")
         if b.status != 200:

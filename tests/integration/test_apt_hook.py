@@ -8,6 +8,7 @@ sources and lists are untouched. The package is purged afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,7 @@ def test_apt_install_is_blocked_without_quorum_and_completes_with_one(tmp_path: 
         (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
         hook = (
             f"{sys.executable} -m verifier.cli apt-hook --policy {tmp_path}/policy.toml --timeout 5"
+            f" --decision-log {tmp_path}/decisions.jsonl"
         )
         (tmp_path / "apt.conf").write_text(
             f'Dir::Etc::SourceList "{tmp_path}/sources.list";\n'
@@ -142,6 +144,33 @@ def test_apt_install_is_blocked_without_quorum_and_completes_with_one(tmp_path: 
             assert any(
                 q.startswith("/v1/attestations?digest=sha256:" + digest) for q in beta.requests
             )
+
+            # 4. The rebuilders withdraw it; a breakglass installs it anyway, on the record,
+            # and the audit lists it until it has a quorum again.
+            subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, timeout=120)
+            alpha.envelopes = beta.envelopes = []
+            glass = apt({**env, "REPRO_QUORUM_BREAKGLASS": "hotfix, rebuilders lagging"},
+                        *v3, "install", "--no-install-recommends", PACKAGE)
+            assert glass.returncode == 0, glass.stderr + glass.stdout
+            assert "BREAKGLASS: installing 1 of 1 packages" in glass.stderr + glass.stdout
+            assert installed()
+            records = [json.loads(x) for x in
+                       (tmp_path / "decisions.jsonl").read_text().splitlines()]
+            assert [r["outcome"] for r in records] == [
+                "refused", "refused", "accepted", "breakglass"]
+            assert records[-1]["breakglass_reason"] == "hotfix, rebuilders lagging"
+            assert records[-1]["packages"][0]["sha256"] == digest
+            audit = subprocess.run(
+                [sys.executable, "-m", "verifier.cli", "audit", "--policy",
+                 f"{tmp_path}/policy.toml", "--apt-cache", f"{tmp_path}/archives",
+                 "--apt-lists", f"{tmp_path}/lists", "--decision-log",
+                 f"{tmp_path}/decisions.jsonl", "--timeout", "5"],
+                capture_output=True, text=True, timeout=300, env=env, check=False)
+            assert audit.returncode == 1, audit.stdout + audit.stderr
+            # file: repositories are used in place, so the digest comes from APT's index.
+            assert (f"LACKS QUORUM {PACKAGE} {VERSION} all (digest from index of file:{repo}):"
+                    in audit.stdout), audit.stdout
+            assert f"BREAKGLASS {PACKAGE} {VERSION} all (sha256 {digest})" in audit.stdout
         finally:
             subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, timeout=120)
     assert not installed()

@@ -178,3 +178,5 @@ def test_cli_serve(repo: TestRepository) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -12,11 +12,12 @@ import pytest
 from tests.integration._verifier_servers import Behaviour, serving
 from tests.support import free_port
 from tests.unit.verifier._vectors import VECTORS, load_case, make_vectors
-from verifier.decision import NOT_QUERIED, Status
+from verifier.decision import NOT_WAITED_FOR, Status
 from verifier.policy import Policy, TrustedRebuilder
 from verifier.sources import (
     ClientConfig,
     FetcherInterface,
+    check_many_via_coordinator,
     check_online,
     check_via_coordinator,
     open_fetcher,
@@ -113,11 +114,27 @@ async def test_early_stop_once_the_outcome_cannot_change() -> None:
         Behaviour(envelopes=[att("agree-rb-beta")]),
         Behaviour(stall=True),
     ]
-    # With mismatches tolerated, two agreements settle it: no waiting for the stalled node.
-    result, elapsed = await run(behaviours, ClientConfig(timeout=30), reject_on_mismatch=0)
+    # With mismatches tolerated, two agreements settle it: the stalled node is waited for
+    # only the grace period, then shown as not waited for.
+    result, elapsed = await run(behaviours, ClientConfig(timeout=30, settle_grace=0.3),
+                                reject_on_mismatch=0)
     assert result.accepted
-    assert status(result, "rb-gamma") == ("no_attestation", NOT_QUERIED)
-    assert elapsed < 5
+    assert status(result, "rb-gamma") == ("no_attestation", NOT_WAITED_FOR)
+    assert 0.3 <= elapsed < 5
+
+
+async def test_prompt_answers_are_all_shown_even_once_settled() -> None:
+    """The explanation is complete and the same every run: a rebuilder that answers promptly
+    after the outcome is settled is still shown as what it is, not as not queried."""
+    behaviours = [
+        Behaviour(envelopes=[att("agree-rb-alpha")]),
+        Behaviour(envelopes=[att("agree-rb-beta")]),
+        Behaviour(envelopes=[att("mismatch-rb-gamma")], delay=0.1),
+    ]
+    for _ in range(3):
+        result, _ = await run(behaviours, ClientConfig(timeout=30), reject_on_mismatch=0)
+        assert result.accepted
+        assert status(result, "rb-gamma")[0] == "disagrees"
 
 
 async def test_early_stop_on_a_disagreement() -> None:
@@ -126,11 +143,13 @@ async def test_early_stop_on_a_disagreement() -> None:
         Behaviour(stall=True),
         Behaviour(envelopes=[att("mismatch-rb-gamma")]),
     ]
-    result, elapsed = await run(behaviours, ClientConfig(timeout=30))
+    result, elapsed = await run(behaviours, ClientConfig(timeout=30, settle_grace=0.3))
     assert not result.accepted
     assert status(result, "rb-gamma")[0] == "disagrees"
-    assert status(result, "rb-alpha")[1] == NOT_QUERIED
+    assert status(result, "rb-alpha")[1] == NOT_WAITED_FOR
     assert elapsed < 5
+    # The advice does not send the installer to wait for rebuilders that cannot change it.
+    assert "wait for rb-alpha" not in " ".join(result.reasons)
 
 
 async def test_oversized_response_is_invalid_not_fatal() -> None:
@@ -149,7 +168,8 @@ async def test_oversized_response_is_invalid_not_fatal() -> None:
     ("behaviour", "expected"),
     [
         pytest.param(Behaviour(status=500), ("unreachable", "HTTP status 500"), id="server_error"),
-        pytest.param(Behaviour(status=404), ("no_attestation", "no attestation"), id="not_found"),
+        pytest.param(Behaviour(status=404), ("invalid", "does not look like a rebuilder"),
+                     id="not_a_rebuilder"),
         pytest.param(Behaviour(body=b"{nope"), ("invalid", "not valid JSON"), id="malformed_json"),
         pytest.param(
             Behaviour(body=b'{"attestations": 3}'),
@@ -191,6 +211,22 @@ async def test_agreement_without_the_package_query_is_not_counted() -> None:
     assert result.accepted
 
 
+async def test_wrong_url_is_named_as_such_in_the_advice() -> None:
+    """A URL that answers 404 everywhere (a typo, a web server that is not a rebuilder) says
+    so, and the advice is to fix the policy, not to wait for it."""
+    behaviours = [Behaviour(envelopes=[att("agree-rb-alpha")]), Behaviour(status=404),
+                  Behaviour(status=404)]
+    result, _ = await run(behaviours)
+    assert not result.accepted
+    beta = status(result, "rb-beta")
+    assert beta[0] == "invalid"
+    assert beta[1].startswith("the URL does not look like a rebuilder: http://127.0.0.1:")
+    assert "answers 404 to the attestation queries and to GET /v1/node" in beta[1]
+    (reason,) = result.reasons
+    assert "to be corrected (it does not look like a rebuilder)" in reason
+    assert "wait for rb-beta (beta-corp) to publish" not in reason
+
+
 async def test_absent_rebuilder_is_unreachable() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with serving([Behaviour(envelopes=[att("agree-rb-alpha")])]) as urls, open_fetcher() as f:
@@ -217,14 +253,21 @@ async def test_coordinator_is_checked_not_trusted() -> None:
 
 
 async def test_unreachable_coordinator_makes_every_rebuilder_unreachable() -> None:
+    coordinator = f"http://127.0.0.1:{free_port()}"
     async with open_fetcher() as fetcher:
         policy = policy_for(["http://127.0.0.1:1"] * 3)
-        result = await check_via_coordinator(
-            ARTIFACT, policy, fetcher, f"http://127.0.0.1:{free_port()}", NOW, FAST
-        )
-    assert not result.accepted
-    assert {r.status for r in result.rebuilders} == {Status.UNREACHABLE}
-    assert all("via coordinator" in r.detail for r in result.rebuilders)
+        result = await check_via_coordinator(ARTIFACT, policy, fetcher, coordinator, NOW, FAST)
+        [batched] = await check_many_via_coordinator([ARTIFACT], policy, fetcher, coordinator,
+                                                     NOW, FAST)
+    for r in (result, batched):
+        assert not r.accepted
+        assert {x.status for x in r.rebuilders} == {Status.UNREACHABLE}
+        assert all("via coordinator" in x.detail for x in r.rebuilders)
+        # The advice names the coordinator, not the rebuilders it could not ask about.
+        (reason,) = r.reasons
+        assert reason.startswith(f"The coordinator at {coordinator} is unreachable (")
+        assert "leave out --coordinator to ask the rebuilders directly" in reason
+        assert "wait for" not in reason
 
 
 class ExplodingFetcher(FetcherInterface):

@@ -169,9 +169,11 @@ def run_hook(monkeypatch: pytest.MonkeyPatch, stdin: bytes, argv: list[str]) -> 
 
 
 def test_apt_hook_accepts_and_refuses(
-    monkeypatch: pytest.MonkeyPatch, quorum_dir: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, quorum_dir: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
-    args = ["--policy", str(POLICY), "--attestations", str(quorum_dir)]
+    args = ["--policy", str(POLICY), "--attestations", str(quorum_dir),
+            "--decision-log", str(tmp_path / "decisions.jsonl")]
     assert run_hook(monkeypatch, f"{DEB}\n".encode(), args) == 0
     other = VECTORS / "debs/other/hello_1.0-1_amd64.deb"
     assert run_hook(monkeypatch, f"{DEB}\n{other}\n".encode(), args) == 1
