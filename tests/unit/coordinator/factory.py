@@ -59,9 +59,14 @@ class Signer:
         arch: str = "amd64",
         invocation: str = "build-1",
         report_url: str | None = None,
+        buildinfo: dict[str, str] | None = None,
+        suite: str = "stable",
     ) -> Envelope:
-        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got."""
+        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got;
+        ``upstream`` what the repository serves and ``buildinfo`` what the buildinfo declares
+        (both default to ``outputs``, then ``buildinfo`` to ``upstream``)."""
         upstream = upstream if upstream is not None else outputs
+        declared = buildinfo if buildinfo is not None else upstream
         verdicts = []
         for name, digest in outputs.items():
             ok = upstream.get(name) == digest
@@ -70,7 +75,7 @@ class Signer:
                     name=name,
                     verdict="reproduced" if ok else "mismatch",
                     rebuilt=digest,  # type: ignore[arg-type]
-                    buildinfo=upstream.get(name),  # type: ignore[arg-type]
+                    buildinfo=declared.get(name),  # type: ignore[arg-type]
                     repository=upstream.get(name),  # type: ignore[arg-type]
                     report_url=None if ok else report_url,
                 )
@@ -84,7 +89,7 @@ class Signer:
             invocation_id=invocation,
             buildinfo_uri=f"http://repo.example/buildinfo/{source}_{version}_{arch}.buildinfo",
             buildinfo_sha256=sha(f"{source}{version}"),  # type: ignore[arg-type]
-            repository="http://repo.example/debian stable",
+            repository=f"http://repo.example/debian {suite}",
             verdicts=tuple(verdicts),
             builder_version="0.1.0",
         )
