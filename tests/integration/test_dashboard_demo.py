@@ -71,7 +71,7 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.screenshot(ARTIFACTS / "demo-mismatch-tampered.png")
 
             await page.goto(f"{dashboard}/packages/rq-hello/1.0")
-            assert "3 of 2 ✓ reached" in await page.text()
+            assert "✓ reached: 3 reproduced, 2 required" in await page.text()
             await page.screenshot(ARTIFACTS / "demo-package-reproducible.png")
             assert browser.errors(page) == []
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tests.support import free_port
 from verifier.dsse import Envelope, sign
-from verifier.keys import Ed25519PrivateKey, generate_private_key, public_key_pem
+from verifier.keys import Ed25519PrivateKey, generate_private_key, keyid, public_key_pem
 from verifier.statement import (
     OutputVerdict,
     PackageIdentity,
@@ -162,6 +162,7 @@ class StandInNode:
     reports: dict[str, str] = field(default_factory=dict)  # id -> HTML
     logs: dict[str, str] = field(default_factory=dict)
     junk: bytes | None = None  # when set, /v1/attestations answers this instead
+    log: dict[str, str] | None = None  # the transparency log /v1/node describes, if any
     requests: int = 0
 
     def app(self) -> web.Application:
@@ -211,10 +212,14 @@ class StandInNode:
         return web.Response(text=text)
 
     async def _node(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"id": self.signer.id, "operator": self.signer.operator,
-             "public_key": self.signer.public_pem}
-        )
+        doc: dict[str, object] = {
+            "id": self.signer.id, "operator": self.signer.operator,
+            "public_key": self.signer.public_pem,
+            "keyid": keyid(self.signer.key.public_key()),
+        }
+        if self.log is not None:
+            doc["log"] = self.log
+        return web.json_response(doc)
 
 
 @asynccontextmanager
