@@ -423,8 +423,37 @@ def main(argv: list[str] | None = None) -> int:
     except (BadDataError, UnreachableError, VerifierError) as e:
         print(f"rebuilder {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # a file or directory the command needs: one line, never a traceback
+        print(f"rebuilder {args.command}: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _whoami() -> str:
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def os_error_message(e: OSError) -> str:
+    """``cannot write /x/y: Permission denied`` plus what to do about the usual causes."""
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    text = f"cannot use{where}: {what}"
+    if isinstance(e, PermissionError):
+        text += (
+            f" (running as {_whoami()}: run the command as the node's user, and create "
+            "its directory for that user first, e.g. `install -d -o <user> -g <user> -m 0750 "
+            "<dir>`)"
+        )
+    elif isinstance(e, FileNotFoundError):
+        text += " (check the path, or create the missing directory)"
+    return text
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             for node in ("rb-alpha", "rb-beta", "rb-gamma"):
                 assert node in text
             assert "3 / 3" in text  # rebuilders online
+            # The tampered package is the headline, above the unreproducible one.
+            assert "Tampered: rq-tampered 1.0" in text
+            assert text.index("Tampered: rq-tampered") < text.index("rq-unrepro")
             await page.screenshot(ARTIFACTS / "demo-overview.png")
             assert browser.errors(page) == []
 
@@ -64,6 +67,7 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.screenshot(ARTIFACTS / "demo-mismatch-unreproducible.png")
 
             await page.goto(f"{dashboard}/packages/rq-tampered/1.0")
+            assert "that no rebuilder produced" in await page.text()
             await page.screenshot(ARTIFACTS / "demo-package-tampered.png")
             await page.click("a.mismatch-link")
             frames = await page.frame_html()
