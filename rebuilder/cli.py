@@ -37,6 +37,7 @@ from rebuilder.config import (
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
+from verifier.dsse import Envelope
 from verifier.errors import BadDataError, UnreachableError, VerifierError
 from verifier.keys import (
     generate_private_key,
@@ -45,6 +46,7 @@ from verifier.keys import (
     public_key_pem,
     save_private_key,
 )
+from verifier.statement import RevocationStatement, parse_statement
 
 __all__ = ["main"]
 
@@ -238,6 +240,7 @@ async def _status(config: Config) -> dict[str, Any]:
         counts = await store.counts()
         running = await store.running_jobs()
         recent = await store.recent_builds(10)
+        revocations = await store.recent_revocations(10)
     finally:
         await store.close()
     return {
@@ -251,8 +254,24 @@ async def _status(config: Config) -> dict[str, Any]:
         "attestations": counts["last_seq"],
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
-                    "failure": r["failure"]} for r in recent],
+                    "failure": r["failure"], "envelope_sha256": r["envelope_sha256"],
+                    "revoked_by": r["revoked_by"]} for r in recent],
+        "revocations": [_revocation_view(r.envelope_sha256, r.envelope) for r in revocations],
     }
+
+
+def _revocation_view(digest: str, envelope: bytes) -> dict[str, Any]:
+    """What a stored revocation says: which envelope, why, when (from its signed payload)."""
+    try:
+        st = parse_statement(Envelope.from_bytes(envelope).payload)
+    except (BadDataError, ValueError) as e:
+        return {"envelope_sha256": digest, "revokes": None, "reason": f"(unreadable: {e})",
+                "revoked_on": None}
+    if not isinstance(st, RevocationStatement):
+        return {"envelope_sha256": digest, "revokes": None, "reason": "(not a revocation)",
+                "revoked_on": None}
+    return {"envelope_sha256": digest, "revokes": st.revoked, "reason": st.reason,
+            "revoked_on": st.revoked_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -267,10 +286,17 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")
     if s["latest"]:
-        print("latest results:")
+        print("latest results (envelope sha256 is what `rebuilder revoke` takes):")
     for b in s["latest"]:
         extra = f" ({b['failure'][:100]})" if b["failure"] else ""
         print(f"  {b['finished_at']}  job {b['job']} {b['package']}: {b['verdict']}{extra}")
+        if b["envelope_sha256"]:
+            revoked = " REVOKED" if b["revoked_by"] else ""
+            print(f"      envelope {b['envelope_sha256']}{revoked}")
+    if s["revocations"]:
+        print("revocations:")
+    for v in s["revocations"]:
+        print(f"  {v['revoked_on']}  revoked {v['revokes']}: {v['reason']}")
     return EXIT_OK
 
 
