@@ -599,6 +599,11 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     key_bytes = key.read_bytes()
     output, recap = run_playbook(inventory, base)
     assert recap["localhost"] == 0, changed_tasks(output)
+    # --check on a deployed host: nothing to change, nothing fails.
+    secrets = sorted((base / "control" / "secrets").rglob("*"))
+    output, recap = run_playbook(inventory, base, "--check")
+    assert recap["localhost"] == 0, changed_tasks(output)
+    assert sorted((base / "control" / "secrets").rglob("*")) == secrets
     assert key.read_bytes() == key_bytes
 
     # An upgrade (the source tree changed) reinstalls the package and keeps the key.
@@ -753,3 +758,20 @@ def test_rebuilder_unit_runs_mmdebstrap_mode_as_bounded_root() -> None:
     host = render_rebuilder_unit(run_as_root=False).splitlines()
     assert "User=rq-rebuilder" in host and "CapabilityBoundingSet=" in host
     assert "PrivateDevices=yes" in host
+
+
+@needs_root
+@pytest.mark.slow
+def test_check_mode_on_fresh_hosts_changes_nothing_and_writes_no_secret(
+    deploy_base: Path,
+) -> None:
+    """`ansible-playbook --check` before the first real run: it reports what it would do,
+    fails on nothing that only a real run creates, and writes no password anywhere."""
+    base = deploy_base
+    ports = {name: free_port() for name in ("mqtt", "node", "coordinator", "repo")}
+    inventory = write_inventory(base / "inventory.json", full_inventory(base, ports))
+    _, recap = run_playbook(inventory, base, "--check")
+    assert recap["localhost"] > 0  # it would change things
+    assert not (base / "control" / "secrets").exists(), "a check run wrote secrets"
+    for path in ("opt", "var", "etc", "mosquitto", "systemd"):
+        assert not (base / path).exists(), f"a check run created {path}"
