@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from verifier._neterrors import describe_error
 from verifier.decision import (
     Artifact,
     BadResponse,
@@ -96,7 +97,7 @@ class FetcherInterface(abc.ABC):
         except TimeoutError as e:
             raise UnreachableError(url, f"no complete answer within {timeout:g}s") from e
         except Exception as e:  # the seam's promise: one error family, whatever broke
-            raise UnreachableError(url, f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise UnreachableError(url, describe_error(e)) from e
         return bytes(buf)
 
 
