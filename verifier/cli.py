@@ -211,6 +211,11 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _run_checks(args: argparse.Namespace, paths: Sequence[Path], hook: bool) -> int:
+    if args.policy == DEFAULT_POLICY_PATH and not args.policy.exists():
+        raise ConfigError(
+            f"policy: there is no policy at {DEFAULT_POLICY_PATH} (the default); write one "
+            "there (docs/verifier.md) or name yours with --policy FILE"
+        )
     policy = Policy.load(args.policy)
     config = ClientConfig(timeout=args.timeout)
     checked = asyncio.run(_check_all(paths, policy, args.attestations, args.coordinator, config))
