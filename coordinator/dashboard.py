@@ -64,6 +64,7 @@ _PAGE_SIZE = 50
 _CACHE_BYTES = 64 * 1024 * 1024
 _CHART_DAYS = 30
 _NODE_DOC_BYTES = 64 * 1024
+_NODE_DOC_TIMEOUT = 2.0  # seconds the rebuilder page waits for the node's /v1/node
 
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
@@ -470,7 +471,7 @@ def chart(series: list[tuple[str, str, int]], today: datetime,
 async def _node_document(request: web.Request, url: str) -> tuple[dict[str, Any] | None, str]:
     """The rebuilder's own ``/v1/node`` (for its log checkpoint), or why it is not shown."""
     try:
-        async with asyncio.timeout(3), request.app[HTTP].get(
+        async with asyncio.timeout(_NODE_DOC_TIMEOUT), request.app[HTTP].get(
             f"{url}/v1/node", allow_redirects=False
         ) as resp:
             if resp.status != 200:
@@ -512,7 +513,10 @@ async def rebuilder_page(request: web.Request) -> web.Response:
     today = datetime.now(UTC)
     since = (today - timedelta(days=_CHART_DAYS - 1)).strftime("%Y-%m-%d")
     results = await store.rebuilder_results(rid, _PAGE_SIZE + 1, (page - 1) * _PAGE_SIZE)
-    doc, doc_error = await _node_document(request, rb.url)
+    if view["online"]:
+        doc, doc_error = await _node_document(request, rb.url)
+    else:  # do not make the page wait on a node that is known to be away
+        doc, doc_error = None, f"{rid} is offline; its /v1/node was not fetched"
     return render(
         request,
         "rebuilder.html",

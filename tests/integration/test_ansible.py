@@ -601,8 +601,8 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     assert recap["localhost"] == 0, changed_tasks(output)
     # --check on a deployed host: nothing to change, nothing fails.
     secrets = sorted((base / "control" / "secrets").rglob("*"))
-    output, recap = run_playbook(inventory, base, "--check")
-    assert recap["localhost"] == 0, changed_tasks(output)
+    output, recap = run_playbook(inventory, base, "--check", "--diff")
+    assert recap["localhost"] == 0, (changed_tasks(output), output[-8000:])
     assert sorted((base / "control" / "secrets").rglob("*")) == secrets
     assert key.read_bytes() == key_bytes
 
