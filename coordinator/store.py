@@ -133,7 +133,7 @@ _MIGRATIONS: dict[int, str] = {
                              AND o.verdict != 'reproduced')
             THEN 'reproduced'
         ELSE 'unreproducible' END;
-    CREATE INDEX envelopes_class ON envelopes(class, id);
+    CREATE INDEX envelopes_tampered ON envelopes(id) WHERE class = 'tampered';
     CREATE INDEX envelopes_rebuilder ON envelopes(rebuilder, id);
     CREATE TABLE class_counts (
         rebuilder TEXT NOT NULL,

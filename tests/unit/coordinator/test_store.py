@@ -160,7 +160,7 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
 
 
 def _back_to_version_2(db: sqlite3.Connection) -> None:
-    for index in ("envelopes_class", "envelopes_rebuilder"):
+    for index in ("envelopes_tampered", "envelopes_rebuilder"):
         db.execute(f"DROP INDEX {index}")
     for column in ("class", "suite"):
         db.execute(f"ALTER TABLE envelopes DROP COLUMN {column}")
