@@ -79,6 +79,15 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.screenshot(ARTIFACTS / "demo-package-reproducible.png")
             assert browser.errors(page) == []
 
+            # The same network on a phone: nothing sticks out sideways.
+            await page.set_width(390, mobile=True)
+            for name, path in (("overview", "/"), ("package-tampered", "/packages/rq-tampered/1.0"),
+                               ("rebuilder", "/rebuilders/rb-alpha")):
+                await page.goto(f"{dashboard}{path}")
+                await page.screenshot(ARTIFACTS / f"demo-{name}-phone.png")
+                assert await page.overflowing() == [], name
+                assert browser.errors(page) == [], name
+
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
     finally:
