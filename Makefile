@@ -15,9 +15,11 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/ensure-system-packages.sh
 	scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
 	$(PYTHON) -m venv $(VENV)
-	@echo "installing repro-quorum and its test tools into $(VENV) (log: $(VENV)/pip.log)"
-	@$(PY) -m pip install -q --upgrade pip > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
-	@$(PY) -m pip install -q -e '.[test]' >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@echo "installing repro-quorum and its test tools into $(VENV) (about a minute the first time; log: $(VENV)/pip.log)"
+	@: > $(VENV)/pip.log
+	@scripts/pip-install-progress.sh $(VENV)/pip.log $(PY) --upgrade pip
+	@scripts/pip-install-progress.sh $(VENV)/pip.log $(PY) -e '.[test]'
+	@echo "    done"
 	touch $@
 
 demo: setup

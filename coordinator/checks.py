@@ -91,6 +91,7 @@ class Accepted:
     failure: str | None = None
     revoked: str | None = None  # for a revocation: the revoked envelope's digest
     reason: str | None = None  # for a revocation
+    repository: str | None = None  # externalParameters.repository: "<url> <suite>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
             for v in statement.verdicts
         ),
         failure=statement.failure,
+        repository=statement.repository,
     )
 
 

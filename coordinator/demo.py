@@ -118,20 +118,29 @@ class Children:
                     f"see {self.log_dir / (name + '.log')}"
                 )
 
-    def stop_all(self) -> None:
-        for _, proc in reversed(self.procs):
+    def stop_all(self, last: Sequence[str] = ("mosquitto",)) -> None:
+        """Stop everything, newest first; the processes named in ``last`` (the broker) only
+        once the others have exited, so the nodes can still publish their offline status."""
+        first = [(n, p) for n, p in reversed(self.procs) if n not in last]
+        then = [(n, p) for n, p in reversed(self.procs) if n in last]
+        for group in (first, then):
+            self._stop(group)
+        self.procs.clear()
+
+    @staticmethod
+    def _stop(group: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        for _, proc in group:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        for _, proc in reversed(self.procs):
+        for _, proc in group:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self.procs.clear()
 
 
 class DemoError(Exception):
@@ -361,7 +370,7 @@ async def _served(path: Path) -> AsyncIterator[str]:
 
 
 async def demo(state: Path, once: bool, out: Out) -> int:
-    from rebuilder.testrepo import build_test_repository
+    from rebuilder.testrepo import build_test_repository, default_cache_dir
     from rebuilder.testrepo._repo import host_arch
 
     logs = state / "logs"
@@ -370,7 +379,10 @@ async def demo(state: Path, once: bool, out: Out) -> int:
     t0 = time.monotonic()
     try:
         out.step("Building the local APT repository (real dpkg-buildpackage; cached afterwards)")
+        out.info(f"package cache: {default_cache_dir()} (set RQ_TESTREPO_CACHE to move it; "
+                 "delete it to rebuild from scratch)")
         repo = await asyncio.to_thread(build_test_repository, state / "repo")
+        out.info("taken from the cache" if repo.cached else "built, and cached for next time")
         for p in repo.packages:
             out.info(f"{p.kind:<15} {p.source} {p.version}: "
                      + ", ".join(d.name for d in p.debs))
@@ -474,9 +486,12 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             print(file=out.stream)
             out.info(f"verdicts in {time.monotonic() - t0:.0f}s; "
                      + ("all as expected" if all_as_expected else "SOME NOT AS EXPECTED"))
-            out.step(f"Dashboard: {coordinator}/")
             if once:
+                # Everything stops on return: do not end on a URL that is already gone.
+                out.step("Stopping the network (--once / DEMO_ONCE); run `make demo` without "
+                         "DEMO_ONCE to browse the dashboard")
                 return 0 if all_as_expected else 1
+            out.step(f"Dashboard: {coordinator}/")
             out.info("the network keeps running; press Ctrl-C to stop it")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -29,12 +29,13 @@ from typing import Any
 import aiosqlite
 
 from coordinator.checks import Accepted
+from coordinator.verdicts import envelope_class
 
 __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "Store"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -113,7 +114,45 @@ _MIGRATIONS: dict[int, str] = {
         SELECT source, version, MAX(id) FROM envelopes WHERE source IS NOT NULL
         GROUP BY source, version;
     """,
+    # 3: the dashboard's verdict classes (coordinator.verdicts), suite, and online history.
+    # The UPDATE is envelope_class() in SQL, for envelopes stored before this version.
+    3: """
+    ALTER TABLE envelopes ADD COLUMN class TEXT;   -- coordinator.verdicts.CLASSES, NULL: revocation
+    ALTER TABLE envelopes ADD COLUMN suite TEXT;   -- last word of externalParameters.repository
+    UPDATE envelopes SET class = CASE
+        WHEN kind = 'revocation' THEN NULL
+        WHEN kind = 'failure' THEN
+            CASE WHEN failure LIKE 'fetch:%' OR failure LIKE 'environment:%'
+                 THEN 'error' ELSE 'failed' END
+        WHEN EXISTS (SELECT 1 FROM outputs o WHERE o.envelope_id = envelopes.id
+                     AND (o.verdict = 'tampered' OR (o.rebuilt = o.buildinfo
+                          AND o.repository IS NOT NULL AND o.repository != o.buildinfo)))
+            THEN 'tampered'
+        WHEN EXISTS (SELECT 1 FROM outputs o WHERE o.envelope_id = envelopes.id)
+             AND NOT EXISTS (SELECT 1 FROM outputs o WHERE o.envelope_id = envelopes.id
+                             AND o.verdict != 'reproduced')
+            THEN 'reproduced'
+        ELSE 'unreproducible' END;
+    CREATE INDEX envelopes_tampered ON envelopes(id) WHERE class = 'tampered';
+    CREATE INDEX envelopes_rebuilder ON envelopes(rebuilder, id);
+    CREATE TABLE class_counts (
+        rebuilder TEXT NOT NULL,
+        class TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (rebuilder, class)
+    ) WITHOUT ROWID;
+    INSERT INTO class_counts(rebuilder, class, n)
+        SELECT rebuilder, class, COUNT(*) FROM envelopes WHERE class IS NOT NULL
+        GROUP BY rebuilder, class;
+    CREATE TABLE status_history (
+        rebuilder TEXT NOT NULL,
+        state TEXT NOT NULL,              -- online | offline, each change once
+        at REAL NOT NULL
+    );
+    CREATE INDEX status_history_rebuilder ON status_history(rebuilder, at);
+    """,
 }
+_HISTORY_KEEP = 500  # status changes kept per rebuilder
 
 
 def rfc3339(t: float | None) -> str | None:
@@ -272,9 +311,19 @@ class Store:
         output_rows = []
         revocation_rows = []
         counts: Counter[tuple[str, str]] = Counter()
+        class_counts: Counter[tuple[str, str]] = Counter()
         seen_rebuilders: dict[str, float] = {}
         for i, a in enumerate(new):
             eid = first + i
+            cls = envelope_class(
+                a.kind,
+                a.failure,
+                ({"verdict": o.verdict, "rebuilt": o.rebuilt, "buildinfo": o.buildinfo,
+                  "repository": o.repository} for o in a.outputs),
+            )
+            if cls is not None:
+                class_counts[(a.rebuilder, cls)] += 1
+            suite = a.repository.split()[-1] if a.repository and a.repository.split() else None
             env_rows.append(
                 (
                     eid,
@@ -290,6 +339,8 @@ class Store:
                     a.finished,
                     now,
                     a.body,
+                    cls,
+                    suite,
                 )
             )
             for name, sha in a.subjects:
@@ -309,8 +360,8 @@ class Store:
             seen_rebuilders[a.rebuilder] = now
         await self._w.executemany(
             "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version, architecture,"
-            " verdict, invocation, failure, finished, received, body)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " verdict, invocation, failure, finished, received, body, class, suite)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             env_rows,
         )
         if subject_rows:
@@ -346,6 +397,12 @@ class Store:
                 "INSERT INTO counts(rebuilder, verdict, n) VALUES (?,?,?)"
                 " ON CONFLICT(rebuilder, verdict) DO UPDATE SET n = n + excluded.n",
                 [(r, v, n) for (r, v), n in counts.items()],
+            )
+        if class_counts:
+            await self._w.executemany(
+                "INSERT INTO class_counts(rebuilder, class, n) VALUES (?,?,?)"
+                " ON CONFLICT(rebuilder, class) DO UPDATE SET n = n + excluded.n",
+                [(r, c, n) for (r, c), n in class_counts.items()],
             )
         await self._w.executemany(
             "UPDATE rebuilders SET last_seen = MAX(COALESCE(last_seen, 0), ?), state = 'online'"
@@ -424,6 +481,27 @@ class Store:
                 " last_seen = MAX(COALESCE(last_seen, 0), COALESCE(?, 0)) WHERE id = ?",
                 (state, json.dumps(status), seen, rebuilder),
             )
+            await self._note_state(rebuilder, state, time.time() if seen is None else seen)
+
+    async def _note_state(self, rebuilder: str, state: str, at: float) -> None:
+        """Append to the online history when the state changed (caller holds the lock)."""
+        async with self._w.execute(
+            "SELECT state FROM status_history WHERE rebuilder = ? ORDER BY at DESC, rowid DESC"
+            " LIMIT 1",
+            (rebuilder,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] == state:
+            return
+        await self._w.execute(
+            "INSERT INTO status_history(rebuilder, state, at) VALUES (?,?,?)",
+            (rebuilder, state, at),
+        )
+        await self._w.execute(
+            "DELETE FROM status_history WHERE rebuilder = ? AND rowid NOT IN (SELECT rowid"
+            " FROM status_history WHERE rebuilder = ? ORDER BY at DESC LIMIT ?)",
+            (rebuilder, rebuilder, _HISTORY_KEEP),
+        )
 
     async def record_catchup_error(self, rebuilder: str, error: str, now: float) -> None:
         async with self._lock:
@@ -439,6 +517,7 @@ class Store:
                 " last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
                 (now, now, rebuilder),
             )
+            await self._note_state(rebuilder, "online", now)
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -509,17 +588,19 @@ class Store:
         """Per envelope of that package: rebuilder, verdict, outputs, revoked or not."""
         rows = await self._all(
             "SELECT e.id, e.digest, e.rebuilder, e.kind, e.architecture, e.verdict, e.invocation,"
-            " e.finished, e.failure, EXISTS(SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
-            " AND r.rebuilder = e.rebuilder) FROM envelopes e"
-            " WHERE e.source = ? AND e.version = ? ORDER BY e.id",
+            " e.finished, e.failure, (SELECT r.reason FROM revocations r WHERE r.revoked = e.digest"
+            " AND r.rebuilder = e.rebuilder ORDER BY r.envelope_id LIMIT 1), e.class, e.suite"
+            " FROM envelopes e WHERE e.source = ? AND e.version = ? ORDER BY e.id",
             (source, version),
         )
         results: list[dict[str, Any]] = []
         by_id: dict[int, dict[str, Any]] = {}
-        for eid, digest, rebuilder, kind, arch, verdict, invocation, finished, failure, revoked in (
-            rows
-        ):
+        for (eid, digest, rebuilder, kind, arch, verdict, invocation, finished, failure, reason,
+             cls, suite) in rows:
             entry = {
+                "class": cls,
+                "suite": suite,
+                "revoked_reason": reason,
                 "envelope": digest.hex(),
                 "rebuilder": rebuilder,
                 "kind": kind,
@@ -528,7 +609,7 @@ class Store:
                 "invocation": invocation,
                 "finished": finished,
                 "failure": failure,
-                "revoked": bool(revoked),
+                "revoked": reason is not None,
                 "outputs": [],
             }
             by_id[eid] = entry
@@ -555,25 +636,158 @@ class Store:
         return results
 
     async def search_packages(
-        self, query: str, limit: int, offset: int = 0
+        self,
+        query: str,
+        limit: int,
+        offset: int = 0,
+        *,
+        verdict: str | None = None,
+        suite: str | None = None,
+        architecture: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Package versions whose source name contains ``query``, with per-rebuilder verdicts."""
+        """Package versions whose source name contains ``query``, with per-rebuilder verdicts
+        (``verdicts``: reproduced/mismatch/failed, ``classes``: coordinator.verdicts) and
+        suites. The filters keep versions with an unrevoked attestation of that verdict class,
+        suite and architecture."""
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = ["p.source LIKE ? ESCAPE '\\'"]
+        params: list[Any] = [pattern]
+        if verdict or suite or architecture:
+            cond = ["e.source = p.source", "e.version = p.version", "e.class IS NOT NULL",
+                    "NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
+                    " AND r.rebuilder = e.rebuilder)"]
+            for column, value in (("class", verdict), ("suite", suite),
+                                  ("architecture", architecture)):
+                if value:
+                    cond.append(f"e.{column} = ?")
+                    params.append(value)
+            where.append(
+                f"EXISTS (SELECT 1 FROM envelopes e WHERE {' AND '.join(cond)})"  # noqa: S608
+            )
         pkgs = await self._all(
-            "SELECT source, version, latest FROM packages WHERE source LIKE ? ESCAPE '\\'"
-            " ORDER BY source, latest DESC LIMIT ? OFFSET ?",
-            (pattern, limit, offset),
+            "SELECT p.source, p.version, p.latest FROM packages p"  # noqa: S608  # fixed columns, ? marks
+            f" WHERE {' AND '.join(where)} ORDER BY p.source, p.latest DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
         out = []
         for source, version, _ in pkgs:
-            verdicts: dict[str, str] = {}
-            for rebuilder, verdict in await self._all(
-                "SELECT rebuilder, verdict FROM envelopes WHERE source = ? AND version = ?"
-                " AND verdict IS NOT NULL ORDER BY id",
-                (source, version),
+            out.append({"source": source, "version": version,
+                        **await self._verdicts_of(source, version)})
+        return out
+
+    async def _verdicts_of(self, source: str, version: str) -> dict[str, Any]:
+        verdicts: dict[str, str] = {}
+        classes: dict[str, str] = {}
+        suites: set[str] = set()
+        architectures: set[str] = set()
+        for rebuilder, verdict, cls, suite, arch in await self._all(
+            "SELECT e.rebuilder, e.verdict, e.class, e.suite, e.architecture FROM envelopes e"
+            " WHERE e.source = ? AND e.version = ? AND e.verdict IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
+            " AND r.rebuilder = e.rebuilder) ORDER BY e.id",
+            (source, version),
+        ):
+            verdicts[rebuilder] = verdict  # the latest attestation of each rebuilder wins
+            if cls:
+                classes[rebuilder] = cls
+            if suite:
+                suites.add(suite)
+            if arch:
+                architectures.add(arch)
+        return {"verdicts": verdicts, "classes": classes, "suites": sorted(suites),
+                "architectures": sorted(architectures)}
+
+    async def package_versions(self, source: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Every attested version of one source package, newest attestation first."""
+        rows = await self._all(
+            "SELECT version FROM packages WHERE source = ? ORDER BY latest DESC LIMIT ?",
+            (source, limit),
+        )
+        return [{"source": source, "version": r[0], **await self._verdicts_of(source, r[0])}
+                for r in rows]
+
+    async def filter_values(self) -> dict[str, list[str]]:
+        """The suites and architectures seen, for the package filters."""
+        out: dict[str, list[str]] = {}
+        for column in ("suite", "architecture"):
+            rows = await self._all(
+                f"SELECT DISTINCT {column} FROM envelopes WHERE {column} IS NOT NULL"  # noqa: S608
+                f" ORDER BY {column} LIMIT 100"
+            )
+            out[column] = [r[0] for r in rows]
+        return out
+
+    async def class_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for rebuilder, cls, n in await self._all("SELECT rebuilder, class, n FROM class_counts"):
+            out.setdefault(rebuilder, {})[cls] = int(n)
+        return out
+
+    async def tampered_packages(self, limit: int = 20) -> list[tuple[str, str]]:
+        """(source, version) with an unrevoked tampered attestation, most recent first."""
+        rows = await self._all(
+            "SELECT e.source, e.version, MAX(e.id) FROM envelopes e WHERE e.class = 'tampered'"
+            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
+            " AND r.rebuilder = e.rebuilder) GROUP BY e.source, e.version"
+            " ORDER BY MAX(e.id) DESC LIMIT ?",
+            (limit,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def rebuilder_results(
+        self, rebuilder: str, limit: int = 50, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """One rebuilder's attestations, newest first, with revocation reasons."""
+        rows = await self._all(
+            "SELECT e.digest, e.kind, e.source, e.version, e.architecture, e.class, e.failure,"
+            " e.finished, e.suite, (SELECT r.reason FROM revocations r WHERE r.revoked = e.digest"
+            " AND r.rebuilder = e.rebuilder ORDER BY r.envelope_id LIMIT 1),"
+            " (SELECT r.reason FROM revocations r WHERE r.envelope_id = e.id),"
+            " (SELECT hex(r.revoked) FROM revocations r WHERE r.envelope_id = e.id)"
+            " FROM envelopes e WHERE e.rebuilder = ? ORDER BY e.id DESC LIMIT ? OFFSET ?",
+            (rebuilder, limit, offset),
+        )
+        return [
+            {
+                "envelope": r[0].hex(), "kind": r[1], "source": r[2], "version": r[3],
+                "architecture": r[4], "class": r[5], "failure": r[6], "finished": r[7],
+                "suite": r[8], "revoked": r[9] is not None, "revoked_reason": r[9],
+                "reason": r[10], "revokes": r[11].lower() if r[11] else None,
+            }
+            for r in rows
+        ]
+
+    async def class_series(self, rebuilder: str, since: str) -> list[tuple[str, str, int]]:
+        """(day, class, n) of one rebuilder's attestations finished on or after ``since``
+        (an RFC 3339 date), oldest day first."""
+        rows = await self._all(
+            "SELECT substr(finished, 1, 10) AS day, class, COUNT(*) FROM envelopes"
+            " WHERE rebuilder = ? AND class IS NOT NULL AND finished >= ?"
+            " GROUP BY day, class ORDER BY day",
+            (rebuilder, since),
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def status_history(self, rebuilder: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT state, at FROM status_history WHERE rebuilder = ?"
+            " ORDER BY at DESC, rowid DESC LIMIT ?",
+            (rebuilder, limit),
+        )
+        return [{"state": r[0], "at": rfc3339(r[1])} for r in rows]
+
+    async def revocation_reasons(self, envelopes: Sequence[str]) -> dict[str, str]:
+        """Envelope digest (hex) -> the reason its own rebuilder revoked it, for those revoked."""
+        out: dict[str, str] = {}
+        for chunk in _chunks([bytes.fromhex(e) for e in envelopes]):
+            marks = ",".join("?" * len(chunk))
+            for digest, reason in await self._all(
+                "SELECT e.digest, r.reason FROM envelopes e JOIN revocations r"  # noqa: S608
+                " ON r.revoked = e.digest AND r.rebuilder = e.rebuilder"
+                f" WHERE e.digest IN ({marks})",
+                tuple(chunk),
             ):
-                verdicts[rebuilder] = verdict  # the latest attestation of each rebuilder wins
-            out.append({"source": source, "version": version, "verdicts": verdicts})
+                out.setdefault(digest.hex(), reason)
         return out
 
     async def disagreements(self, limit: int = 100, offset: int = 0) -> list[Disagreement]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rebuilder.config import ConfigError, parse_listen
 
@@ -17,6 +18,7 @@ def _toml_str(value: str) -> str:
 
 def render_config(args: argparse.Namespace) -> str:
     host, port = parse_listen(args.listen, "--listen")
+    state_dir = Path(args.dir).absolute()
     repos = []
     urls = args.repository_url or []
     suites = args.suite or []
@@ -58,8 +60,11 @@ operator = {_toml_str(args.operator)}   # who runs this node; policies count dis
 listen = {_toml_str(f"{host}:{port}")}            # host:port of the public read-only HTTP API
 # how others reach that API (report and log links use it):
 public_url = {_toml_str(args.public_url.rstrip("/"))}
-state_dir = "."                       # holds state.db, builds/, reports/, logs/, cache/
-signing_key = "keys/signing.pem"      # PKCS#8 PEM, mode 0600; never mounted into a build
+# Absolute, so this file can be moved (e.g. to /etc/repro-quorum/rebuilder/, read-only for
+# the node's user) and still name the node's directory.
+state_dir = {_toml_str(str(state_dir))}   # holds state.db, builds/, reports/, logs/, cache/
+# PKCS#8 PEM, mode 0600; never mounted into a build:
+signing_key = {_toml_str(str(state_dir / "keys" / "signing.pem"))}
 
 [mqtt]
 enabled = {"false" if args.no_mqtt else "true"}

@@ -37,6 +37,7 @@ from rebuilder.config import (
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
+from verifier.dsse import Envelope
 from verifier.errors import BadDataError, UnreachableError, VerifierError
 from verifier.keys import (
     generate_private_key,
@@ -45,6 +46,7 @@ from verifier.keys import (
     public_key_pem,
     save_private_key,
 )
+from verifier.statement import RevocationStatement, parse_statement
 
 __all__ = ["main"]
 
@@ -238,6 +240,7 @@ async def _status(config: Config) -> dict[str, Any]:
         counts = await store.counts()
         running = await store.running_jobs()
         recent = await store.recent_builds(10)
+        revocations = await store.recent_revocations(10)
     finally:
         await store.close()
     return {
@@ -251,7 +254,9 @@ async def _status(config: Config) -> dict[str, Any]:
         "attestations": counts["last_seq"],
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
-                    "failure": r["failure"]} for r in recent],
+                    "failure": r["failure"], "envelope_sha256": r["envelope_sha256"],
+                    "revoked_by": r["revoked_by"]} for r in recent],
+        "revocations": [_revocation_view(r.envelope_sha256, r.envelope) for r in revocations],
         "limits": limits.read(config.node.state_dir),
     }
 
@@ -268,6 +273,20 @@ def _print_limits(record: dict[str, Any] | str) -> None:
         print(f"  {e['limit']:<7} {e.get('value', ''):<16} {state:<9} {e['mechanism']}")
 
 
+def _revocation_view(digest: str, envelope: bytes) -> dict[str, Any]:
+    """What a stored revocation says: which envelope, why, when (from its signed payload)."""
+    try:
+        st = parse_statement(Envelope.from_bytes(envelope).payload)
+    except (BadDataError, ValueError) as e:
+        return {"envelope_sha256": digest, "revokes": None, "reason": f"(unreadable: {e})",
+                "revoked_on": None}
+    if not isinstance(st, RevocationStatement):
+        return {"envelope_sha256": digest, "revokes": None, "reason": "(not a revocation)",
+                "revoked_on": None}
+    return {"envelope_sha256": digest, "revokes": st.revoked, "reason": st.reason,
+            "revoked_on": st.revoked_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     s = asyncio.run(_status(config))
     if args.json:
@@ -281,10 +300,17 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")
     if s["latest"]:
-        print("latest results:")
+        print("latest results (envelope sha256 is what `rebuilder revoke` takes):")
     for b in s["latest"]:
         extra = f" ({b['failure'][:100]})" if b["failure"] else ""
         print(f"  {b['finished_at']}  job {b['job']} {b['package']}: {b['verdict']}{extra}")
+        if b["envelope_sha256"]:
+            revoked = " REVOKED" if b["revoked_by"] else ""
+            print(f"      envelope {b['envelope_sha256']}{revoked}")
+    if s["revocations"]:
+        print("revocations:")
+    for v in s["revocations"]:
+        print(f"  {v['revoked_on']}  revoked {v['revokes']}: {v['reason']}")
     return EXIT_OK
 
 
@@ -437,8 +463,37 @@ def main(argv: list[str] | None = None) -> int:
     except (BadDataError, UnreachableError, VerifierError) as e:
         print(f"rebuilder {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # a file or directory the command needs: one line, never a traceback
+        print(f"rebuilder {args.command}: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _whoami() -> str:
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def os_error_message(e: OSError) -> str:
+    """``cannot write /x/y: Permission denied`` plus what to do about the usual causes."""
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    text = f"cannot use{where}: {what}"
+    if isinstance(e, PermissionError):
+        text += (
+            f" (running as {_whoami()}: run the command as the node's user, and create "
+            "its directory for that user first, e.g. `install -d -o <user> -g <user> -m 0750 "
+            "<dir>`)"
+        )
+    elif isinstance(e, FileNotFoundError):
+        text += " (check the path, or create the missing directory)"
+    return text
 
 
 if __name__ == "__main__":

@@ -518,10 +518,24 @@ class Store:
         return await self._one("SELECT * FROM outputs WHERE report_id = ?", (report_id,))
 
     async def recent_builds(self, limit: int = 10) -> list[sqlite3.Row]:
+        """The latest builds, each with its attestation's envelope sha256 (what ``revoke``
+        takes) and the envelope sha256 of a revocation naming it, if any."""
         return await self._all(
-            "SELECT b.*, j.source, j.version, j.arch FROM builds b JOIN jobs j ON j.id = b.job_id"
+            "SELECT b.*, j.source, j.version, j.arch, a.envelope_sha256,"
+            " (SELECT r.envelope_sha256 FROM attestations r WHERE r.kind = 'revocation'"
+            "  AND r.revokes = a.envelope_sha256 ORDER BY r.seq LIMIT 1) AS revoked_by"
+            " FROM builds b JOIN jobs j ON j.id = b.job_id"
+            " LEFT JOIN attestations a ON a.build_id = b.id"
             " ORDER BY b.id DESC LIMIT ?", (limit,),
         )
+
+    async def recent_revocations(self, limit: int = 10) -> list[AttestationRow]:
+        rows = await self._all(
+            "SELECT seq, envelope_sha256, envelope, kind FROM attestations"
+            " WHERE kind = 'revocation' ORDER BY seq DESC LIMIT ?", (limit,),
+        )
+        return [AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"])
+                for r in rows]
 
     async def running_jobs(self) -> list[JobRow]:
         rows = await self._all("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")

@@ -129,8 +129,10 @@ class Watcher:
             else:
                 log.debug("repository %s: %s %s %s already known", repo.name, job.source,
                           job.version, job.architecture)
+        # An Architecture: all binary is listed in every binary-<arch> index: count it once.
+        distinct = len({(b.package, b.version, b.architecture) for b in binaries})
         log.info("repository %s: round done, %d binaries, %d source versions, %d new", repo.name,
-                 len(binaries), len(jobs), len(added))
+                 distinct, len(jobs), len(added))
         if added and self.on_new_jobs is not None:
             self.on_new_jobs(added)
         return added

@@ -191,7 +191,9 @@ def _render(report: AuditReport, out: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    policy = Policy.load(args.policy)
+    from verifier.cli import load_policy
+
+    policy = load_policy(args.policy)
     report = asyncio.run(audit(
         policy,
         installed=read_installed(args.admindir),

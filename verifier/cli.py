@@ -239,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
 def _intoto_layout(args: argparse.Namespace) -> int:
     from verifier.intoto import layout_bytes, layout_warnings, root_layout
 
-    policy = Policy.load(args.policy)
+    policy = load_policy(args.policy)
     if not 1 <= args.expires_days <= 3660:
         raise ConfigError("--expires-days must be between 1 and 3660")
     expires = datetime.now(UTC) + timedelta(days=args.expires_days)
@@ -277,8 +277,18 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_ACCEPTED
 
 
+def load_policy(path: Path) -> Policy:
+    """The policy, with a pointer to --policy when the default one does not exist."""
+    if path == DEFAULT_POLICY_PATH and not path.exists():
+        raise ConfigError(
+            f"policy: there is no policy at {DEFAULT_POLICY_PATH} (the default); write one "
+            "there (docs/verifier.md) or name yours with --policy FILE"
+        )
+    return Policy.load(path)
+
+
 def _run_checks(args: argparse.Namespace, paths: Sequence[Path]) -> int:
-    policy = Policy.load(args.policy)
+    policy = load_policy(args.policy)
     config = ClientConfig(timeout=args.timeout)
     checked = asyncio.run(_check_all(paths, policy, args.attestations, args.coordinator, config))
     rejected = [c for c in checked if not c.result.accepted]
@@ -310,7 +320,7 @@ def _run_hook(args: argparse.Namespace, text: str) -> int:
     paths = parse_hook_input(text)
     if not paths:
         return EXIT_ACCEPTED  # nothing is being unpacked (removals, configuration only)
-    policy = Policy.load(args.policy)
+    policy = load_policy(args.policy)
     breakglass = breakglass_reason(dict(os.environ), parse_hook_config(text))
     log_path = args.decision_log or policy.decision_log
     artifacts = [(p, _artifact(p)) for p in paths]

@@ -11,6 +11,7 @@ Every check lives in the constructors, so an invalid ``Policy`` cannot exist.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -59,6 +60,65 @@ _DISTRUST_KEYS = frozenset({"keyids", "digests"})
 _SCOPE_KEYS = frozenset({"origins", "labels", "sites"})
 MODES = ("enforce", "dry-run")
 DEFAULT_DECISION_LOG = Path("/var/log/repro-quorum/decisions.jsonl")
+
+
+class _UnknownKeys(ConfigError):
+    """Keys the policy format does not have; ``table`` is "", "rebuilder" or "distrust"."""
+
+    def __init__(self, where: str, unknown: list[str], allowed: frozenset[str], table: str,
+                 index: int = 0) -> None:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(allowed), n=1, cutoff=0.6)
+            if close:
+                hints.append(f"did you mean {close[0]!r} for {k!r}?")
+        super().__init__(
+            f"policy: {where} {', '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
+        )
+        self.key, self.table, self.index = unknown[0], table, index
+
+
+_KEY_LINE = re.compile(r"""\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*=(.*)""")
+
+
+def _locate(text: str, error: ConfigError) -> int | None:
+    """The line of ``text`` an error from ``Policy.from_dict`` is about, when it can be told:
+    the unknown or invalid key, else the rebuilder entry or the table it names."""
+    entries: list[tuple[int, str, int, str | None, str]] = []  # line, table, entry, key, value
+    table, index, rebuilders = "", 0, 0
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[[rebuilder]]"):
+            rebuilders += 1
+            table, index = "rebuilder", rebuilders
+            entries.append((n, table, index, None, ""))
+        elif stripped.startswith("["):
+            table, index = stripped.strip("[]").split("]")[0].strip(), 0
+            entries.append((n, table, index, None, ""))
+        elif m := _KEY_LINE.match(line):
+            key = next(g for g in m.groups()[:3] if g)
+            entries.append((n, table, index, key, m.group(4).strip().strip("\"'")))
+
+    def find(table: str, index: int, key: str | None) -> int | None:
+        return next((n for n, t, i, k, _ in entries if (t, i, k) == (table, index, key)), None)
+
+    message = str(error).removeprefix("policy: ")
+    if isinstance(error, _UnknownKeys):
+        return find(error.table, error.index, error.key)
+    if m := re.match(r"\[\[rebuilder\]\] #(\d+)", message):
+        return find("rebuilder", int(m.group(1)), None)
+    if m := re.match(r"rebuilder (?:id )?'([^']*)'", message):
+        rest = message[m.end():]
+        for n, t, i, k, v in entries:
+            if t == "rebuilder" and k == "id" and v == m.group(1):
+                named = [key for key in sorted(_REBUILDER_KEYS, key=len, reverse=True)
+                         if re.search(rf"\b{key}\b", rest)]
+                return (find("rebuilder", i, named[0]) if named else None) or n
+        return None
+    if message.startswith("[distrust]"):
+        named = [key for key in _DISTRUST_KEYS if re.search(rf"\b{key[:-1]}", message)]
+        return (find("distrust", 0, named[0]) if named else None) or find("distrust", 0, None)
+    return next((find("", 0, k) for k in _TOP_KEYS if message.startswith(f"{k} ")), None)
 
 
 def _refuse_world_writable(fd: int, path: Path) -> None:
@@ -126,7 +186,8 @@ class TrustedRebuilder:
             where = f"rebuilder {rid!r}"
         unknown = sorted(set(d) - _REBUILDER_KEYS)
         if unknown:
-            raise ConfigError(f"policy: {where} has unknown keys {', '.join(unknown)}")
+            raise _UnknownKeys(f"{where} has unknown keys", unknown, _REBUILDER_KEYS,
+                               "rebuilder", index + 1)
         for required in ("id", "operator", "url"):
             if required not in d:
                 raise ConfigError(f"policy: {where} lacks {required!r}")
@@ -182,7 +243,7 @@ class Distrust:
             raise ConfigError("policy: [distrust] is not a table")
         unknown = sorted(set(d) - _DISTRUST_KEYS)
         if unknown:
-            raise ConfigError(f"policy: [distrust] has unknown keys {', '.join(unknown)}")
+            raise _UnknownKeys("[distrust] has unknown keys", unknown, _DISTRUST_KEYS, "distrust")
 
         def strings(name: str) -> list[str]:
             v = d.get(name, [])
@@ -302,7 +363,7 @@ class Policy:
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path, source: str = "<policy>") -> Policy:
         unknown = sorted(set(d) - _TOP_KEYS)
         if unknown:
-            raise ConfigError(f"policy: unknown top-level keys {', '.join(unknown)}")
+            raise _UnknownKeys("unknown top-level keys", unknown, _TOP_KEYS, "")
         if "threshold" not in d:
             raise ConfigError("policy: threshold is missing")
         raw_rebuilders = d.get("rebuilder", [])
@@ -331,9 +392,19 @@ class Policy:
     def from_toml(cls, text: str, base_dir: Path, source: str = "<policy>") -> Policy:
         try:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+        except tomllib.TOMLDecodeError as e:  # its message names the line and column
             raise ConfigError(f"policy: {source} is not valid TOML: {e}") from e
-        return cls.from_dict(data, base_dir, source)
+        try:
+            return cls.from_dict(data, base_dir, source)
+        except ConfigError as e:
+            # Name the file and the line: "policy: /etc/.../policy.toml, line 3: ..."
+            line = _locate(text, e)
+            place = ", ".join(p for p in (
+                source if source != "<policy>" else "", f"line {line}" if line else ""
+            ) if p)
+            if not place:
+                raise
+            raise ConfigError(f"policy: {place}: {str(e).removeprefix('policy: ')}") from e
 
     @classmethod
     def load(cls, path: Path) -> Policy:

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from verifier._neterrors import describe_error
 from verifier.decision import (
     NOT_A_REBUILDER,
     NOT_WAITED_FOR,
@@ -121,7 +122,7 @@ class FetcherInterface(abc.ABC):
         except TimeoutError as e:
             raise UnreachableError(url, f"no complete answer within {timeout:g}s") from e
         except Exception as e:  # the seam's promise: one error family, whatever broke
-            raise UnreachableError(url, f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise UnreachableError(url, describe_error(e)) from e
         return bytes(buf)
 
 

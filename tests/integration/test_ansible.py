@@ -439,7 +439,9 @@ def test_broker_play_removes_the_account_of_a_rebuilder_leaving_the_inventory(
 
 # --- the whole playbook on this machine: broker, rebuilder and coordinator --------------------
 
-RB_USER, COORD_USER = "rqtest-rebuilder", "rqtest-coordinator"
+# Unique per run: two checkouts running this test at once must not share (and remove) users.
+RB_USER, COORD_USER = (f"rqtest-rebuilder{os.getpid() % 100000}",
+                       f"rqtest-coordinator{os.getpid() % 100000}")
 
 
 def doc_toml_blocks() -> list[dict[str, Any]]:
@@ -599,6 +601,11 @@ def test_playbook_deploys_a_working_node_and_coordinator(deploy_base: Path) -> N
     key_bytes = key.read_bytes()
     output, recap = run_playbook(inventory, base)
     assert recap["localhost"] == 0, changed_tasks(output)
+    # --check on a deployed host: nothing to change, nothing fails.
+    secrets = sorted((base / "control" / "secrets").rglob("*"))
+    output, recap = run_playbook(inventory, base, "--check", "--diff")
+    assert recap["localhost"] == 0, changed_tasks(output)
+    assert sorted((base / "control" / "secrets").rglob("*")) == secrets
     assert key.read_bytes() == key_bytes
 
     # An upgrade (the source tree changed) reinstalls the package and keeps the key.
@@ -760,3 +767,20 @@ def test_rebuilder_unit_runs_mmdebstrap_mode_as_bounded_root() -> None:
         assert "Delegate=yes" in lines and "MemorySwapMax=0" in lines
         assert not any(line.startswith("ProtectControlGroups=") for line in lines)
         assert "TasksMax=33536" in lines  # 4 builds x (8192 + 64) + 512
+
+
+@needs_root
+@pytest.mark.slow
+def test_check_mode_on_fresh_hosts_changes_nothing_and_writes_no_secret(
+    deploy_base: Path,
+) -> None:
+    """`ansible-playbook --check` before the first real run: it reports what it would do,
+    fails on nothing that only a real run creates, and writes no password anywhere."""
+    base = deploy_base
+    ports = {name: free_port() for name in ("mqtt", "node", "coordinator", "repo")}
+    inventory = write_inventory(base / "inventory.json", full_inventory(base, ports))
+    _, recap = run_playbook(inventory, base, "--check")
+    assert recap["localhost"] > 0  # it would change things
+    assert not (base / "control" / "secrets").exists(), "a check run wrote secrets"
+    for path in ("opt", "var", "etc", "mosquitto", "systemd"):
+        assert not (base / path).exists(), f"a check run created {path}"

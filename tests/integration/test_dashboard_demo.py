@@ -49,6 +49,9 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             for node in ("rb-alpha", "rb-beta", "rb-gamma"):
                 assert node in text
             assert "3 / 3" in text  # rebuilders online
+            # The tampered package is the headline, above the unreproducible one.
+            assert "Tampered: rq-tampered 1.0" in text
+            assert text.index("Tampered: rq-tampered") < text.index("rq-unrepro")
             await page.screenshot(ARTIFACTS / "demo-overview.png")
             assert browser.errors(page) == []
 
@@ -64,6 +67,7 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.screenshot(ARTIFACTS / "demo-mismatch-unreproducible.png")
 
             await page.goto(f"{dashboard}/packages/rq-tampered/1.0")
+            assert "that no rebuilder produced" in await page.text()
             await page.screenshot(ARTIFACTS / "demo-package-tampered.png")
             await page.click("a.mismatch-link")
             frames = await page.frame_html()
@@ -71,9 +75,18 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.screenshot(ARTIFACTS / "demo-mismatch-tampered.png")
 
             await page.goto(f"{dashboard}/packages/rq-hello/1.0")
-            assert "3 of 2 ✓ reached" in await page.text()
+            assert "✓ reached: 3 reproduced, 2 required" in await page.text()
             await page.screenshot(ARTIFACTS / "demo-package-reproducible.png")
             assert browser.errors(page) == []
+
+            # The same network on a phone: nothing sticks out sideways.
+            await page.set_width(390, mobile=True)
+            for name, path in (("overview", "/"), ("package-tampered", "/packages/rq-tampered/1.0"),
+                               ("rebuilder", "/rebuilders/rb-alpha")):
+                await page.goto(f"{dashboard}{path}")
+                await page.screenshot(ARTIFACTS / f"demo-{name}-phone.png")
+                assert await page.overflowing() == [], name
+                assert browser.errors(page) == [], name
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0

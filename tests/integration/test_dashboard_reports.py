@@ -91,3 +91,37 @@ async def test_report_proxy_attacks(tmp_path: Path) -> None:
             async with s.get(f"{base}/") as r:
                 assert r.headers["Content-Security-Policy"] == PAGE_CSP
                 assert "script-src" not in PAGE_CSP  # default-src 'none': no script at all
+
+
+async def test_rebuilder_page_survives_a_hostile_node_document(tmp_path: Path) -> None:
+    """The rebuilder page reads the node's /v1/node for its log checkpoint: an oversized,
+    non-JSON or script-laden answer is refused or shown as text, and the page still renders."""
+    signer = Signer("rb-alpha")
+    node = StandInNode(signer)
+    answers: list[web.Response] = []
+
+    async def node_doc(request: web.Request) -> web.Response:
+        return answers[0]
+
+    app = web.Application()
+    app.router.add_get("/v1/attestations", node._attestations)
+    app.router.add_get("/v1/node", node_doc)
+    async with serving(app) as url:
+        signer.url = url
+        port = free_port()
+        coordinator = await _setup(tmp_path, {}, node, port)
+        async with serving(coordinator, port) as base, aiohttp.ClientSession() as s:
+            await coordinator[CATCHUP].round()  # heard from: online
+            for answer, shown in (
+                (web.Response(body=b"x" * 200_000), "is not a node document"),
+                (web.Response(text="not json"), "is not a node document"),
+                (web.Response(status=404), "answered HTTP 404"),
+                (web.json_response({"log": {"checkpoint": "<script>alert(1)</script>"}}),
+                 "&lt;script&gt;alert(1)&lt;/script&gt;"),
+            ):
+                answers[:] = [answer]
+                async with s.get(f"{base}/rebuilders/rb-alpha") as r:
+                    assert r.status == 200
+                    html = await r.text()
+                    assert shown in html, html.split("Log checkpoint")[1][:300]
+                    assert "<script>alert" not in html

@@ -31,6 +31,10 @@ def test_demo_once(tmp_path: Path) -> None:
     assert table["rq-tampered_1.0_all.deb"][2] == "REJECTED"
     assert "/v1/reports/" in out  # the rejected ones name their diffoscope report
     assert "all as expected" in out
+    assert "package cache: " in out  # where the built packages are kept
+    # --once stops everything: it does not end on a dashboard URL that is already gone.
+    assert "==> Dashboard:" not in out
+    assert out.rstrip().splitlines()[-1].startswith("==> Stopping the network")
     # Every child is gone: nothing listens on the demo's ports any more.
     logs = state / "logs"
     assert (logs / "coordinator.log").exists()

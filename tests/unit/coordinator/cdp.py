@@ -124,6 +124,41 @@ class Page:
             html.append(r["outerHTML"])
         return html
 
+    async def set_width(self, width: int, height: int = 900, mobile: bool = False) -> None:
+        """Emulate a screen ``width`` CSS pixels wide (390 for a phone); takes effect at once."""
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=height, deviceScaleFactor=1, mobile=mobile,
+        )
+
+    async def overflowing(self) -> list[str]:
+        """What sticks out sideways: the page wider than the viewport, or any element wider
+        than the card or table cell that holds it. Empty when nothing does."""
+        found = await self.evaluate(
+            """(() => {
+              const out = [];
+              const vw = document.documentElement.clientWidth;
+              if (document.documentElement.scrollWidth > vw + 1)
+                out.push(`page is ${document.documentElement.scrollWidth}px wide, `
+                         + `viewport ${vw}px`);
+              for (const el of document.querySelectorAll('body *')) {
+                const r = el.getBoundingClientRect();
+                if (r.width && r.right > vw + 1) {
+                  const inScroller = el.closest('iframe, svg');
+                  if (!inScroller || el.tagName === 'IFRAME' || el.tagName === 'svg')
+                    out.push(`${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}`
+                             + `.${[...el.classList].join('.')} ends at ${Math.round(r.right)}px`);
+                }
+              }
+              for (const c of document.querySelectorAll('.card'))
+                if (c.scrollWidth > c.clientWidth + 1)
+                  out.push(`card holding ${c.firstElementChild?.tagName} overflows by `
+                           + `${c.scrollWidth - c.clientWidth}px`);
+              return out.slice(0, 20);
+            })()"""
+        )
+        return list(found)
+
     async def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         r = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tests.support import free_port
 from verifier.dsse import Envelope, sign
-from verifier.keys import Ed25519PrivateKey, generate_private_key, public_key_pem
+from verifier.keys import Ed25519PrivateKey, generate_private_key, keyid, public_key_pem
 from verifier.statement import (
     OutputVerdict,
     PackageIdentity,
@@ -59,9 +59,14 @@ class Signer:
         arch: str = "amd64",
         invocation: str = "build-1",
         report_url: str | None = None,
+        buildinfo: dict[str, str] | None = None,
+        suite: str = "stable",
     ) -> Envelope:
-        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got."""
+        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got;
+        ``upstream`` what the repository serves and ``buildinfo`` what the buildinfo declares
+        (both default to ``outputs``, then ``buildinfo`` to ``upstream``)."""
         upstream = upstream if upstream is not None else outputs
+        declared = buildinfo if buildinfo is not None else upstream
         verdicts = []
         for name, digest in outputs.items():
             ok = upstream.get(name) == digest
@@ -70,7 +75,7 @@ class Signer:
                     name=name,
                     verdict="reproduced" if ok else "mismatch",
                     rebuilt=digest,  # type: ignore[arg-type]
-                    buildinfo=upstream.get(name),  # type: ignore[arg-type]
+                    buildinfo=declared.get(name),  # type: ignore[arg-type]
                     repository=upstream.get(name),  # type: ignore[arg-type]
                     report_url=None if ok else report_url,
                 )
@@ -84,7 +89,7 @@ class Signer:
             invocation_id=invocation,
             buildinfo_uri=f"http://repo.example/buildinfo/{source}_{version}_{arch}.buildinfo",
             buildinfo_sha256=sha(f"{source}{version}"),  # type: ignore[arg-type]
-            repository="http://repo.example/debian stable",
+            repository=f"http://repo.example/debian {suite}",
             verdicts=tuple(verdicts),
             builder_version="0.1.0",
         )
@@ -157,6 +162,7 @@ class StandInNode:
     reports: dict[str, str] = field(default_factory=dict)  # id -> HTML
     logs: dict[str, str] = field(default_factory=dict)
     junk: bytes | None = None  # when set, /v1/attestations answers this instead
+    log: dict[str, str] | None = None  # the transparency log /v1/node describes, if any
     requests: int = 0
 
     def app(self) -> web.Application:
@@ -206,10 +212,14 @@ class StandInNode:
         return web.Response(text=text)
 
     async def _node(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"id": self.signer.id, "operator": self.signer.operator,
-             "public_key": self.signer.public_pem}
-        )
+        doc: dict[str, object] = {
+            "id": self.signer.id, "operator": self.signer.operator,
+            "public_key": self.signer.public_pem,
+            "keyid": keyid(self.signer.key.public_key()),
+        }
+        if self.log is not None:
+            doc["log"] = self.log
+        return web.json_response(doc)
 
 
 @asynccontextmanager

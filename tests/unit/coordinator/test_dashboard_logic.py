@@ -60,3 +60,27 @@ def test_log_links() -> None:
     assert _log_url("http://n", "b-7") == "http://n/v1/builds/b-7/log"
     assert _log_url("http://n", "../../etc") is None
     assert _log_url(None, "b-7") is None
+
+
+def test_one_timestamp_format() -> None:
+    from coordinator.dashboard import timestamp
+
+    assert timestamp("2026-11-21T12:00:00Z") == "2026-11-21 12:00:00 UTC"
+    assert timestamp("2026-11-21T13:00:00+01:00") == "2026-11-21 12:00:00 UTC"
+    assert timestamp(0.0) == "1970-01-01 00:00:00 UTC"
+    assert timestamp(None) == "never"
+    assert timestamp("garbage") == "garbage"
+
+
+def test_chart_one_bar_per_day_outcomes_only() -> None:
+    from datetime import UTC, datetime
+
+    from coordinator.dashboard import chart
+
+    today = datetime(2026, 11, 30, tzinfo=UTC)
+    bars = chart([("2026-11-29", "reproduced", 3), ("2026-11-29", "unreproducible", 1),
+                  ("2026-11-30", "error", 5)], today, days=3)
+    assert [b["day"] for b in bars] == ["2026-11-28", "2026-11-29", "2026-11-30"]
+    assert bars[0]["share"] is None and bars[0]["height"] == 0
+    assert bars[1]["share"] == 0.75 and bars[1]["height"] == 45 and bars[1]["outcomes"] == 4
+    assert bars[2]["share"] is None  # configuration errors are no build outcome

@@ -112,7 +112,9 @@ async def test_search_and_package_views(store: Store) -> None:
     found = await store.search_packages("hel", 10)
     assert found == [
         {"source": "hello", "version": "1.0-1",
-         "verdicts": {"rb-alpha": "reproduced", "rb-beta": "mismatch"}}
+         "verdicts": {"rb-alpha": "reproduced", "rb-beta": "mismatch"},
+         "classes": {"rb-alpha": "reproduced", "rb-beta": "unreproducible"},
+         "suites": ["stable"], "architectures": ["amd64"]}
     ]
     # LIKE wildcards in the query are literal characters.
     assert await store.search_packages("%", 10) == []
@@ -144,6 +146,7 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
                          accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")}))])
     await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 1 database was
+        _back_to_version_2(db)
         db.execute("DROP TABLE packages")
         db.execute("PRAGMA user_version = 1")
     s = await Store.open(tmp_path / "c.db")
@@ -153,7 +156,84 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def _back_to_version_2(db: sqlite3.Connection) -> None:
+    for index in ("envelopes_tampered", "envelopes_rebuilder"):
+        db.execute(f"DROP INDEX {index}")
+    for column in ("class", "suite"):
+        db.execute(f"ALTER TABLE envelopes DROP COLUMN {column}")
+    db.execute("DROP TABLE class_counts")
+    db.execute("DROP TABLE status_history")
+    db.execute("PRAGMA user_version = 2")
+
+
+async def test_migration_from_version_2_classes_stored_envelopes(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "c.db")
+    await s.ensure_rebuilders(["rb-alpha", "rb-beta"])
+    good, bad = sha("h"), sha("evil")
+    await s.store_batch([
+        accepted(A, A.rebuild("hello", "1", {DEB: good})),
+        accepted(B, B.rebuild("hello", "1", {DEB: sha("x")}, upstream={DEB: good})),
+        # tampered: the rebuild matches the buildinfo, the repository serves other bytes
+        accepted(A, A.rebuild("evil", "1", {DEB: good}, upstream={DEB: bad},
+                              buildinfo={DEB: good})),
+        accepted(B, B.failure("f", "1", "build: dpkg-buildpackage exited 2")),
+        accepted(B, B.failure("g", "1", "fetch: buildinfo answered HTTP 404")),
+    ])
+    before = await s.class_counts()
+    await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        _back_to_version_2(db)
+    s = await Store.open(tmp_path / "c.db")
+    try:
+        assert await s.class_counts() == before == {
+            "rb-alpha": {"reproduced": 1, "tampered": 1},
+            "rb-beta": {"unreproducible": 1, "failed": 1, "error": 1},
+        }
+        assert await s.tampered_packages() == [("evil", "1")]
+    finally:
+        await s.close()
+
+
+async def test_tampered_revocation_history_and_filters(store: Store) -> None:
+    good, bad = sha("h"), sha("evil")
+    tampered = A.rebuild("evil", "1", {DEB: good}, upstream={DEB: bad}, buildinfo={DEB: good})
+    await store.store_batch([
+        accepted(A, tampered),
+        accepted(B, B.rebuild("hello", "1", {DEB: good}, suite="unstable", arch="arm64")),
+        accepted(B, B.rebuild("hello", "2", {DEB: good})),
+    ])
+    assert await store.tampered_packages() == [("evil", "1")]
+    found = await store.search_packages("", 10, verdict="tampered")
+    assert [(p["source"], p["version"]) for p in found] == [("evil", "1")]
+    found = await store.search_packages("", 10, suite="unstable")
+    assert [(p["source"], p["version"]) for p in found] == [("hello", "1")]
+    found = await store.search_packages("", 10, architecture="arm64", suite="stable")
+    assert found == []
+    assert [v["version"] for v in await store.package_versions("hello")] == ["2", "1"]
+    assert await store.filter_values() == {"suite": ["stable", "unstable"],
+                                           "architecture": ["amd64", "arm64"]}
+
+    await store.store_batch([accepted(A, A.revoke(tampered, "wrong repository key"))])
+    assert await store.tampered_packages() == []
+    results = await store.package_results("evil", "1")
+    assert results[0]["revoked_reason"] == "wrong repository key"
+    recent = await store.rebuilder_results("rb-alpha")
+    assert recent[0]["kind"] == "revocation" and recent[0]["reason"] == "wrong repository key"
+    assert recent[0]["revokes"] == tampered.digest()
+    assert recent[1]["revoked_reason"] == "wrong repository key"
+    assert await store.revocation_reasons([tampered.digest(), "00" * 32]) == {
+        tampered.digest(): "wrong repository key"
+    }
+
+    await store.record_status("rb-beta", "online", {}, 100.0)
+    await store.record_status("rb-beta", "online", {}, 150.0)  # no change: not repeated
+    await store.record_status("rb-beta", "offline", {}, None)
+    history = await store.status_history("rb-beta")
+    assert [h["state"] for h in history] == ["offline", "online"]
+    assert history[1]["at"] == "1970-01-01T00:01:40Z"
 
 
 async def test_cancelled_store_stays_cancelled(store: Store) -> None:

@@ -85,10 +85,16 @@ def test_systemd_unit_is_hardened() -> None:
     assert svc["ProtectHome"] == "yes" and svc["PrivateTmp"] == "yes"
     assert svc["ReadWritePaths"] == "/var/lib/repro-quorum/rebuilder"
     assert svc["User"] != "root"
-    assert "run --config /var/lib/repro-quorum/rebuilder/config.toml" in svc["ExecStart"]
+    # The operator guide's and the Ansible role's layout.
+    assert svc["User"] == "rq-rebuilder"
+    assert svc["ExecStart"].startswith("/opt/repro-quorum/venv/bin/rebuilder run --config "
+                                       "/etc/repro-quorum/rebuilder/config.toml")
     assert svc["KillSignal"] == "SIGTERM"
     # bubblewrap needs namespaces and netlink: these must not be restricted.
     assert "RestrictNamespaces" not in svc
+    # ... and a /proc it may mount over: these would make every build fail.
+    for breaks_bwrap in ("ProtectKernelTunables", "ProtectKernelLogs", "ProtectProc"):
+        assert breaks_bwrap not in svc, breaks_bwrap
     assert "AF_NETLINK" in svc["RestrictAddressFamilies"]
     # an unprivileged bwrap cannot mount the build's /proc where parts of /proc are hidden
     assert "ProtectKernelTunables" not in svc and "ProtectKernelLogs" not in svc
