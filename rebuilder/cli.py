@@ -162,15 +162,16 @@ async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
     from rebuilder.indexes import group_jobs
-    from rebuilder.watch import Watcher
+    from rebuilder.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
         try:
-            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo)
+            verified = await fetch_release(session, repo)
+            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo, verified)
         except (BadDataError, UnreachableError) as e:
             print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
             return job
-    for found in group_jobs(binaries, repo, sources):
+    for found in group_jobs(binaries, repo, sources, verified.ref):
         if (found.source, found.version, found.architecture) == (
                 job.source, job.version, job.architecture):
             return replace(found, buildinfo_url=job.buildinfo_url)
@@ -374,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--repository-url", action="append", help="APT repository root; repeatable")
     i.add_argument("--suite", action="append", help="suite of the matching --repository-url")
     i.add_argument("--repository-name", action="append")
+    i.add_argument("--signed-by", action="append", metavar="KEYRING",
+                   help="keyring the matching repository's InRelease must verify under")
+    i.add_argument("--trusted", action="store_true",
+                   help="repositories without --signed-by are unsigned: trusted = true")
     i.add_argument("--architectures", default="amd64,all")
     i.add_argument("--poll-interval", type=int, default=300)
     i.add_argument("--environment", choices=["host", "mmdebstrap"], default="host")

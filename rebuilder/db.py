@@ -28,7 +28,7 @@ from typing import Any
 import aiosqlite
 
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
-from rebuilder.outcome import BuildJob
+from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.statement import Digest
 
 __all__ = [
@@ -66,6 +66,7 @@ class JobRow:
     finished_at: str | None
     dsc_url: str | None = None
     dsc_sha256: str | None = None
+    release: ReleaseRef | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -77,6 +78,7 @@ class JobRow:
             published=dict(self.published),
             dsc_url=self.dsc_url,
             dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
+            release=self.release,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -144,6 +146,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
+        release=ReleaseRef.from_dict(json.loads(row["release"])) if row["release"] else None,
     )
 
 
@@ -245,15 +248,39 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at, dsc_url, dsc_sha256)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256, release)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
                      job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
-                     job.dsc_sha256),
+                     job.dsc_sha256,
+                     json.dumps(job.release.to_dict(), sort_keys=True) if job.release else None),
                 )
                 if cur.rowcount:
                     added.append(job)
         return added
+
+    async def known_jobs(self, repository: str) -> set[tuple[str, str, str]]:
+        """(source, version, arch) of every job of ``repository``, whatever its state."""
+        rows = await self._all("SELECT source, version, arch FROM jobs WHERE repository = ?",
+                               (repository,))
+        return {(r["source"], r["version"], r["arch"]) for r in rows}
+
+    async def release_state(self, repository: str) -> sqlite3.Row | None:
+        """The newest Release accepted for ``repository``: date (ISO 8601), sha256, signer."""
+        return await self._one("SELECT * FROM repository_releases WHERE repository = ?",
+                               (repository,))
+
+    async def accept_release(self, repository: str, date: str | None, sha256: str,
+                             signer: str | None) -> None:
+        """Record a fully indexed Release: the rollback floor (its Date) and its digest."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO repository_releases (repository, date, sha256, signer, accepted_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (repository) DO UPDATE SET"
+                " date = excluded.date, sha256 = excluded.sha256, signer = excluded.signer,"
+                " accepted_at = excluded.accepted_at",
+                (repository, date, sha256, signer, now_iso()),
+            )
 
     async def ensure_job(self, job: BuildJob) -> JobRow:
         """The job row of ``job``'s triple, inserting it (queued) when unknown."""

@@ -21,7 +21,8 @@ def test_init_writes_every_documented_key(tmp_path: Path) -> None:
     assert set(doc["mqtt"]) == {"enabled", "host", "port", "tls", "ca_file", "username",
                                 "password_file", "keepalive"}
     assert set(doc["repository"][0]) == {"name", "base_url", "suite", "components",
-                                         "architectures", "buildinfo_url", "poll_interval"}
+                                         "architectures", "buildinfo_url", "poll_interval",
+                                         "trusted", "max_index_entries", "max_index_mb"}
     assert set(doc["build"]) == {"environment", "mirror", "timeout", "max_disk_mb",
                                  "max_output_mb", "max_log_mb", "max_source_mb", "parallel"}
     assert set(doc["diffoscope"]) == {"enabled", "timeout", "max_report_mb"}

@@ -48,7 +48,8 @@ async def _watch(tmp_path: Path, base: str) -> tuple[Watcher, Store, aiohttp.Cli
     from rebuilder.config import parse_config
 
     cfg = parse_config({"node": {"id": "a", "operator": "o"},
-                        "repository": [{"name": "local", "base_url": base, "suite": "stable"}]},
+                        "repository": [{"name": "local", "base_url": base, "suite": "stable",
+                                        "trusted": True}]},
                        tmp_path)
     store = await Store.open(tmp_path / "s.db")
     session = aiohttp.ClientSession()
