@@ -118,7 +118,13 @@ async def fetch_release(session: aiohttp.ClientSession, repo: RepositoryConfig) 
             raise
         uri = f"{dists}/Release"
         data = await fetch_bounded(session, uri, MAX_RELEASE_BYTES)
-        sig = await fetch_bounded(session, f"{uri}.gpg", MAX_SIGNATURE_BYTES)
+        try:
+            sig = await fetch_bounded(session, f"{uri}.gpg", MAX_SIGNATURE_BYTES)
+        except HTTPStatusError as e2:
+            if e2.status != 404:
+                raise
+            raise BadDataError(uri, "is not signed (no InRelease, no Release.gpg) and the "
+                                    f"repository {repo.name} is not trusted = true") from e2
         signer = await asyncio.to_thread(verify_detached, data, sig, keyring, f"{uri}.gpg")
         return VerifiedRelease(*_ref(uri, data, data, signer))
     signed = await asyncio.to_thread(verify_clearsigned, data, keyring, uri)
