@@ -23,8 +23,8 @@ from pathlib import Path
 
 from verifier.errors import BadDataError
 
-__all__ = ["GPGV_TIMEOUT_S", "Signed", "gpgv_available", "is_clearsigned", "verify_clearsigned",
-           "verify_detached"]
+__all__ = ["GPGV_TIMEOUT_S", "Signed", "SourcePolicy", "check_dsc_signature", "gpgv_available",
+           "is_clearsigned", "verify_clearsigned", "verify_detached"]
 
 GPGV_TIMEOUT_S = 120.0
 MAX_SIGNED_BYTES = 64 * 1024 * 1024
@@ -116,3 +116,33 @@ def verify_detached(data: bytes, signature: bytes, keyring: Path, what: str) -> 
         (tmp / "data").write_bytes(data)
         (tmp / "sig").write_bytes(signature)
         return _run_gpgv([str(tmp / "sig"), str(tmp / "data")], keyring, what, tmp)
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """How a repository's .dsc signatures are checked (``uploader_keyring``,
+    ``require_signed_source`` in docs/configuration.md)."""
+
+    keyring: Path | None = None
+    require_signed: bool = False
+
+
+def check_dsc_signature(data: bytes, policy: SourcePolicy, what: str) -> tuple[Signed | None, str]:
+    """The verified signature of a .dsc when there is one to check, and a line for the build log.
+
+    Raises ``BadDataError`` when ``policy.require_signed`` and the .dsc is unsigned or its
+    signature does not verify under the uploader keyring.
+    """
+    if not is_clearsigned(data):
+        if policy.require_signed:
+            raise BadDataError(what, "is not OpenPGP-signed, and require_signed_source = true")
+        return None, f"{what} is not signed"
+    if policy.keyring is None:
+        return None, f"{what} is signed; no uploader_keyring configured, signature not checked"
+    try:
+        signed = verify_clearsigned(data, policy.keyring, what)
+    except BadDataError as e:
+        if policy.require_signed:
+            raise BadDataError(what, f"{e.reason} (require_signed_source = true)") from e
+        return None, f"{what}: signature not verified: {e.reason}"
+    return signed, f"{what} signed by {signed.fingerprint} (uploader keyring {policy.keyring})"
