@@ -115,13 +115,14 @@ def check_release(
 ) -> None:
     """The checks APT makes on a verified Release, and the rollback check APT does not make.
 
-    ``suite`` is the configured one: it must be the Release's Suite or Codename (a Release signed
-    for another suite is not this one's). ``Valid-Until`` must be in the future; ``Date`` must not
-    be in the future (beyond a clock skew) nor older than ``newest``, the Date of the newest
-    Release this node already accepted for the repository (a mirror replaying an old, validly
-    signed state: rollback or freeze).
+    ``suite`` is the configured one: it must be the Release's Suite or Codename when it has
+    either (a Release signed for another suite is not this one's). ``Valid-Until`` must be in
+    the future; ``Date`` must not be in the future (beyond a clock skew) nor older than
+    ``newest``, the Date of the newest Release this node already accepted for the repository
+    (a mirror replaying an old, validly signed state: rollback or freeze).
     """
-    if "/" not in suite and suite not in (release.suite, release.codename):
+    named = (release.suite, release.codename)
+    if "/" not in suite and named != (None, None) and suite not in named:
         raise BadDataError(what, f"is for Suite {release.suite!r} / Codename "
                                  f"{release.codename!r}, the repository is configured for "
                                  f"{suite!r}")
