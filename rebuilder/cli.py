@@ -165,12 +165,15 @@ async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
     from rebuilder.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
+        watcher = Watcher((repo,), None, session)
         try:
             verified = await fetch_release(session, repo)
-            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo, verified)
+            binaries, sources = await watcher.read_indexes(repo, verified)
         except (BadDataError, UnreachableError) as e:
             print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
             return job
+        finally:
+            watcher.stop()
     for found in group_jobs(binaries, repo, sources, verified.ref):
         if (found.source, found.version, found.architecture) == (
                 job.source, job.version, job.architecture):

@@ -11,8 +11,9 @@ start). A round authenticates the repository state first (ARCHITECTURE §2.6), t
    database). A Release identical to the last fully indexed one ends the round: nothing changed.
 3. Each component's ``binary-<arch>/Packages`` and ``source/Sources`` (``.xz``, else ``.gz``,
    else plain, whichever the Release lists) is checked against the Release's size and sha256,
-   then decompressed and parsed in a worker thread, streaming, within ``max_index_entries`` and
-   ``max_index_mb``, so the event loop (API, publisher) never waits on an index.
+   then decompressed and parsed in a separate process (``rebuilder.indexproc``), streaming,
+   within ``max_index_entries`` and ``max_index_mb``, so the event loop (API, publisher) never
+   waits on an index.
 4. One job per (source, version, arch) not known yet is inserted, carrying the .dsc digest from
    Sources and the verified Release (URL, digest, signer) its attestation will name.
 
@@ -44,10 +45,9 @@ from rebuilder.indexes import (
     group_jobs,
     packages_candidates,
     parse_release,
-    read_packages,
-    read_sources,
     sources_candidates,
 )
+from rebuilder.indexproc import IndexReader
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
@@ -173,6 +173,7 @@ class Watcher:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.rounds = 0
         self.errors = 0
+        self.reader = IndexReader()
 
     def start(self) -> None:
         for repo in self.repositories:
@@ -186,6 +187,7 @@ class Watcher:
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.reader.close()
 
     async def poll(self, repo: RepositoryConfig) -> list[BuildJob]:
         """One round for one repository; never raises (a daemon must survive any index)."""
@@ -279,8 +281,8 @@ class Watcher:
                 if entry is None:
                     continue
                 data = await self._fetch_index(dists, path, suffix, entry)
-                sources.update(await asyncio.to_thread(
-                    read_sources, data, suffix, limits, entry, f"{dists}/{path}"))
+                sources.update(await self.reader.sources(data, suffix, limits, entry,
+                                                         f"{dists}/{path}"))
                 break
         return binaries, sources
 
@@ -298,7 +300,6 @@ class Watcher:
             if entry is None:
                 continue
             data = await self._fetch_index(dists, path, suffix, entry)
-            # the digest check and the parse run in a worker thread: the loop keeps serving
-            return await asyncio.to_thread(read_packages, data, suffix, limits, entry,
-                                           f"{dists}/{path}")
+            # the digest check and the parse run in another process: the loop keeps serving
+            return await self.reader.packages(data, suffix, limits, entry, f"{dists}/{path}")
         raise BadDataError("Release", f"lists no {component}/binary-{arch}/Packages index")
