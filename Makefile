@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := mosquitto bubblewrap mmdebstrap diffoscope dpkg-dev debhelper fakeroot \
-	apt-utils build-essential chromium xz-utils ca-certificates
+	apt-utils build-essential chromium xz-utils ca-certificates gpgv gnupg python3-apt
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast lint typecheck bench clean vectors
@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml scripts/ensure-system-packages.sh
 	@echo "installing repro-quorum and its test tools into $(VENV) (log: $(VENV)/pip.log)"
 	@$(PY) -m pip install -q --upgrade pip > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@$(PY) -m pip install -q -e '.[test]' >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	$(PY) scripts/link_apt_pkg.py
 	touch $@
 
 demo: setup

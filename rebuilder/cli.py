@@ -161,20 +161,21 @@ def _read_local_buildinfo(where: str) -> bytes:
 async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
-    from rebuilder.indexes import group_jobs
+    from rebuilder.indexproc import JobSink
     from rebuilder.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
         watcher = Watcher((repo,), None, session)
         try:
             verified = await fetch_release(session, repo)
-            binaries, sources = await watcher.read_indexes(repo, verified)
+            only = (job.source, job.version, job.architecture)
+            jobs = (await watcher.read_jobs(repo, verified, JobSink(only=only))).new
         except (BadDataError, UnreachableError) as e:
             print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
             return job
         finally:
             watcher.stop()
-    for found in group_jobs(binaries, repo, sources, verified.ref):
+    for found in jobs:
         if (found.source, found.version, found.architecture) == (
                 job.source, job.version, job.architecture):
             return replace(found, buildinfo_url=job.buildinfo_url)
@@ -408,13 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
     rq = with_config("requeue", "queue finished jobs again (a new attempt each)")
     rq.add_argument("job_ids", metavar="JOB_ID", type=int, nargs="*")
     rq.add_argument("--all-failed", action="store_true", help="every failed job")
+    sy = with_config("sync", "read every repository once (verify, parse, queue); never builds")
+    sy.add_argument("--once", action="store_true", required=True,
+                    help="one round per repository, then exit (rebuilder run polls for ever)")
+    sy.add_argument("--dry-run", action="store_true", help="queue nothing, record nothing")
+    sy.add_argument("--show", type=int, default=20, metavar="N",
+                    help="list at most N new and N known source versions per repository")
     k = with_config("keyinfo", "print this node's identity and public key")
     k.add_argument("--json", action="store_true")
     return p
 
 
+def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    from rebuilder.sync import sync_once
+
+    return asyncio.run(sync_once(config, dry_run=args.dry_run, show=max(0, args.show)))
+
+
 COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
-            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo}
+            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo,
+            "sync": cmd_sync}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
+import importlib
 import io
 import lzma
 import re
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import IO
+from typing import IO, Any
 
 from debian import deb822
 
@@ -52,21 +52,28 @@ __all__ = [
     "decompress",
     "group_jobs",
     "packages_candidates",
+    "packages_from",
     "parse_packages",
     "parse_release",
     "parse_sources",
     "read_packages",
     "read_sources",
     "sources_candidates",
+    "sources_from",
+    "spool_index",
 ]
 
 MAX_RELEASE_BYTES = 8 * 1024 * 1024
 MAX_PACKAGES_BYTES = 256 * 1024 * 1024  # uncompressed; Debian's largest is ~100 MB
 MAX_PARAGRAPHS = 200_000  # default cap per index; Debian's largest (sid main amd64) is ~66k
 MAX_CLOCK_SKEW = timedelta(minutes=10)
-# python-debian warns (an error under pytest) when apt_pkg is asked for and absent: ask only
-# when it is there.
-HAVE_APT_PKG = importlib.util.find_spec("apt_pkg") is not None
+# apt's own C++ deb822 parser (python3-apt), 25x faster than python-debian's on Debian's index
+# (docs/rebuild-pipeline.md has the figures); python-debian's is the fallback.
+try:
+    _APT_PKG: Any = importlib.import_module("apt_pkg")
+except ImportError:
+    _APT_PKG = None
+HAVE_APT_PKG = _APT_PKG is not None
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PKG = re.compile(r"[a-z0-9][a-z0-9.+-]{0,99}")
@@ -74,7 +81,7 @@ _VERSION = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _SOURCE = re.compile(r"([a-z0-9][a-z0-9.+-]{0,99})(?:\s+\(([^()\s]{1,128})\))?")
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,511}")
-_INDEX_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,255}")
+_INDEX_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,255}")  # Debian has "20230607+deb12u15/"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ class Release:
     valid_until: datetime | None = None
     suite: str | None = None
     codename: str | None = None
+    # "No-Support-for-Architecture-all: Packages": binary-<arch> lists the arch:all packages,
+    # binary-all is only for clients that want it (Debian; APT then skips binary-all)
+    all_in_arch_indexes: bool = False
 
     def entry(self, path: str) -> tuple[Digest, int] | None:
         return self.entries.get(path)
@@ -175,8 +185,10 @@ def parse_release(data: bytes) -> Release:
             raise BadDataError("Release", f"SHA256 entry {name!r} is not a plain relative path")
         entries[name] = (Digest(sha), int(size))
     suite, codename = para.get("Suite"), para.get("Codename")
+    no_all = para.get("No-Support-for-Architecture-all", "").strip() == "Packages"
     return Release(entries, _release_date(para, "Date"), _release_date(para, "Valid-Until"),
-                   suite.strip() if suite else None, codename.strip() if codename else None)
+                   suite.strip() if suite else None, codename.strip() if codename else None,
+                   no_all)
 
 
 def packages_candidates(component: str, arch: str) -> list[tuple[str, str]]:
@@ -244,7 +256,7 @@ class Binary:
         return canonical_deb_name(self.package, self.version, self.architecture)
 
 
-def _field(para: deb822.Deb822, name: str, pattern: re.Pattern[str], n: int) -> str:
+def _field(para: dict[str, str], name: str, pattern: re.Pattern[str], n: int) -> str:
     value = para.get(name)
     if not isinstance(value, str):
         raise BadDataError("Packages", f"paragraph {n} has no {name} field")
@@ -259,21 +271,33 @@ _SOURCES_FIELDS = ["Package", "Version", "Directory", "Checksums-Sha256"]
 _CHUNK = 1 << 20
 
 
+def _apt_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, bytes | str]]:
+    for section in _APT_PKG.TagFile(f, bytes=True):
+        yield {k: section[k] for k in fields if k in section}
+
+
+def _deb822_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, bytes | str]]:
+    for para in deb822.Deb822.iter_paragraphs(f, fields=fields, use_apt_pkg=False):
+        yield dict(para)
+
+
 def _paragraphs(f: IO[bytes], fields: list[str], what: str,
-                max_entries: int) -> Iterator[tuple[int, deb822.Deb822]]:
-    """Numbered paragraphs of a decompressed index file, at most ``max_entries``."""
+                max_entries: int) -> Iterator[tuple[int, dict[str, str]]]:
+    """Numbered paragraphs (only ``fields``) of a decompressed index file, at most
+    ``max_entries``; apt's own parser when python3-apt is importable, else python-debian's."""
+    sections = _apt_sections(f, fields) if _APT_PKG is not None else _deb822_sections(f, fields)
     try:
-        for n, para in enumerate(deb822.Deb822.iter_paragraphs(
-                f, fields=fields, use_apt_pkg=HAVE_APT_PKG), 1):
+        for n, raw in enumerate(sections, 1):
             if n > max_entries:
                 raise BadDataError(what, f"has more than {max_entries} entries (max_index_entries)"
                                          "; index refused, previous state kept")
+            para = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in raw.items()}
             if para:
                 yield n, para
     except UnicodeDecodeError as e:
         raise BadDataError(what, f"not UTF-8 text: {e}") from e
     except (ValueError, KeyError, SystemError) as e:  # deb822's and apt_pkg's parse errors
-        raise BadDataError(what, f"cannot be parsed: {e}") from e
+        raise BadDataError(what, f"cannot be parsed: {e!r}") from e
 
 
 def _spool(data: bytes, suffix: str, limit: int, what: str, out: IO[bytes]) -> bool:
@@ -305,17 +329,37 @@ def _spool(data: bytes, suffix: str, limit: int, what: str, out: IO[bytes]) -> b
     return nonblank
 
 
-def read_packages(data: bytes, suffix: str, limits: IndexLimits,
-                  expected: tuple[Digest, int] | None, what: str = "Packages") -> list[Binary]:
-    """Check ``data`` against its Release entry, then stream-parse it; blocking."""
+def spool_index(data: bytes, suffix: str, limits: IndexLimits,
+                expected: tuple[Digest, int] | None, what: str) -> tuple[IO[bytes], bool]:
+    """Check ``data`` against its Release entry and decompress it into a temporary file
+    (rewound; the caller closes it), within ``limits.max_bytes``. Blocking; the decompression
+    releases the GIL, so several indexes can be spooled at once in threads. Also returns
+    whether any non-blank byte was seen."""
     if expected is not None:
         check_digest(data, expected, what)
-    with tempfile.TemporaryFile(prefix="rq-index-") as f:
-        nonblank = _spool(data, suffix, limits.max_bytes, what, f)
-        binaries = _packages(f, limits.max_entries, what)
+    f = tempfile.TemporaryFile(prefix="rq-index-")  # noqa: SIM115  # returned open
+    try:
+        return f, _spool(data, suffix, limits.max_bytes, what, f)
+    except BaseException:
+        f.close()
+        raise
+
+
+def packages_from(f: IO[bytes], nonblank: bool, limits: IndexLimits,
+                  what: str = "Packages") -> list[Binary]:
+    """Every binary of a spooled Packages index; any malformed paragraph rejects it."""
+    binaries = _packages(f, limits.max_entries, what)
     if nonblank and not binaries:
         raise BadDataError(what, "holds text but no package paragraph")
     return binaries
+
+
+def read_packages(data: bytes, suffix: str, limits: IndexLimits,
+                  expected: tuple[Digest, int] | None, what: str = "Packages") -> list[Binary]:
+    """Check ``data`` against its Release entry, then stream-parse it; blocking."""
+    f, nonblank = spool_index(data, suffix, limits, expected, what)
+    with f:
+        return packages_from(f, nonblank, limits, what)
 
 
 def parse_packages(data: bytes, limits: IndexLimits | None = None) -> list[Binary]:
@@ -362,11 +406,14 @@ SourceIndex = dict[tuple[str, str], tuple[str, Digest]]  # (source, version) -> 
 def read_sources(data: bytes, suffix: str, limits: IndexLimits,
                  expected: tuple[Digest, int] | None, what: str = "Sources") -> SourceIndex:
     """Check ``data`` against its Release entry, then stream-parse it; blocking."""
-    if expected is not None:
-        check_digest(data, expected, what)
-    with tempfile.TemporaryFile(prefix="rq-index-") as f:
-        _spool(data, suffix, limits.max_bytes, what, f)
-        return _sources(f, limits.max_entries, what)
+    f, _ = spool_index(data, suffix, limits, expected, what)
+    with f:
+        return sources_from(f, limits, what)
+
+
+def sources_from(f: IO[bytes], limits: IndexLimits, what: str = "Sources") -> SourceIndex:
+    """(source, version) -> (pool path of the .dsc, its sha256) of a spooled Sources index."""
+    return _sources(f, limits.max_entries, what)
 
 
 def parse_sources(data: bytes, limits: IndexLimits | None = None) -> SourceIndex:

@@ -1,14 +1,19 @@
-"""Reading Packages/Sources indexes in a separate process, so the node's event loop never waits.
+"""Reading a repository's indexes in a separate process, so the node's event loop never waits.
 
-A worker thread is not enough: parsing is Python code holding the GIL, and on Debian's real
-index a thread still stalled the loop by over 100 ms (benchmarks/bench_sync.py measures it).
-Each index is checked, decompressed and parsed by ``rebuilder.indexes.read_packages`` /
-``read_sources`` in a fresh ``spawn``-ed process (one task per process: whatever a hostile index
-made it allocate is returned to the system when it exits). Results come back as plain tuples,
-and refusals as (what, reason), re-raised here as ``BadDataError``::
+A worker thread is not enough: parsing and grouping are Python code holding the GIL, and on
+Debian's real index a thread stalled the loop by 100-900 ms. One task per round, in a fresh
+``spawn``-ed process (one task per process: whatever a hostile index made it allocate goes back
+to the system when it exits), checks each fetched index against its Release entry, decompresses
+and parses it (``rebuilder.indexes.read_packages`` / ``read_sources``, within the caps), groups
+the binaries into jobs and, given the state database, sorts them into new and known and inserts
+the new ones there itself (``rebuilder.db.queue_jobs_blocking``). Only counts and the first
+``SAMPLE`` jobs of each kind come back: 40k job objects arriving in the node would stall its
+loop in unpickling and garbage collection alone. A refusal comes back as (what, reason) and is
+raised here as ``BadDataError``::
 
     reader = IndexReader()
-    binaries = await reader.packages(data, ".xz", limits, entry, url)
+    result = await reader.jobs(repo, release_ref, limits, [IndexFile(...)], JobSink(db, True))
+    result.new_count, result.new, result.known_count, result.skipped
     reader.close()
 """
 
@@ -16,38 +21,105 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
-from rebuilder.indexes import Binary, IndexLimits, SourceIndex, read_packages, read_sources
+from rebuilder.config import RepositoryConfig
+from rebuilder.db import queue_jobs_blocking
+from rebuilder.indexes import (
+    Binary,
+    IndexLimits,
+    SourceIndex,
+    group_jobs,
+    packages_from,
+    sources_from,
+    spool_index,
+)
+from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError
 from verifier.statement import Digest
 
-__all__ = ["IndexReader"]
+__all__ = ["SAMPLE", "IndexFile", "IndexReader", "IndexResult", "JobSink"]
 
-_Refusal = tuple[str, str]
-
-
-def _packages_task(data: bytes, suffix: str, limits: IndexLimits,
-                   expected: tuple[Digest, int] | None,
-                   what: str) -> list[tuple[str, ...]] | _Refusal:
-    try:
-        return [(b.package, b.version, b.architecture, b.source, b.source_version, b.filename,
-                 b.sha256) for b in read_packages(data, suffix, limits, expected, what)]
-    except BadDataError as e:  # its pickled form would lose the fields
-        return (e.what, e.reason)
+SAMPLE = 1000  # jobs of each kind returned to the node; the rest only counted
 
 
-def _sources_task(data: bytes, suffix: str, limits: IndexLimits,
-                  expected: tuple[Digest, int] | None, what: str) -> SourceIndex | _Refusal:
-    try:
-        return read_sources(data, suffix, limits, expected, what)
-    except BadDataError as e:
-        return (e.what, e.reason)
+@dataclass(frozen=True)
+class IndexFile:
+    kind: Literal["packages", "sources"]
+    url: str
+    suffix: str  # ".xz", ".gz" or ""
+    entry: tuple[Digest, int]  # what the verified Release says: sha256, size
+    data: bytes  # as fetched, unchecked
+
+
+@dataclass(frozen=True)
+class JobSink:
+    """What the worker does with the jobs it found.
+
+    ``db_path``: the state database the known jobs are read from (None: nothing is known);
+    ``write``: insert the new ones there, and record ``release`` (date, sha256, signer) in the
+    same transaction; ``only``: keep just this (source, version, arch)."""
+
+    db_path: Path | None = None
+    write: bool = False
+    release: tuple[str | None, str, str | None] | None = None
+    only: tuple[str, str, str] | None = None
+
+
+@dataclass
+class IndexResult:
+    binaries: int = 0
+    new_count: int = 0
+    known_count: int = 0
+    new: list[BuildJob] = field(default_factory=list)  # the first SAMPLE of them
+    known: list[BuildJob] = field(default_factory=list)  # the first SAMPLE of them
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+
+
+def _jobs_task(repo: RepositoryConfig, ref: ReleaseRef | None, limits: IndexLimits,
+               files: list[IndexFile], sink: JobSink) -> Any:
+    binaries: list[Binary] = []
+    sources: SourceIndex = {}
+    # digest checks and xz decompression (which releases the GIL) of all indexes at once
+    with ThreadPoolExecutor(max(1, len(files))) as pool:
+        spooled = [pool.submit(spool_index, f.data, f.suffix, limits, f.entry, f.url)
+                   for f in files]
+        try:
+            for f, future in zip(files, spooled, strict=True):
+                spool, nonblank = future.result()
+                with spool:
+                    if f.kind == "packages":
+                        binaries += packages_from(spool, nonblank, limits, f.url)
+                    else:
+                        sources.update(sources_from(spool, limits, f.url))
+        except BadDataError as e:  # its pickled form would lose the fields
+            return (e.what, e.reason)
+        finally:
+            for future in spooled:  # close what a failure left unread
+                if future.done() and future.exception() is None:
+                    future.result()[0].close()
+    jobs = group_jobs(binaries, repo, sources, ref)
+    if sink.only is not None:
+        jobs = [j for j in jobs if (j.source, j.version, j.architecture) == sink.only]
+    if sink.db_path is not None:
+        new, known = queue_jobs_blocking(sink.db_path, repo.name, jobs, write=sink.write,
+                                         release=sink.release)
+    else:
+        new, known = jobs, []
+    outside = Counter(b.architecture for b in binaries if b.architecture not in
+                      repo.architectures)
+    skipped = [(f"{n} binaries of architecture {arch}", f"{arch} is not in architectures")
+               for arch, n in sorted(outside.items())]
+    return IndexResult(len(binaries), len(new), len(known), new[:SAMPLE], known[:SAMPLE],
+                       skipped)
 
 
 class IndexReader:
-    """One index at a time, each in a new process; ``close()`` when done."""
+    """One round's indexes at a time, each round in a new process; ``close()`` when done."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
@@ -61,23 +133,16 @@ class IndexReader:
             )
         return self._pool
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def jobs(self, repo: RepositoryConfig, release: ReleaseRef | None,
+                   limits: IndexLimits, files: list[IndexFile],
+                   sink: JobSink | None = None) -> IndexResult:
         async with self._lock:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor(), fn, *args)
+            result = await loop.run_in_executor(self._executor(), _jobs_task, repo, release,
+                                                limits, files, sink or JobSink())
         if isinstance(result, tuple):
             raise BadDataError(*result)
-        return result
-
-    async def packages(self, data: bytes, suffix: str, limits: IndexLimits,
-                       expected: tuple[Digest, int] | None, what: str) -> list[Binary]:
-        rows = await self._run(_packages_task, data, suffix, limits, expected, what)
-        # building 60k objects is Python work too: in a thread, the loop keeps its turns
-        return await asyncio.to_thread(lambda: [Binary(*r) for r in rows])
-
-    async def sources(self, data: bytes, suffix: str, limits: IndexLimits,
-                      expected: tuple[Digest, int] | None, what: str) -> SourceIndex:
-        result: SourceIndex = await self._run(_sources_task, data, suffix, limits, expected, what)
+        assert isinstance(result, IndexResult)
         return result
 
     def close(self) -> None:

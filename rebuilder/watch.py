@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -37,17 +38,14 @@ from rebuilder.db import Store
 from rebuilder.indexes import (
     MAX_PACKAGES_BYTES,
     MAX_RELEASE_BYTES,
-    Binary,
     IndexLimits,
     Release,
-    SourceIndex,
     check_release,
-    group_jobs,
     packages_candidates,
     parse_release,
     sources_candidates,
 )
-from rebuilder.indexproc import IndexReader
+from rebuilder.indexproc import IndexFile, IndexReader, IndexResult, JobSink
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
@@ -150,8 +148,10 @@ class RoundReport:
     release: ReleaseRef | None = None
     unchanged: bool = False  # the Release is the last fully indexed one
     binaries: int = 0
-    new: list[BuildJob] = field(default_factory=list)
-    known: list[BuildJob] = field(default_factory=list)
+    new_count: int = 0
+    known_count: int = 0
+    new: list[BuildJob] = field(default_factory=list)  # the first indexproc.SAMPLE of them
+    known: list[BuildJob] = field(default_factory=list)  # the first indexproc.SAMPLE
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     error: str | None = None  # the round was refused; previous state kept
 
@@ -226,80 +226,67 @@ class Watcher:
             log.debug("repository %s: Release unchanged (%s), nothing to read", repo.name,
                       verified.ref.date)
             return
-        binaries, sources = await self.read_indexes(repo, verified)
-        report.binaries = len(binaries)
-        jobs = group_jobs(binaries, repo, sources, verified.ref)
-        known = await self.store.known_jobs(repo.name)
-        fresh = [j for j in jobs if (j.source, j.version, j.architecture) not in known]
-        report.known = [j for j in jobs if (j.source, j.version, j.architecture) in known]
-        outside = sorted({b.architecture for b in binaries} - set(repo.architectures))
-        for arch in outside:
-            n = sum(1 for b in binaries if b.architecture == arch)
-            report.skipped.append((f"{n} binaries of architecture {arch}",
-                                   f"{arch} is not in architectures"))
+        assert self.store.path is not None
+        sink = JobSink(self.store.path, write=queue,
+                       release=(verified.ref.date, verified.ref.sha256, verified.ref.signer))
+        found = await self.read_jobs(repo, verified, sink)
+        report.binaries = found.binaries
+        report.new, report.new_count = found.new, found.new_count
+        report.known, report.known_count = found.known, found.known_count
+        report.skipped = found.skipped
         if not queue:
-            report.new = fresh
             return
-        try:
-            report.new = await self.store.add_jobs(fresh)
-            await self.store.accept_release(repo.name, verified.ref.date, verified.ref.sha256,
-                                            verified.ref.signer)
-        except Exception as e:
-            raise BadDataError(f"repository {repo.name}", f"could not store {len(fresh)} jobs: "
-                                                          f"{type(e).__name__}: {e}") from e
-        for job in report.new:
-            log.info("repository %s: %s %s %s queued (%d binaries, buildinfo %s)", repo.name,
-                     job.source, job.version, job.architecture, len(job.published),
-                     job.buildinfo_url)
+        for n, job in enumerate(report.new):
+            # a first round of Debian queues ~40k versions: name a few, count the rest
+            log.log(logging.INFO if n < 20 else logging.DEBUG,
+                    "repository %s: %s %s %s queued (%d binaries, buildinfo %s)", repo.name,
+                    job.source, job.version, job.architecture, len(job.published),
+                    job.buildinfo_url)
         log.info("repository %s: round done, Release %s signed by %s, %d binaries, "
                  "%d source versions, %d new", repo.name, verified.ref.date,
-                 verified.ref.signer or "nobody (trusted = true)", len(binaries), len(jobs),
-                 len(report.new))
+                 verified.ref.signer or "nobody (trusted = true)", found.binaries,
+                 found.new_count + found.known_count, found.new_count)
 
-    async def read_indexes(
-        self, repo: RepositoryConfig, verified: VerifiedRelease
-    ) -> tuple[list[Binary], SourceIndex]:
-        """Every binary of the configured components and architectures, and the .dsc of
-        each source version when the repository has a Sources index (optional)."""
+    async def read_jobs(self, repo: RepositoryConfig, verified: VerifiedRelease,
+                        sink: JobSink | None = None) -> IndexResult:
+        """The jobs of the configured components and architectures: each index the Release
+        lists is fetched here, then checked, parsed and grouped in a worker process. Sources
+        (optional) pins each version's .dsc."""
         release = verified.release
         dists = verified.ref.uri.rsplit("/", 1)[0]
         limits = IndexLimits(repo.max_index_entries, repo.max_index_mb * 1024 * 1024)
-        binaries: list[Binary] = []
+        files: list[IndexFile] = []
+        native = any(a != "all" for a in repo.architectures)
         for component in repo.components:
             for arch in repo.architectures:
                 # Architecture: all binaries are listed in every binary-<arch> index; a
-                # binary-all index is read only when the repository has one.
-                if arch == "all" and not any(
-                    p in release.entries for p, _ in packages_candidates(component, "all")
+                # binary-all index is read only when the repository has one and does not say
+                # its binary-<arch> indexes already list them (as APT does)
+                if arch == "all" and (
+                    (native and release.all_in_arch_indexes) or not any(
+                        p in release.entries for p, _ in packages_candidates(component, "all"))
                 ):
                     continue
-                binaries += await self._read_packages(dists, release, component, arch, limits)
-        sources: SourceIndex = {}
+                files.append(await self._fetch_first(dists, release, "packages",
+                                                     packages_candidates(component, arch)))
         for component in repo.components:
-            for path, suffix in sources_candidates(component):
-                entry = release.entry(path)
-                if entry is None:
-                    continue
-                data = await self._fetch_index(dists, path, suffix, entry)
-                sources.update(await self.reader.sources(data, suffix, limits, entry,
-                                                         f"{dists}/{path}"))
-                break
-        return binaries, sources
+            if any(p in release.entries for p, _ in sources_candidates(component)):
+                files.append(await self._fetch_first(dists, release, "sources",
+                                                     sources_candidates(component)))
+        return await self.reader.jobs(repo, verified.ref, limits, files, sink)
+
+    async def _fetch_first(self, dists: str, release: Release, kind: Literal["packages",
+                           "sources"], candidates: list[tuple[str, str]]) -> IndexFile:
+        for path, suffix in candidates:
+            entry = release.entry(path)
+            if entry is None:
+                continue
+            data = await self._fetch_index(dists, path, suffix, entry)
+            return IndexFile(kind, f"{dists}/{path}", suffix, entry, data)
+        raise BadDataError("Release", f"lists none of {', '.join(p for p, _ in candidates)}")
 
     async def _fetch_index(self, dists: str, path: str, suffix: str,
                            entry: tuple[str, int]) -> bytes:
         if entry[1] > (MAX_COMPRESSED_BYTES if suffix else MAX_PACKAGES_BYTES):
             raise BadDataError(path, f"Release lists {entry[1]} bytes, over the limit")
         return await fetch_bounded(self.session, f"{dists}/{path}", entry[1])
-
-    async def _read_packages(
-        self, dists: str, release: Release, component: str, arch: str, limits: IndexLimits
-    ) -> list[Binary]:
-        for path, suffix in packages_candidates(component, arch):
-            entry = release.entry(path)
-            if entry is None:
-                continue
-            data = await self._fetch_index(dists, path, suffix, entry)
-            # the digest check and the parse run in another process: the loop keeps serving
-            return await self.reader.packages(data, suffix, limits, entry, f"{dists}/{path}")
-        raise BadDataError("Release", f"lists no {component}/binary-{arch}/Packages index")
