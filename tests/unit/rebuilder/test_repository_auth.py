@@ -254,3 +254,49 @@ async def test_packages_not_matching_release_is_refused(
     (repo.dists / "main" / "binary-amd64" / "Packages.xz").write_bytes(swapped)
     await _refused(_config(base, tmp_path, signed_by=str(keys.keyring)), store,
                    "Packages.xz", "Release says")
+
+
+async def test_sync_once_prints_new_known_and_skipped(
+        served: tuple[Repo, str], keys: Keys, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuilder sync --once``: verify, parse, queue, print; ``--dry-run`` changes nothing."""
+    import asyncio
+
+    from rebuilder.cli import main as cli_main
+    from tests.unit.rebuilder.node_helpers import make_node
+
+    repo, base = served
+    repo.write(keys.home)
+    cfg = await asyncio.to_thread(make_node, tmp_path, "--no-mqtt", "--architectures",
+                                  "amd64,all", repo_url=base, signed_by=keys.keyring)
+    capsys.readouterr()
+    args = ["sync", "--config", str(cfg.path), "--once"]
+    assert await asyncio.to_thread(cli_main, [*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"signed by {keys.fingerprint}" in out
+    assert "3 source versions new (would be queued), 0 already known" in out
+    assert "skipped: 1 binaries of architecture arm64: arm64 is not in architectures" in out
+    store = await Store.open(cfg.node.db_path, readonly=True)
+    try:
+        assert (await store.counts())["queued"] == 0
+        assert await store.release_state("local") is None
+        assert await asyncio.to_thread(cli_main, args) == 0
+        out = capsys.readouterr().out
+        assert "3 source versions new (queued)" in out and "new: foo 2:3.1-2 amd64" in out
+        assert (await store.counts())["queued"] == 3
+        assert await asyncio.to_thread(cli_main, args) == 0
+        assert "Release unchanged since the last round" in capsys.readouterr().out
+        # a new Release with one more version: the others are already known
+        repo.write(keys.home, date=DATE_2, packages=PACKAGES.replace(
+            b"Version: 1.0-1\nArchitecture: amd64", b"Version: 1.1-1\nArchitecture: amd64"))
+        assert await asyncio.to_thread(cli_main, args) == 0
+        out = capsys.readouterr().out
+        assert "1 source versions new (queued), 2 already known" in out
+        assert "new: hello 1.1-1 amd64" in out
+        # a refused repository: exit status 1 and the reason
+        repo.write(keys.other_home, date=DATE_2)
+        (repo.dists / "Release.gpg").unlink()
+        assert await asyncio.to_thread(cli_main, args) == 1
+        assert "REFUSED, previous state kept" in capsys.readouterr().out
+    finally:
+        await store.close()
