@@ -258,11 +258,12 @@ class Binary:
 
 def _field(para: dict[str, str], name: str, pattern: re.Pattern[str], n: int) -> str:
     value = para.get(name)
-    if not isinstance(value, str):
+    if value is None:
         raise BadDataError("Packages", f"paragraph {n} has no {name} field")
-    value = value.strip()
-    if not pattern.fullmatch(value):
-        raise BadDataError("Packages", f"paragraph {n}: {name} {value[:80]!r} is malformed")
+    if pattern.fullmatch(value) is None:  # apt's parser strips; python-debian's may not
+        value = value.strip()
+        if pattern.fullmatch(value) is None:
+            raise BadDataError("Packages", f"paragraph {n}: {name} {value[:80]!r} is malformed")
     return value
 
 
@@ -271,12 +272,15 @@ _SOURCES_FIELDS = ["Package", "Version", "Directory", "Checksums-Sha256"]
 _CHUNK = 1 << 20
 
 
-def _apt_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, bytes | str]]:
-    for section in _APT_PKG.TagFile(f, bytes=True):
-        yield {k: section[k] for k in fields if k in section}
+def _apt_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, str]]:
+    # bytes=False: apt_pkg decodes as UTF-8; every field used is then checked against an
+    # ASCII pattern, so nothing undecodable can pass
+    for section in _APT_PKG.TagFile(f):
+        get = section.get
+        yield {k: v for k in fields if (v := get(k)) is not None}
 
 
-def _deb822_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, bytes | str]]:
+def _deb822_sections(f: IO[bytes], fields: list[str]) -> Iterator[dict[str, str]]:
     for para in deb822.Deb822.iter_paragraphs(f, fields=fields, use_apt_pkg=False):
         yield dict(para)
 
@@ -287,11 +291,10 @@ def _paragraphs(f: IO[bytes], fields: list[str], what: str,
     ``max_entries``; apt's own parser when python3-apt is importable, else python-debian's."""
     sections = _apt_sections(f, fields) if _APT_PKG is not None else _deb822_sections(f, fields)
     try:
-        for n, raw in enumerate(sections, 1):
+        for n, para in enumerate(sections, 1):
             if n > max_entries:
                 raise BadDataError(what, f"has more than {max_entries} entries (max_index_entries)"
                                          "; index refused, previous state kept")
-            para = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in raw.items()}
             if para:
                 yield n, para
     except UnicodeDecodeError as e:
