@@ -158,9 +158,10 @@ def _read_local_buildinfo(where: str) -> bytes:
     return data
 
 
-async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
+async def _from_repository(repo: RepositoryConfig, job: BuildJob, store: Store) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
+    from rebuilder.indexes import check_release
     from rebuilder.indexproc import JobSink
     from rebuilder.watch import Watcher, fetch_release
 
@@ -168,6 +169,11 @@ async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
         watcher = Watcher((repo,), None, session)
         try:
             verified = await fetch_release(session, repo)
+            # the same freshness and rollback checks as the watcher's
+            state = await store.release_state(repo.name)
+            check_release(verified.release, repo.suite, datetime.now(UTC),
+                          datetime.fromisoformat(state["date"]) if state and state["date"]
+                          else None, verified.ref.uri)
             only = (job.source, job.version, job.architecture)
             jobs = (await watcher.read_jobs(repo, verified, JobSink(only=only))).new
         except (BadDataError, UnreachableError) as e:
@@ -214,7 +220,7 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                 print(f"fetching the buildinfo from {url}")
             candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
             if repo is not None:
-                candidate = await _from_repository(repo, candidate)
+                candidate = await _from_repository(repo, candidate, store)
             row = await store.ensure_job(candidate)
             job_id = row.id
             print(f"job {job_id}: {source} {version} {arch}; comparing with "

@@ -49,6 +49,7 @@ from rebuilder.indexproc import IndexFile, IndexReader, IndexResult, JobSink
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
+from verifier.statement import Digest
 
 __all__ = ["FETCH_TIMEOUT_S", "RoundReport", "VerifiedRelease", "Watcher", "fetch_bounded",
            "fetch_release"]
@@ -92,7 +93,7 @@ def _iso(when: datetime | None) -> str | None:
 
 
 async def fetch_release(session: aiohttp.ClientSession, repo: RepositoryConfig) -> VerifiedRelease:
-    """Fetch and authenticate the repository's Release (steps 1 of the module docstring)."""
+    """Fetch and authenticate the repository's Release (step 1 of the module docstring)."""
     dists = f"{repo.base_url.rstrip('/')}/dists/{repo.suite}"
     if repo.signed_by is None:
         if not repo.trusted:
@@ -135,7 +136,7 @@ def _ref(uri: str, fetched: bytes, content: bytes, signer: str | None) -> tuple[
         release = parse_release(content)
     except BadDataError as e:
         raise BadDataError(uri, e.reason) from e
-    ref = ReleaseRef(uri, hashlib.sha256(fetched).hexdigest(), signer,  # type: ignore[arg-type]
+    ref = ReleaseRef(uri, Digest(hashlib.sha256(fetched).hexdigest()), signer,
                      _iso(release.date))
     return ref, release
 

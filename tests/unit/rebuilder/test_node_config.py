@@ -81,6 +81,10 @@ def test_bad_values_name_the_key(section: str, key: str, value: object, needle: 
         ("components", ["main;rm"], "components"),
         ("base_url", "file:///etc", "base_url"),
         ("suite", "../../x", "suite"),
+        ("trusted", "yes", "trusted"),
+        ("require_signed_source", True, "needs uploader_keyring"),
+        ("max_index_entries", 0, "max_index_entries"),
+        ("max_index_mb", 10**9, "max_index_mb"),
     ],
 )
 def test_bad_repository_values(key: str, value: object, needle: str) -> None:
@@ -88,6 +92,16 @@ def test_bad_repository_values(key: str, value: object, needle: str) -> None:
     doc["repository"][0][key] = value
     with pytest.raises(ConfigError, match=needle):
         parse_config(doc, Path("/srv"))
+
+
+def test_signed_by_and_trusted_exclude_each_other() -> None:
+    doc = _base()
+    doc["repository"][0].update(signed_by="keys/archive.gpg", trusted=True)
+    with pytest.raises(ConfigError, match="both signed_by and trusted"):
+        parse_config(doc, Path("/srv"))
+    del doc["repository"][0]["trusted"]
+    repo = parse_config(doc, Path("/srv")).repositories[0]
+    assert repo.signed_by == Path("/srv/keys/archive.gpg") and not repo.trusted
 
 
 def test_duplicate_repository_name() -> None:
