@@ -60,37 +60,53 @@ def _run_gpgv(args: list[str], keyring: Path, what: str, tmp: Path) -> str:
         raise BadDataError(what, "gpgv is not installed (Debian package gpgv)") from e
     except subprocess.TimeoutExpired as e:
         raise BadDataError(what, f"gpgv did not finish within {GPGV_TIMEOUT_S:.0f}s") from e
-    status = result.stdout.decode("utf-8", "replace")
-    fingerprint = _good_fingerprint(status, keyring, what)
-    if result.returncode != 0:  # belt and braces: a good status line and a failing gpgv
-        raise BadDataError(what, f"gpgv exited with status {result.returncode} under {keyring}")
-    return fingerprint
+    # gpgv exits non-zero when any signature cannot be checked (a key not in the keyring), even
+    # when another is good: as APT does, decide on its status lines, one per signature
+    return _good_fingerprint(result.stdout.decode("utf-8", "replace"), keyring, what)
 
 
 def _good_fingerprint(status: str, keyring: Path, what: str) -> str:
-    """The signer's primary key fingerprint from gpgv's status lines, or why there is none."""
-    lines = [ln.split()[1:] for ln in status.splitlines() if ln.startswith("[GNUPG:] ")]
-    kinds = {parts[0]: parts[1:] for parts in lines if parts}
-    if "BADSIG" in kinds:
-        raise BadDataError(what, f"signature by key {kinds['BADSIG'][0]} is BAD: the signed "
-                                 "content was modified")
-    for bad, why in (("EXPKEYSIG", "has expired"), ("REVKEYSIG", "was revoked"),
-                     ("EXPSIG", "is a signature that has expired")):
-        if bad in kinds:
-            raise BadDataError(what, f"signing key {kinds[bad][0]} {why} (keyring {keyring})")
-    if "VALIDSIG" in kinds and "GOODSIG" in kinds:
-        fields = kinds["VALIDSIG"]
-        if len(fields) >= 8 and fields[7] in _WEAK_DIGESTS:
-            raise BadDataError(what, f"signed with a weak digest algorithm ({fields[7]})")
-        return (fields[-1] if len(fields) >= 10 else fields[0]).upper()
-    if "NO_PUBKEY" in kinds or ("ERRSIG" in kinds and kinds["ERRSIG"][-1:] == ["9"]):
-        keyid = (kinds.get("NO_PUBKEY") or kinds["ERRSIG"])[0]
-        raise BadDataError(what, f"signed by key {keyid}, which is not in keyring {keyring}: "
-                                 "signed by another key, or the keyring is not this repository's")
-    if "NODATA" in kinds or not kinds:
+    """The primary key fingerprint of the first good signature in gpgv's status lines, or why
+    there is none. A file may carry several signatures (Debian's InRelease has two): one good
+    one is enough, as for APT, but a BAD one refuses the file (its content was modified)."""
+    blocks: list[dict[str, list[str]]] = []
+    for line in status.splitlines():
+        parts = line.split()[1:] if line.startswith("[GNUPG:] ") else []
+        if not parts:
+            continue
+        if parts[0] == "NEWSIG" or not blocks:
+            blocks.append({})
+        blocks[-1][parts[0]] = parts[1:]
+    reasons: list[str] = []
+    good: list[str] = []
+    for kinds in blocks:
+        if "BADSIG" in kinds:
+            raise BadDataError(what, f"signature by key {kinds['BADSIG'][0]} is BAD: the "
+                                     "signed content was modified")
+        if "GOODSIG" in kinds and "VALIDSIG" in kinds:
+            fields = kinds["VALIDSIG"]
+            if len(fields) >= 8 and fields[7] in _WEAK_DIGESTS:
+                reasons.append(f"signed with a weak digest algorithm ({fields[7]})")
+                continue
+            good.append((fields[-1] if len(fields) >= 10 else fields[0]).upper())
+            continue
+        for bad, why in (("EXPKEYSIG", "has expired"), ("REVKEYSIG", "was revoked"),
+                         ("EXPSIG", "made a signature that has expired")):
+            if bad in kinds:
+                reasons.append(f"signing key {kinds[bad][0]} {why} (keyring {keyring})")
+        if "NO_PUBKEY" in kinds or kinds.get("ERRSIG", [""])[-1:] == ["9"]:
+            keyid = (kinds.get("NO_PUBKEY") or kinds["ERRSIG"])[0]
+            reasons.append(f"signed by key {keyid}, which is not in keyring {keyring}: signed by "
+                           "another key, or the keyring is not this repository's")
+    if good:
+        return good[0]
+    if reasons:
+        raise BadDataError(what, "; ".join(reasons))
+    if not blocks or any("NODATA" in k for k in blocks):
         raise BadDataError(what, "holds no OpenPGP signature")
+    seen = sorted({k for b in blocks for k in b})
     raise BadDataError(what, f"signature does not verify under keyring {keyring}: "
-                             f"gpgv said {' '.join(sorted(kinds))}")
+                             f"gpgv said {' '.join(seen)}")
 
 
 def verify_clearsigned(data: bytes, keyring: Path, what: str) -> Signed:

@@ -300,3 +300,28 @@ async def test_sync_once_prints_new_known_and_skipped(
         assert "REFUSED, previous state kept" in capsys.readouterr().out
     finally:
         await store.close()
+
+
+async def test_one_good_signature_among_several_is_enough(
+        served: tuple[Repo, str], store: Store, tmp_path: Path) -> None:
+    """Debian's InRelease carries several signatures; as for APT, one by a key of the keyring
+    is enough, whatever gpgv's exit status says about the others."""
+    from rebuilder.testrepo._repo import _gpg
+
+    home = tmp_path / "two-keys"
+    known = make_signing_key(home, "known")
+    _gpg(home, "--quick-generate-key", "unknown <u@repro-quorum.invalid>", "ed25519", "sign",
+         "never")
+    out = _gpg(home, "--with-colons", "--list-keys").stdout.decode()
+    unknown = next(ln.split(":")[9] for ln in out.splitlines()
+                   if ln.startswith("fpr:") and ln.split(":")[9] != known)
+    (tmp_path / "known.gpg").write_bytes(_gpg(home, "--export", known).stdout)
+    repo, base = served
+    repo.write(None)
+    _gpg(home, "-u", known, "-u", unknown, "--clearsign", "-o", str(repo.dists / "InRelease"),
+         str(repo.dists / "Release"))
+    _, error, new = await _round(_config(base, tmp_path, signed_by=str(tmp_path / "known.gpg")),
+                                 store)
+    assert error is None and new == 3
+    job = (await store.jobs_for_package("hello", "1.0-1"))[0].to_build_job()
+    assert job.release is not None and job.release.signer == known
