@@ -151,7 +151,7 @@ class RoundReport:
     binaries: int = 0
     new_count: int = 0
     known_count: int = 0
-    new: list[BuildJob] = field(default_factory=list)  # the first indexproc.SAMPLE of them
+    new: list[BuildJob] = field(default_factory=list)  # the first indexproc.SAMPLE (100) of them
     known: list[BuildJob] = field(default_factory=list)  # the first indexproc.SAMPLE
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     error: str | None = None  # the round was refused; previous state kept
