@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,45 +122,76 @@ def _jobs_task(repo: RepositoryConfig, ref: ReleaseRef | None, limits: IndexLimi
                        skipped)
 
 
+def _child(conn: Connection, *args: Any) -> None:
+    """The worker process: one ``_jobs_task``, its result sent back on ``conn``."""
+    try:
+        answer: tuple[Any, ...] = ("ok", _jobs_task(*args))
+    except Exception as e:  # a bug or a database error: said, not hidden behind an EOF
+        answer = ("crash", f"{type(e).__name__}: {e}")
+    conn.send(answer)
+    conn.close()
+
+
 class IndexReader:
-    """One round's indexes at a time, each round in a new process; ``close()`` when done."""
+    """One round's indexes at a time, each in a new worker process; ``close()`` when done.
+
+    No worker outlives its round (an idle pool worker would hold the fork server's pipes open
+    and outlive a killed node); the fork server exits with the node."""
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
         self._lock = asyncio.Lock()
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver: each worker is forked from a small server process that imported this
-            # module once (never from the node itself: it has threads), so a round pays
-            # milliseconds, not a fresh interpreter's imports
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["rebuilder.indexproc"])
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx,
-                                             max_tasks_per_child=1)
-        return self._pool
+        self._process: BaseProcess | None = None
+        self._closed = False
 
     async def jobs(self, repo: RepositoryConfig, release: ReleaseRef | None,
                    limits: IndexLimits, files: list[IndexFile],
                    sink: JobSink | None = None) -> IndexResult:
         async with self._lock:
-            # submit() starts the worker process and waits for the fork server (which imports
-            # this module when it starts): in a thread, never on the loop
-            future = await asyncio.to_thread(self._executor().submit, _jobs_task, repo,
-                                             release, limits, files, sink or JobSink())
-            result = await asyncio.wrap_future(future)
+            if self._closed:
+                raise BadDataError(f"repository {repo.name}", "the index reader was stopped")
+            # starting the process waits for the fork server (which imports this module when
+            # it starts), receiving waits for the round: in a thread, never on the loop
+            answer = await asyncio.to_thread(self._run, repo, release, limits, files,
+                                             sink or JobSink())
+        if answer[0] == "crash":
+            raise RuntimeError(f"the index worker failed: {answer[1]}")
+        result = answer[1]
         if isinstance(result, tuple):
             raise BadDataError(*result)
         assert isinstance(result, IndexResult)
         return result
 
+    def _run(self, *args: Any) -> tuple[Any, ...]:
+        # forkserver: the worker is forked from a small server process that imported this
+        # module once (never from the node itself: it has threads), so a round pays
+        # milliseconds, not a fresh interpreter's imports
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["rebuilder.indexproc"])
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_child, args=(send, *args), daemon=True,
+                              name="rq-index-worker")
+        process.start()
+        self._process = process
+        send.close()
+        try:
+            try:
+                answer: tuple[Any, ...] = receive.recv()
+            except EOFError:
+                process.join(10)
+                raise BadDataError("index worker", f"exited (status {process.exitcode}) "
+                                                   "before answering") from None
+        finally:
+            receive.close()
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            self._process = None
+        return answer
+
     def close(self) -> None:
         """Stop at once: a worker still parsing is terminated, not waited for."""
-        if self._pool is None:
-            return
-        workers = list(getattr(self._pool, "_processes", {}).values())  # no public accessor
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in workers:
-            if process.is_alive():
-                process.terminate()
-        self._pool = None
+        self._closed = True
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
