@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := mosquitto bubblewrap mmdebstrap diffoscope dpkg-dev debhelper fakeroot \
-	apt-utils build-essential chromium xz-utils ca-certificates gnupg apt-transport-in-toto in-toto
+	apt-utils build-essential chromium xz-utils ca-certificates gpgv gnupg python3-apt \
+	apt-transport-in-toto in-toto
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast lint typecheck bench clean vectors
@@ -20,6 +21,7 @@ $(VENV)/.installed: pyproject.toml scripts/ensure-system-packages.sh
 	@scripts/pip-install-progress.sh $(VENV)/pip.log $(PY) --upgrade pip
 	@scripts/pip-install-progress.sh $(VENV)/pip.log $(PY) -e '.[test]'
 	@echo "    done"
+	$(PY) scripts/link_apt_pkg.py
 	touch $@
 
 demo: setup

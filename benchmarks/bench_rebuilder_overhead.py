@@ -62,7 +62,7 @@ async def _run(quick: bool, tmp: Path) -> dict[str, Any]:
                         "init", "--dir", str(tmp / "node"), "--id", "rb-bench", "--operator", "b",
                         "--public-url", f"http://127.0.0.1:{port}", "--listen",
                         f"127.0.0.1:{port}", "--mqtt-port", str(broker.port),
-                        "--repository-url", base])
+                        "--repository-url", base, "--signed-by", str(repo.keyring)])
                 assert rc == 0
                 logging.getLogger("rebuilder").setLevel(logging.WARNING)
                 cfg = load_config(tmp / "node" / "config.toml")

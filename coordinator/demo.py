@@ -1,7 +1,8 @@
 """``make demo``: a whole rebuilder network on this machine, from nothing, in a few minutes.
 
 1. builds a local APT repository (``rebuilder.testrepo``: reproducible packages, one that is
-   not reproducible, one tampered with after its build) and serves it;
+   not reproducible, one tampered with after its build; its InRelease signed with a generated
+   key) and serves it; the nodes verify that signature (``signed_by``) before reading an index;
 2. starts a real mosquitto on a free port, three rebuilder nodes of three operators (each with
    its own key, database and port) and the coordinator;
 3. waits, showing progress, until every node has handled every package;
@@ -387,7 +388,8 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             out.info(f"{p.kind:<15} {p.source} {p.version}: "
                      + ", ".join(d.name for d in p.debs))
         async with _served(repo.path) as repo_url, aiohttp.ClientSession() as session:
-            out.info(f"serving it at {repo_url}")
+            out.info(f"serving it at {repo_url} (InRelease signed; nodes verify it under "
+                     f"{repo.keyring})")
             out.step("Starting mosquitto, three rebuilder nodes and the coordinator")
             mqtt_port, broker = start_mosquitto(state, children)
             out.info(f"mosquitto on 127.0.0.1:{mqtt_port} (one account per node, ACL, "
@@ -404,6 +406,9 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                         "--public-url", node.url, "--listen", f"127.0.0.1:{port}",
                         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port),
                         "--repository-url", repo_url,
+                        # the authenticated path: InRelease verified under the repository's
+                        # generated key, as APT's Signed-By
+                        "--signed-by", str(repo.keyring),
                         "--architectures", f"{host_arch()},all",
                         "--poll-interval", "2",
                     ],

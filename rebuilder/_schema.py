@@ -106,6 +106,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX subjects_name ON subjects (name);
     """,
+    # 4 (branch inputs): the verified Release each job was found in (JSON {uri, sha256, signer,
+    # date}), and per repository the newest Release accepted: the rollback floor and the digest
+    # of the last fully indexed Release (an unchanged Release is not parsed again)
+    """
+    ALTER TABLE jobs ADD COLUMN release TEXT;
+    CREATE TABLE repository_releases (
+        repository TEXT PRIMARY KEY,
+        date TEXT,
+        sha256 TEXT NOT NULL,
+        signer TEXT,
+        accepted_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -23,12 +23,21 @@ def render_config(args: argparse.Namespace) -> str:
     urls = args.repository_url or []
     suites = args.suite or []
     names = args.repository_name or []
-    if len(suites) > len(urls) or len(names) > len(urls):
-        raise ConfigError("give one --repository-url per --suite/--repository-name")
+    keyrings = getattr(args, "signed_by", None) or []
+    if len(suites) > len(urls) or len(names) > len(urls) or len(keyrings) > len(urls):
+        raise ConfigError("give one --repository-url per --suite/--repository-name/--signed-by")
     for i, url in enumerate(urls):
         suite = suites[i] if i < len(suites) else "stable"
         name = names[i] if i < len(names) else (f"repo{i + 1}" if len(urls) > 1 else "local")
         archs = ", ".join(_toml_str(a) for a in args.architectures.split(","))
+        if i < len(keyrings):
+            auth = f"signed_by = {_toml_str(keyrings[i])}   # keyring InRelease must verify under"
+        elif getattr(args, "trusted", False):
+            auth = ("trusted = true                        # UNSIGNED repository: whoever "
+                    "controls the mirror controls what is rebuilt")
+        else:
+            auth = ('signed_by = "/usr/share/keyrings/debian-archive-keyring.gpg"'
+                    "   # as APT's Signed-By")
         repos.append(f"""
 [[repository]]
 name = {_toml_str(name)}                # short name, used in logs and job rows
@@ -39,6 +48,11 @@ architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep build
 # placeholders: {{base}} {{source}} {{version}} {{version_noepoch}} {{arch}}
 buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version}}_{{arch}}.buildinfo"
 poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
+{auth}
+# uploader_keyring = "/usr/share/keyrings/debian-keyring.gpg"  # verify .dsc signatures
+# require_signed_source = false       # true: an unsigned or unverifiable .dsc fails the build
+max_index_entries = 200000            # per Packages/Sources index; more refuses the index
+max_index_mb = 256                    # decompressed size per index
 """)
     if not repos:
         repos.append("""
@@ -50,6 +64,7 @@ poll_interval = {args.poll_interval}                   # seconds between Release
 # architectures = ["amd64", "all"]
 # buildinfo_url = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
 # poll_interval = 300
+# signed_by = "/usr/share/keyrings/debian-archive-keyring.gpg"   # or: trusted = true (unsigned)
 """)
     return f"""# repro-quorum rebuilder node configuration (docs/configuration.md).
 # Relative paths are relative to the directory holding this file.

@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from rebuilder.buildinfo import (
     version_noepoch,
 )
 from rebuilder.fetch import fetch_bytes, fetch_file
+from rebuilder.openpgp import SourcePolicy, check_dsc_signature
 from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
@@ -76,6 +78,8 @@ class BuildSettings:
     cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
     hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
     fetch_timeout: float = 600.0
+    # per repository name: how .dsc signatures are checked (uploader_keyring, ...)
+    source_policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.environment not in ("host", "mmdebstrap"):
@@ -213,7 +217,10 @@ async def _pipeline(run: _Run) -> None:
         {"backend": BACKEND, "environment": settings.environment, "bwrap": sandbox.bwrap_version()}
     )
 
-    # 1. fetch: buildinfo, then the .dsc and every file it names, all hash-checked
+    # 1. fetch: buildinfo, then the .dsc and every file it names, all hash-checked; the chain
+    # starts at the Release the watcher verified (docs/formats.md, "What was authenticated")
+    if run.job.release is not None:
+        run.resolved.append(run.job.release.dependency())
     info = await _fetch_buildinfo(run, inputs)
     build_path = info.build_path or f"/build/{info.source}-{version_noepoch(info.version)}"
     run.internal["build_path"] = build_path
@@ -377,6 +384,18 @@ async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> Path:
         raise StageError(
             "fetch", f".dsc sha256 {dsc.sha256}, the Sources index says {job.dsc_sha256}"
         )
+    if job.dsc_sha256 is None and job.release is not None and job.release.signer is not None:
+        raise StageError("fetch", f"the verified Sources index of {job.release.uri} does not "
+                                  f"list {info.source} {info.version}: its .dsc cannot be "
+                                  "authenticated")
+    policy = settings.source_policies.get(job.repository, SourcePolicy())
+    try:
+        signed, note = await asyncio.to_thread(check_dsc_signature, data, policy, "the .dsc")
+        if signed is not None and parse_dsc(signed.content).files != dsc.files:
+            raise BadDataError("dsc", "the signed part names other files than the whole file")
+    except BadDataError as e:
+        raise StageError("fetch", f"source: {e}") from e
+    run.say(note)
     if (dsc.source, dsc.version) != (info.source, info.version):
         raise StageError(
             "fetch",
@@ -394,7 +413,10 @@ async def _fetch_source(run: _Run, inputs: Path, info: Buildinfo) -> Path:
         raise StageError("fetch", f".dsc lists itself ({dsc_name})")
     dsc_path = inputs / dsc_name
     dsc_path.write_bytes(data)
-    run.resolved.append({"name": dsc_name, "uri": url, "digest": {"sha256": dsc.sha256}})
+    dsc_entry: dict[str, Any] = {"name": dsc_name, "uri": url, "digest": {"sha256": dsc.sha256}}
+    if signed is not None:
+        dsc_entry["annotations"] = {"signer": signed.fingerprint}
+    run.resolved.append(dsc_entry)
     base = url.rsplit("/", 1)[0]
     for f in dsc.files:
         run.say(f"fetching {f.name} ({f.size} bytes)")

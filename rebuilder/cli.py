@@ -160,19 +160,30 @@ def _read_local_buildinfo(where: str) -> bytes:
     return data
 
 
-async def _from_repository(repo: RepositoryConfig, job: BuildJob) -> BuildJob:
+async def _from_repository(repo: RepositoryConfig, job: BuildJob, store: Store) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
-    from rebuilder.indexes import group_jobs
-    from rebuilder.watch import Watcher
+    from rebuilder.indexes import check_release
+    from rebuilder.indexproc import JobSink
+    from rebuilder.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
+        watcher = Watcher((repo,), None, session)
         try:
-            binaries, sources = await Watcher((repo,), None, session).read_indexes(repo)
+            verified = await fetch_release(session, repo)
+            # the same freshness and rollback checks as the watcher's
+            state = await store.release_state(repo.name)
+            check_release(verified.release, repo.suite, datetime.now(UTC),
+                          datetime.fromisoformat(state["date"]) if state and state["date"]
+                          else None, verified.ref.uri)
+            only = (job.source, job.version, job.architecture)
+            jobs = (await watcher.read_jobs(repo, verified, JobSink(only=only))).new
         except (BadDataError, UnreachableError) as e:
             print(f"could not read repository {repo.name} ({e}); comparing with the buildinfo only")
             return job
-    for found in group_jobs(binaries, repo, sources):
+        finally:
+            watcher.stop()
+    for found in jobs:
         if (found.source, found.version, found.architecture) == (
                 job.source, job.version, job.architecture):
             return replace(found, buildinfo_url=job.buildinfo_url)
@@ -211,7 +222,7 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                 print(f"fetching the buildinfo from {url}")
             candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
             if repo is not None:
-                candidate = await _from_repository(repo, candidate)
+                candidate = await _from_repository(repo, candidate, store)
             row = await store.ensure_job(candidate)
             job_id = row.id
             print(f"job {job_id}: {source} {version} {arch}; comparing with "
@@ -414,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--repository-url", action="append", help="APT repository root; repeatable")
     i.add_argument("--suite", action="append", help="suite of the matching --repository-url")
     i.add_argument("--repository-name", action="append")
+    i.add_argument("--signed-by", action="append", metavar="KEYRING",
+                   help="keyring the matching repository's InRelease must verify under")
+    i.add_argument("--trusted", action="store_true",
+                   help="repositories without --signed-by are unsigned: trusted = true")
     i.add_argument("--architectures", default="amd64,all")
     i.add_argument("--poll-interval", type=int, default=300)
     i.add_argument("--environment", choices=["host", "mmdebstrap"], default="host")
@@ -440,13 +455,26 @@ def build_parser() -> argparse.ArgumentParser:
     rq = with_config("requeue", "queue finished jobs again (a new attempt each)")
     rq.add_argument("job_ids", metavar="JOB_ID", type=int, nargs="*")
     rq.add_argument("--all-failed", action="store_true", help="every failed job")
+    sy = with_config("sync", "read every repository once (verify, parse, queue); never builds")
+    sy.add_argument("--once", action="store_true", required=True,
+                    help="one round per repository, then exit (rebuilder run polls for ever)")
+    sy.add_argument("--dry-run", action="store_true", help="queue nothing, record nothing")
+    sy.add_argument("--show", type=int, default=20, metavar="N",
+                    help="list at most N new and N known source versions per repository")
     k = with_config("keyinfo", "print this node's identity and public key")
     k.add_argument("--json", action="store_true")
     return p
 
 
+def cmd_sync(args: argparse.Namespace, config: Config) -> int:
+    from rebuilder.sync import sync_once
+
+    return asyncio.run(sync_once(config, dry_run=args.dry_run, show=max(0, args.show)))
+
+
 COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
-            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo}
+            "revoke": cmd_revoke, "requeue": cmd_requeue, "keyinfo": cmd_keyinfo,
+            "sync": cmd_sync}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,14 @@ class RepositoryConfig:
     architectures: tuple[str, ...]
     buildinfo_url: str
     poll_interval: int
+    # Authentication (docs/configuration.md): the keyring InRelease/Release.gpg must verify
+    # under (APT's Signed-By), or trusted = true for an unsigned repository (loudly logged).
+    signed_by: Path | None = None
+    trusted: bool = False
+    uploader_keyring: Path | None = None  # .dsc signatures (Debian: debian-keyring)
+    require_signed_source: bool = False
+    max_index_entries: int = 200_000  # per Packages/Sources index
+    max_index_mb: int = 256  # decompressed, per index
 
     @property
     def label(self) -> str:
@@ -303,7 +311,11 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     for i, raw in enumerate(raw_repos):
         r = _Section(f"repository[{i}]", raw, {"name", "base_url", "suite", "components",
                                                "architectures", "buildinfo_url",
-                                               "poll_interval"})
+                                               "poll_interval", "signed_by", "trusted",
+                                               "uploader_keyring", "require_signed_source",
+                                               "max_index_entries", "max_index_mb"})
+        signed_by = r.text("signed_by", "", max_len=4096)
+        uploaders = r.text("uploader_keyring", "", max_len=4096)
         repo = RepositoryConfig(
             name=r.text("name", pattern=_REPO_NAME),
             base_url=_http_url(r.text("base_url", max_len=2048), f"repository[{i}].base_url"),
@@ -316,7 +328,19 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
                 f"repository[{i}].buildinfo_url",
             ),
             poll_interval=r.integer("poll_interval", 300, 1, 7 * 86400),
+            signed_by=_path(base_dir, signed_by) if signed_by else None,
+            trusted=r.boolean("trusted", False),
+            uploader_keyring=_path(base_dir, uploaders) if uploaders else None,
+            require_signed_source=r.boolean("require_signed_source", False),
+            max_index_entries=r.integer("max_index_entries", 200_000, 1, 10_000_000),
+            max_index_mb=r.integer("max_index_mb", 256, 1, 65536),
         )
+        if repo.signed_by is not None and repo.trusted:
+            raise ConfigError(f"repository[{i}] sets both signed_by and trusted = true: an "
+                              "unsigned repository has no keyring; choose one")
+        if repo.require_signed_source and repo.uploader_keyring is None:
+            raise ConfigError(f"repository[{i}].require_signed_source = true needs "
+                              "uploader_keyring (the keyring .dsc signatures must verify under)")
         if any(x.name == repo.name for x in repos):
             raise ConfigError(f"repository[{i}].name {repo.name!r} is used twice")
         repos.append(repo)

@@ -57,6 +57,7 @@ def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
 def build_settings(config: Config) -> Any:
     """The pipeline's ``BuildSettings`` from the [build] and [diffoscope] sections."""
     from rebuilder.build import BuildSettings
+    from rebuilder.openpgp import SourcePolicy
 
     b, d = config.build, config.diffoscope
     return BuildSettings(
@@ -77,6 +78,8 @@ def build_settings(config: Config) -> Any:
         # the signing key and the broker password wherever they live.
         hidden_paths=tuple(p for p in (config.node.state_dir, config.node.signing_key,
                                        config.mqtt.password_file) if p is not None),
+        source_policies={r.name: SourcePolicy(r.uploader_keyring, r.require_signed_source)
+                         for r in config.repositories},
     )
 
 

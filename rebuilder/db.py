@@ -28,7 +28,7 @@ from typing import Any
 import aiosqlite
 
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
-from rebuilder.outcome import BuildJob
+from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.statement import Digest
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "now_iso",
+    "queue_jobs_blocking",
 ]
 
 
@@ -66,6 +67,7 @@ class JobRow:
     finished_at: str | None
     dsc_url: str | None = None
     dsc_sha256: str | None = None
+    release: ReleaseRef | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -77,6 +79,7 @@ class JobRow:
             published=dict(self.published),
             dsc_url=self.dsc_url,
             dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
+            release=self.release,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -136,6 +139,67 @@ def _published_json(published: dict[str, tuple[Digest, str]]) -> str:
     return json.dumps({k: [v[0], v[1]] for k, v in sorted(published.items())}, sort_keys=True)
 
 
+_INSERT_JOB = (
+    "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url, published,"
+    " state, queued_at, dsc_url, dsc_sha256, release)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+)
+_ACCEPT_RELEASE = (
+    "INSERT INTO repository_releases (repository, date, sha256, signer, accepted_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (repository) DO UPDATE SET date = excluded.date,"
+    " sha256 = excluded.sha256, signer = excluded.signer, accepted_at = excluded.accepted_at"
+)
+
+
+def _job_params(job: BuildJob, now: str, with_release: bool = True) -> tuple[Any, ...]:
+    params = (job.repository, job.source, job.version, job.architecture, job.buildinfo_url,
+              _published_json(job.published), now, job.dsc_url, job.dsc_sha256)
+    if not with_release:
+        return params
+    return (*params, json.dumps(job.release.to_dict(), sort_keys=True) if job.release else None)
+
+
+def queue_jobs_blocking(
+    path: Path, repository: str, jobs: Sequence[BuildJob], *, write: bool,
+    release: tuple[str | None, str, str | None] | None = None,
+) -> tuple[list[BuildJob], list[BuildJob]]:
+    """(new, known) among ``jobs``; with ``write``, insert the new ones and record ``release``
+    (date, sha256, signer: ``accept_release``) in one transaction.
+
+    Blocking and on its own connection: for the index worker process (rebuilder.indexproc),
+    which handles a first round of Debian (~40k jobs) without the node's event loop ever
+    holding them. SQLite's lock (busy timeout 30 s) orders it with the node's own writes.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        if write:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            known = {tuple(r) for r in conn.execute(
+                "SELECT source, version, arch FROM jobs WHERE repository = ?", (repository,))}
+            new = [j for j in jobs if (j.source, j.version, j.architecture) not in known]
+            old = [j for j in jobs if (j.source, j.version, j.architecture) in known]
+            if write:
+                now = now_iso()
+                refs = {id(j.release): j.release for j in new}  # one Release per round: one
+                as_json = {k: json.dumps(r.to_dict(), sort_keys=True) if r else None  # dumps
+                           for k, r in refs.items()}
+                conn.executemany(_INSERT_JOB, (
+                    (*_job_params(j, now, with_release=False), as_json[id(j.release)])
+                    for j in new))
+                if release is not None:
+                    conn.execute(_ACCEPT_RELEASE, (repository, *release, now))
+                conn.execute("COMMIT")
+        except BaseException:
+            if write and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    return new, old
+
+
 def _job(row: sqlite3.Row) -> JobRow:
     published = {k: (Digest(v[0]), str(v[1])) for k, v in json.loads(row["published"]).items()}
     return JobRow(
@@ -144,6 +208,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
+        release=ReleaseRef.from_dict(json.loads(row["release"])) if row["release"] else None,
     )
 
 
@@ -167,6 +232,7 @@ class Store:
         self._w = write
         self._r = read
         self._lock = asyncio.Lock()
+        self.path: Path | None = None
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False, migrate: bool = True) -> Store:
@@ -185,6 +251,7 @@ class Store:
                 raise
         read = await _connect(path, readonly=True)
         store = cls(write, read)
+        store.path = path
         try:
             version = await store.schema_version()
         except BaseException:
@@ -245,15 +312,33 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at, dsc_url, dsc_sha256)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256, release)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
                      job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
-                     job.dsc_sha256),
+                     job.dsc_sha256,
+                     json.dumps(job.release.to_dict(), sort_keys=True) if job.release else None),
                 )
                 if cur.rowcount:
                     added.append(job)
         return added
+
+    async def known_jobs(self, repository: str) -> set[tuple[str, str, str]]:
+        """(source, version, arch) of every job of ``repository``, whatever its state."""
+        rows = await self._all("SELECT source, version, arch FROM jobs WHERE repository = ?",
+                               (repository,))
+        return {(r["source"], r["version"], r["arch"]) for r in rows}
+
+    async def release_state(self, repository: str) -> sqlite3.Row | None:
+        """The newest Release accepted for ``repository``: date (ISO 8601), sha256, signer."""
+        return await self._one("SELECT * FROM repository_releases WHERE repository = ?",
+                               (repository,))
+
+    async def accept_release(self, repository: str, date: str | None, sha256: str,
+                             signer: str | None) -> None:
+        """Record a fully indexed Release: the rollback floor (its Date) and its digest."""
+        async with self.transaction() as db:
+            await db.execute(_ACCEPT_RELEASE, (repository, date, sha256, signer, now_iso()))
 
     async def ensure_job(self, job: BuildJob) -> JobRow:
         """The job row of ``job``'s triple, inserting it (queued) when unknown."""

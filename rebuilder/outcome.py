@@ -18,6 +18,33 @@ Stage = Literal["fetch", "environment", "build", "compare", "internal"]
 
 
 @dataclass(frozen=True)
+class ReleaseRef:
+    """The verified Release a job was found in: what its attestation says was authenticated."""
+
+    uri: str  # the InRelease (or Release) URL as fetched
+    sha256: Digest  # of the fetched file's bytes
+    signer: str | None  # primary key fingerprint; None: unsigned repository, trusted = true
+    date: str | None = None  # the Release's Date, ISO 8601
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "sha256": self.sha256, "signer": self.signer, "date": self.date}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReleaseRef:
+        return cls(str(d["uri"]), Digest(str(d["sha256"])),
+                   str(d["signer"]) if d.get("signer") else None,
+                   str(d["date"]) if d.get("date") else None)
+
+    def dependency(self) -> dict[str, Any]:
+        """Its ``resolvedDependencies`` entry (docs/formats.md, "What was authenticated")."""
+        annotations: dict[str, Any] = {"signer": self.signer or "none (trusted = true)"}
+        if self.date:
+            annotations["date"] = self.date
+        return {"name": self.uri.rsplit("/", 1)[-1], "uri": self.uri,
+                "digest": {"sha256": self.sha256}, "annotations": annotations}
+
+
+@dataclass(frozen=True)
 class BuildJob:
     """One (source, version, architecture) triple to rebuild, as the watcher found it."""
 
@@ -33,6 +60,7 @@ class BuildJob:
     # (the pool convention) and records the digest it found.
     dsc_url: str | None = None
     dsc_sha256: Digest | None = None
+    release: ReleaseRef | None = None  # None: not found by the watcher (e.g. rebuilder rebuild)
 
     @property
     def package(self) -> PackageIdentity:

@@ -7,6 +7,11 @@ rebuilder can reproduce. The repository holds ``pool/`` (.dsc, .tar.xz, .deb), t
 arch:all included, and ``binary-all``) and ``dists/stable/main/source/Sources{,.gz,.xz}``, and the
 original builds' ``buildinfo/{source}_{version}_{arch}.buildinfo``.
 
+The Release is signed (``InRelease`` and ``Release.gpg``) with a key generated once per cached
+build (gpg in a private GnuPG home kept next to the cache, never in the served tree); its public
+keyring is ``repo.keyring`` (``repository-keyring.gpg`` at the root), what a node's ``signed_by``
+names. ``repo.resign(date=..., valid_until=...)`` rewrites and signs the Release again.
+
 Package kinds: ``reproducible`` (rebuilds bit for bit), ``unreproducible`` (embeds build time
 and random bytes), ``tampered`` (reproducible, but the published .deb was modified after the
 build: Packages lists the modified file, the buildinfo keeps the original digests).
@@ -48,7 +53,11 @@ from rebuilder.testrepo._repo import (
     add_custom_source,
     build_test_repository_sync,
     default_cache_dir,
+    export_keyring,
     host_arch,
+    make_signing_key,
+    sign_file,
+    sign_release,
 )
 from rebuilder.testrepo._sources import Kind, PackageSpec
 
@@ -65,8 +74,12 @@ __all__ = [
     "build_test_repository",
     "default_cache_dir",
     "default_packages",
+    "export_keyring",
     "host_arch",
+    "make_signing_key",
     "serve_repository",
+    "sign_file",
+    "sign_release",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -20,11 +21,13 @@ from rebuilder.outcome import BuildJob
 from rebuilder.testrepo._sources import Kind, PackageSpec, write_source
 from verifier.statement import Digest
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: signed InRelease and Release.gpg
 SUITE = "stable"
 COMPONENT = "main"
 BUILDINFO_TEMPLATE = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
 _MARKER = ".testrepo.json"
+KEYRING = "repository-keyring.gpg"  # the public key, at the repository root (Signed-By)
+RELEASE_DATE = "Sat, 01 Jun 2024 12:00:00 UTC"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,30 @@ class TestRepository:
     suite: str = SUITE
     components: tuple[str, ...] = (COMPONENT,)
     cached: bool = False
+    gnupg_home: Path | None = None  # holds the signing key (outside the served tree)
+
+    @property
+    def keyring(self) -> Path:
+        """The keyring its InRelease verifies under: a node's ``signed_by``."""
+        return self.path / KEYRING
+
+    @property
+    def dists(self) -> Path:
+        return self.path / "dists" / self.suite
+
+    def resign(self, date: str = RELEASE_DATE, valid_until: str | None = None,
+               gnupg_home: Path | None = None) -> None:
+        """Rewrite Release with ``date`` (and ``Valid-Until``), sign it again (InRelease,
+        Release.gpg) with this repository's key or the one in ``gnupg_home``."""
+        home = gnupg_home or self.gnupg_home
+        if home is None:
+            raise RuntimeError("this repository was loaded without its signing key")
+        lines = [ln for ln in (self.dists / "Release").read_text().splitlines()
+                 if not ln.startswith(("Date:", "Valid-Until:"))]
+        head = [f"Date: {date}"] + ([f"Valid-Until: {valid_until}"] if valid_until else [])
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("Architectures:"))
+        (self.dists / "Release").write_text("\n".join(lines[:at] + head + lines[at:]) + "\n")
+        sign_release(self.dists, home)
 
     def package(self, source: str) -> TestPackage:
         for p in self.packages:
@@ -121,6 +148,7 @@ class TestRepository:
             "components": list(self.components),
             "architectures": list(self.architectures),
             "buildinfo_url": BUILDINFO_TEMPLATE,
+            "signed_by": str(self.keyring),
         }
 
 
@@ -270,7 +298,7 @@ def _tamper(deb: Path, spec: PackageSpec, log: Path) -> None:
         )
 
 
-def _indexes(repo: Path, arch: str, log: Path) -> None:
+def _indexes(repo: Path, arch: str, log: Path, gnupg_home: Path) -> None:
     dists = repo / "dists" / SUITE
     for a in (arch, "all"):
         out = dists / COMPONENT / f"binary-{a}"
@@ -296,7 +324,7 @@ def _indexes(repo: Path, arch: str, log: Path) -> None:
             "-o",
             f"APT::FTPArchive::Release::Components={COMPONENT}",
             "-o",
-            "APT::FTPArchive::Release::Date=Sat, 01 Jun 2024 12:00:00 UTC",
+            f"APT::FTPArchive::Release::Date={RELEASE_DATE}",
             "release",
             ".",
         ],
@@ -304,6 +332,54 @@ def _indexes(repo: Path, arch: str, log: Path) -> None:
         log,
     )
     (dists / "Release").write_text(release)
+    sign_release(dists, gnupg_home)
+
+
+def _gpg(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """gpg in ``home``, batch mode, no passphrase; the agent it starts is stopped after."""
+    try:
+        result = subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--quiet", "--no-tty",
+             "--pinentry-mode", "loopback", "--passphrase", "", *args],
+            capture_output=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"gpg {' '.join(args[:2])} failed: {result.stderr.decode()[-2000:]}")
+    return result
+
+
+def make_signing_key(home: Path, name: str = "repro-quorum test repository") -> str:
+    """Generate an Ed25519 signing key in a new GnuPG home ``home``; return its fingerprint."""
+    home.mkdir(mode=0o700, parents=True)
+    _gpg(home, "--quick-generate-key", f"{name} <testrepo@repro-quorum.invalid>", "ed25519",
+         "sign", "never")
+    out = _gpg(home, "--with-colons", "--list-keys").stdout.decode()
+    return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+
+
+def export_keyring(home: Path, dest: Path) -> None:
+    """The public key(s) of ``home`` as a binary keyring file (what Signed-By names)."""
+    dest.write_bytes(_gpg(home, "--export").stdout)
+
+
+def sign_release(dists: Path, home: Path) -> None:
+    """InRelease (clearsigned) and Release.gpg (detached) for ``dists``/Release."""
+    for name in ("InRelease", "Release.gpg"):
+        (dists / name).unlink(missing_ok=True)
+    release = str(dists / "Release")
+    _gpg(home, "--digest-algo", "SHA512", "--clearsign", "-o", str(dists / "InRelease"), release)
+    _gpg(home, "--digest-algo", "SHA512", "--detach-sign", "--armor", "-o",
+         str(dists / "Release.gpg"), release)
+
+
+def sign_file(path: Path, home: Path) -> None:
+    """Clearsign ``path`` in place (a .dsc, as an uploader's debsign does)."""
+    out = path.with_name(path.name + ".asc")
+    _gpg(home, "--digest-algo", "SHA512", "--clearsign", "-o", str(out), str(path))
+    out.rename(path)
 
 
 def _write_index(path: Path, data: bytes) -> None:
@@ -330,11 +406,14 @@ def build_into(
         built = tuple(_build_one(spec, work, repo, arch, log, chroot) for spec in packages)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _indexes(repo, arch, log)
+    # the signing key stays next to the repository, outside the tree a test serves
+    make_signing_key(tmp / "gnupg")
+    export_keyring(tmp / "gnupg", repo / KEYRING)
+    _indexes(repo, arch, log, tmp / "gnupg")
     meta = {"key": key, "architectures": [arch, "all"], "packages": [p.to_dict() for p in built]}
     (repo / _MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True))
     tmp.rename(cache)
-    return TestRepository(cache / "repo", built, (arch, "all"))
+    return TestRepository(cache / "repo", built, (arch, "all"), gnupg_home=cache / "gnupg")
 
 
 def load(repo: Path) -> TestRepository | None:
@@ -358,9 +437,9 @@ def build_test_repository_sync(
 ) -> TestRepository:
     key = cache_key(packages, chroot)
     existing = load(dest)
-    if existing is not None and json.loads((dest / _MARKER).read_text())["key"] == key:
-        return existing
     cache_root = cache_dir or default_cache_dir()
+    if existing is not None and json.loads((dest / _MARKER).read_text())["key"] == key:
+        return dataclasses.replace(existing, gnupg_home=cache_root / key[:32] / "gnupg")
     cache_root.mkdir(parents=True, exist_ok=True)
     cached = cache_root / key[:32]
     with open(cache_root / f".{key[:32]}.lock", "w") as lock:
@@ -375,7 +454,8 @@ def build_test_repository_sync(
     shutil.copytree(cached / "repo", dest)
     repo = load(dest)
     assert repo is not None
-    return TestRepository(repo.path, repo.packages, repo.architectures, cached=was_cached)
+    return TestRepository(repo.path, repo.packages, repo.architectures, cached=was_cached,
+                          gnupg_home=cached / "gnupg")
 
 
 def add_custom_source(

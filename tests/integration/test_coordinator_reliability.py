@@ -84,7 +84,8 @@ async def network(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Network
                     [sys.executable, "-m", "rebuilder.cli", "init", "--dir", str(node.dir),
                      "--id", node_id, "--operator", operator, "--public-url", node.url,
                      "--listen", f"127.0.0.1:{port}", "--mqtt-port", str(mosquitto.port),
-                     "--repository-url", repo_url, "--architectures", f"{host_arch()},all",
+                     "--repository-url", repo_url, "--signed-by", str(repo.keyring),
+                     "--architectures", f"{host_arch()},all",
                      "--poll-interval", "1"],
                     "rebuilder init", logs / "init.log",
                 )

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import lzma
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ async def test_node_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
     repo = await asyncio.to_thread(build_test_repository, tmp_path / "repo")
     async with serve_repository(repo.path) as base, aiohttp.ClientSession() as session:
         cfg = await amake_node(tmp_path, "--architectures", ",".join(repo.architectures),
-                               mqtt_port=mosquitto.port, repo_url=base)
+                               mqtt_port=mosquitto.port, repo_url=base,
+                               signed_by=repo.keyring)
         store = await Store.open(cfg.node.db_path, readonly=True)
         n_jobs = len(repo.packages)
         async with Subscriber(mosquitto.host, mosquitto.port,
@@ -94,6 +96,12 @@ async def test_node_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
                     assert isinstance(st, RebuildStatement)
                     assert st.package == job_row.to_build_job().package
                     assert st.subject_named(out["name"]) is not None
+                    # ...and names what was authenticated: the InRelease, signed by the
+                    # repository's key (docs/formats.md, "What was authenticated")
+                    release = st.resolved_dependencies[0]
+                    assert release["uri"] == f"{base}/dists/stable/InRelease"
+                    assert release["annotations"]["signer"] == job_row.release.signer  # type: ignore[union-attr]
+                    assert re.fullmatch("[0-9A-F]{40}", release["annotations"]["signer"])
                     if expected == "mismatch" and out["verdict"] == "mismatch":
                         assert out["report_html_url"], out
                         async with session.get(out["report_html_url"]) as r:
@@ -171,7 +179,7 @@ async def test_node_survives_hostile_repository(
     root = tmp_path / "www"
     _write_hostile_repo(root)
     async with serve_repository(root) as base, aiohttp.ClientSession() as session:
-        cfg = await amake_node(tmp_path, "--no-mqtt", "--architectures", "amd64",
+        cfg = await amake_node(tmp_path, "--no-mqtt", "--architectures", "amd64", "--trusted",
                                "--repository-url", base, "--suite", "good",
                                "--repository-name", "good",
                                "--repository-url", base, "--suite", "bad",

@@ -24,13 +24,15 @@ def sha(text: str) -> Digest:
 
 
 def make_node(tmp_path: Path, *extra: str, node_id: str = "rb-test", mqtt_port: int = 1883,
-              repo_url: str | None = None) -> Config:
+              repo_url: str | None = None, signed_by: Path | None = None) -> Config:
     port = free_port()
     args = ["init", "--dir", str(tmp_path / "node"), "--id", node_id, "--operator", "op-test",
             "--public-url", f"http://127.0.0.1:{port}", "--listen", f"127.0.0.1:{port}",
             "--mqtt-port", str(mqtt_port), *extra]
     if repo_url:
         args += ["--repository-url", repo_url, "--suite", "stable", "--poll-interval", "1"]
+        # a test repository's keyring, or an unsigned repository made by the test itself
+        args += ["--signed-by", str(signed_by)] if signed_by else ["--trusted"]
     assert cli_main(args) == 0
     return load_config(tmp_path / "node" / "config.toml")
 

@@ -21,7 +21,8 @@ def test_init_writes_every_documented_key(tmp_path: Path) -> None:
     assert set(doc["mqtt"]) == {"enabled", "host", "port", "tls", "ca_file", "username",
                                 "password_file", "keepalive"}
     assert set(doc["repository"][0]) == {"name", "base_url", "suite", "components",
-                                         "architectures", "buildinfo_url", "poll_interval"}
+                                         "architectures", "buildinfo_url", "poll_interval",
+                                         "trusted", "max_index_entries", "max_index_mb"}
     assert set(doc["build"]) == {"environment", "mirror", "timeout", "max_disk_mb",
                                  "max_output_mb", "max_log_mb", "max_source_mb", "parallel",
                                  "max_memory_mb", "max_processes"}
@@ -83,6 +84,10 @@ def test_bad_values_name_the_key(section: str, key: str, value: object, needle: 
         ("components", ["main;rm"], "components"),
         ("base_url", "file:///etc", "base_url"),
         ("suite", "../../x", "suite"),
+        ("trusted", "yes", "trusted"),
+        ("require_signed_source", True, "needs uploader_keyring"),
+        ("max_index_entries", 0, "max_index_entries"),
+        ("max_index_mb", 10**9, "max_index_mb"),
     ],
 )
 def test_bad_repository_values(key: str, value: object, needle: str) -> None:
@@ -90,6 +95,16 @@ def test_bad_repository_values(key: str, value: object, needle: str) -> None:
     doc["repository"][0][key] = value
     with pytest.raises(ConfigError, match=needle):
         parse_config(doc, Path("/srv"))
+
+
+def test_signed_by_and_trusted_exclude_each_other() -> None:
+    doc = _base()
+    doc["repository"][0].update(signed_by="keys/archive.gpg", trusted=True)
+    with pytest.raises(ConfigError, match="both signed_by and trusted"):
+        parse_config(doc, Path("/srv"))
+    del doc["repository"][0]["trusted"]
+    repo = parse_config(doc, Path("/srv")).repositories[0]
+    assert repo.signed_by == Path("/srv/keys/archive.gpg") and not repo.trusted
 
 
 def test_duplicate_repository_name() -> None:

@@ -192,3 +192,17 @@ def test_hostile_sources(name: str, text: bytes, needle: str) -> None:
 
     with pytest.raises(BadDataError, match=needle):
         parse_sources(text)
+
+
+@pytest.mark.skipif(not __import__("rebuilder.indexes").indexes.HAVE_APT_PKG,
+                    reason="python3-apt's apt_pkg is not importable here")
+def test_apt_pkg_and_python_debian_parse_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (apt's parser) and the fallback (python-debian's) give the same values
+    and refuse the same hostile indexes."""
+    import rebuilder.indexes as indexes
+
+    fast = (indexes.parse_packages(PACKAGES), indexes.parse_sources(SOURCES))
+    monkeypatch.setattr(indexes, "_APT_PKG", None)
+    assert (indexes.parse_packages(PACKAGES), indexes.parse_sources(SOURCES)) == fast
+    with pytest.raises(BadDataError, match="SHA256"):
+        indexes.parse_packages(PACKAGES.replace(H1.encode(), b"x"))

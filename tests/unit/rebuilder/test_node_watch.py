@@ -44,11 +44,13 @@ async def repo(tmp_path: Path) -> Any:
         yield root, f"{base}/debian"
 
 
-async def _watch(tmp_path: Path, base: str) -> tuple[Watcher, Store, aiohttp.ClientSession]:
+async def _watch(tmp_path: Path, base: str,
+                 **extra: object) -> tuple[Watcher, Store, aiohttp.ClientSession]:
     from rebuilder.config import parse_config
 
     cfg = parse_config({"node": {"id": "a", "operator": "o"},
-                        "repository": [{"name": "local", "base_url": base, "suite": "stable"}]},
+                        "repository": [{"name": "local", "base_url": base, "suite": "stable",
+                                        "trusted": True, **extra}]},
                        tmp_path)
     store = await Store.open(tmp_path / "s.db")
     session = aiohttp.ClientSession()
@@ -80,7 +82,7 @@ async def test_new_versions_are_queued_once(tmp_path: Path, repo: Any) -> None:
 )
 async def test_hostile_index_keeps_previous_state(tmp_path: Path, repo: Any, attack: str) -> None:
     root, base = repo
-    watcher, store, session = await _watch(tmp_path, base)
+    watcher, store, session = await _watch(tmp_path, base, max_index_mb=1)
     try:
         await watcher.poll(watcher.repositories[0])
         before = await store.counts()
@@ -89,20 +91,18 @@ async def test_hostile_index_keeps_previous_state(tmp_path: Path, repo: Any, att
                        b"Filename: p/e.deb\nSHA256: " + b"4" * 64 + b"\n", lie_about_digest=True)
         elif attack == "garbage-index":
             write_repo(root, b"\x00\xff" * 1000)
-        elif attack == "oversized-index":
-            write_repo(root, b"Package: a\n" + b"X-Pad: " + b"y" * 1000 + b"\n")
-            import rebuilder.watch as w
-            w_limit = w.MAX_PACKAGES_BYTES
-            w.MAX_PACKAGES_BYTES = 100  # type: ignore[misc]  # a small limit, same code path
+        elif attack == "oversized-index":  # valid, but 2 MiB decompressed: max_index_mb = 1
+            write_repo(root, PACKAGES + b"\nPackage: pad\nVersion: 1\nArchitecture: amd64\n"
+                       b"Filename: p/p.deb\nSHA256: " + b"4" * 64 + b"\nX-Pad: "
+                       + b"y" * (2 << 20) + b"\n")
         elif attack == "missing-release":
             (root / "debian" / "dists" / "stable" / "Release").unlink()
         elif attack == "plain-garbage":
             write_repo(root, b"this is not\na packages file\n", compress=False)
-        try:
-            assert await watcher.poll(watcher.repositories[0]) == []
-        finally:
-            if attack == "oversized-index":
-                w.MAX_PACKAGES_BYTES = w_limit  # type: ignore[misc]
+        report = await watcher.round(watcher.repositories[0])
+        assert report.new == [] and report.error is not None
+        if attack == "oversized-index":
+            assert "decompresses to more than 1048576 bytes (max_index_mb)" in report.error
         assert await store.counts() == before
         assert watcher.errors == 1
     finally:
