@@ -34,8 +34,9 @@ base_url = {_toml_str(url)}   # APT root (dists/, pool/)
 suite = {_toml_str(suite)}
 components = ["main"]
 architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep builds
-# placeholders: {{base}} {{source}} {{version}} {{version_noepoch}} {{arch}}
-buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version}}_{{arch}}.buildinfo"
+# placeholders (docs/configuration.md): {{base}} {{source}} {{version}} {{version_noepoch}}
+# {{arch}} {{pool_prefix}}; an "all" job also tries each build architecture for {{arch}}
+buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version_noepoch}}_{{arch}}.buildinfo"
 poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
 """)
     if not repos:
@@ -46,7 +47,7 @@ poll_interval = {args.poll_interval}                   # seconds between Release
 # suite = "stable"
 # components = ["main"]
 # architectures = ["amd64", "all"]
-# buildinfo_url = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
+# buildinfo_url = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 # poll_interval = 300
 """)
     return f"""# repro-quorum rebuilder node configuration (docs/configuration.md).

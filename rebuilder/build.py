@@ -3,11 +3,13 @@
 ``run_rebuild`` fetches the buildinfo and the source, checks every hash before anything is
 unpacked, prepares the environment (host check or pinned mmdebstrap chroot), runs
 ``dpkg-buildpackage`` in bubblewrap at the buildinfo's Build-Path with its Environment, hashes the
-outputs, compares them with the buildinfo and the repository, and runs diffoscope on mismatches.
+outputs, compares them with the buildinfo and the repository, and runs diffoscope on every published
+file that was not reproduced.
 It never raises for a bad package: every failure is an outcome with ``failure`` and
 ``failure_stage``. It does not sign, store or publish; the daemon does. Layout of ``work_dir``::
 
-    build.log        everything the steps printed (capped)
+    build.log        everything the steps printed (capped), appended to by every attempt and
+                     ending with each published file's published, buildinfo and rebuilt digests
     inputs/          buildinfo, .dsc and source files, hash-checked
     tree/            bound at dirname(Build-Path) in the sandbox; removed after the build
     artifacts/       the rebuilt .deb files (copied out of the tree, regular files only)
@@ -24,7 +26,7 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -46,6 +48,7 @@ from rebuilder.fetch import fetch_bytes, fetch_file
 from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
+from verifier.verdicts import job_verdict
 
 __all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
 
@@ -115,6 +118,8 @@ class _Run:
     resolved: list[dict[str, Any]] = field(default_factory=list)
     internal: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
+    unpublished: list[tuple[str, Digest]] = field(default_factory=list)
+    log_start: int = 0  # where this attempt's part of the (appended) log begins
 
     def say(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -122,7 +127,7 @@ class _Run:
         self.log.flush()
 
     def log_budget(self) -> int:
-        return max(4096, self.settings.max_log_mb * _MB - self.log.tell())
+        return max(4096, self.settings.max_log_mb * _MB - (self.log.tell() - self.log_start))
 
 
 async def run_rebuild(
@@ -132,7 +137,8 @@ async def run_rebuild(
     log_path = work_dir / "build.log"
     started = datetime.now(UTC)
     with await asyncio.to_thread(_open_log, log_path) as log:
-        run = _Run(job, settings, work_dir, session, log, started)
+        run = _Run(job, settings, work_dir, session, log, started, log_start=log.tell())
+        run.say(f"=== rebuild of {job.source} {job.version} {job.architecture} started")
         failure: StageError | None = None
         try:
             await _pipeline(run)
@@ -147,17 +153,14 @@ async def run_rebuild(
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
             _remove_tree(work_dir / "tree")
-        if failure is not None:
-            run.say(f"FAILED at {failure.stage}: {failure.message}")
-        else:
-            summary = ", ".join(f"{o.name}: {o.verdict}" for o in run.outputs)
-            run.say(f"done: {summary}")
+        _log_summary(run, failure)
     return RebuildOutcome(
-        job=job,
+        job=run.job,  # with the buildinfo URL that answered
         started_on=started,
         finished_on=datetime.now(UTC),
         buildinfo_sha256=run.buildinfo_sha256,
         outputs=() if failure else tuple(run.outputs),
+        unpublished=() if failure else tuple(run.unpublished),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
         log_path=log_path,
@@ -170,7 +173,31 @@ async def run_rebuild(
 
 def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "wb")  # closed by the caller's with statement
+    # append mode: every write lands at the end, whoever else (mmdebstrap, the sandbox) wrote
+    # to the file meanwhile, and a retried attempt adds to the log of the earlier ones
+    return open(path, "ab")  # closed by the caller's with statement
+
+
+def _log_summary(run: _Run, failure: StageError | None) -> None:
+    """The log's last lines: the verdict, and every published file's three digests."""
+    if failure is not None:
+        run.say(f"FAILED at {failure.stage}: {failure.message}")
+    verdict = "failed" if failure else job_verdict((o.verdict for o in run.outputs), False)
+    lines = [f"verdict: {verdict}"]
+    for name, (digest, _) in sorted(run.job.published.items()):
+        out = next((o for o in run.outputs if o.name == name), None)
+        binfo = run.buildinfo and next(
+            (f.sha256 for f in run.buildinfo.checksums if f.name == name), None
+        )
+        lines.append(
+            f"  {name}: {out.verdict if out and not failure else 'not compared'}\n"
+            f"    published {digest}\n"
+            f"    buildinfo {binfo or '(not listed)'}\n"
+            f"    rebuilt   {(out.rebuilt if out else None) or '(not rebuilt)'}"
+        )
+    for name, digest in run.unpublished:
+        lines.append(f"  {name}: unpublished byproduct, rebuilt {digest}")
+    run.say("\n".join(lines))
 
 
 def _mkdirs(*paths: Path) -> None:
@@ -312,14 +339,29 @@ def _arch_flag(info: Buildinfo) -> str:
 
 
 async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
+    """The first of the job's buildinfo URLs that answers; a 404 moves on to the next."""
     job = run.job
-    run.say(f"fetching buildinfo {job.buildinfo_url}")
-    try:
-        data = await fetch_bytes(
-            run.session, job.buildinfo_url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
-        )
-    except (BadDataError, UnreachableError) as e:
-        raise StageError("fetch", f"buildinfo: {e}") from e
+    urls = list(dict.fromkeys((job.buildinfo_url, *job.buildinfo_candidates)))
+    absent: list[str] = []
+    data = b""
+    for url in urls:
+        run.say(f"fetching buildinfo {url}")
+        try:
+            data = await fetch_bytes(
+                run.session, url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
+            )
+        except UnreachableError as e:
+            if (getattr(e, "status", None) == 404 or e.reason == "HTTP 404") and url != urls[-1]:
+                absent.append(url)
+                run.say("not there (HTTP 404); trying the next candidate")
+                continue
+            tried = f" (also tried, HTTP 404: {', '.join(absent)})" if absent else ""
+            raise StageError("fetch", f"buildinfo: {e}{tried}") from e
+        except BadDataError as e:
+            raise StageError("fetch", f"buildinfo: {e}") from e
+        if url != job.buildinfo_url:
+            job = run.job = replace(job, buildinfo_url=url)
+        break
     # the digest names the document a failure statement is about, valid or not
     run.buildinfo_sha256 = Digest(hashlib.sha256(data).hexdigest())
     (inputs / "job.buildinfo").write_bytes(data)
@@ -526,22 +568,25 @@ def _collect(run: _Run, tree: Path, info: Buildinfo) -> dict[str, tuple[Digest, 
 
 async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, Path]]) -> None:
     job, settings = run.job, run.settings
-    verdicts = compare.compare_outputs(
+    comparison = compare.compare_outputs(
         {n: d for n, (d, _) in rebuilt.items()},
         {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
         {n: d for n, (d, _) in job.published.items()},
-        architecture=job.architecture,
     )
+    run.unpublished = list(comparison.unpublished)
+    for name, _ in comparison.unpublished:
+        run.say(f"{name}: not published by the repository; a byproduct, not a subject")
     reports = run.work / "reports"
-    for v in verdicts:
+    for v in comparison.verdicts:
         html = txt = None
-        if v.verdict == "mismatch" and settings.diffoscope_enabled:
+        diffable = v.verdict in ("unreproducible", "tampered") and v.rebuilt is not None
+        if diffable and settings.diffoscope_enabled:
             html, txt = await _diffoscope(run, v.name, rebuilt[v.name][1], reports)
         run.say(f"{v.name}: {v.verdict}")
         run.outputs.append(
             OutputResult(
                 name=v.name,
-                verdict=v.verdict,  # type: ignore[arg-type]  # compare's literals
+                verdict=v.verdict,
                 rebuilt=v.rebuilt,
                 buildinfo=v.buildinfo,
                 repository=v.repository,

@@ -39,7 +39,9 @@ _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-TEMPLATE_FIELDS = frozenset({"base", "source", "version", "version_noepoch", "arch"})
+# buildinfo_url placeholders (docs/configuration.md, "Finding the buildinfo")
+TEMPLATE_FIELDS = frozenset({"base", "source", "version", "version_noepoch", "arch", "pool_prefix"})
+DEFAULT_BUILDINFO_URL = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,36 @@ class RepositoryConfig:
         return f"{self.base_url} {self.suite}"
 
     def buildinfo_for(self, source: str, version: str, arch: str) -> str:
+        """The first candidate of ``buildinfo_candidates``."""
+        return self.buildinfo_candidates(source, version, arch)[0]
+
+    def buildinfo_candidates(self, source: str, version: str, arch: str) -> tuple[str, ...]:
+        """Where the buildinfo of ``source`` at ``version`` (what was built: the binNMU's own
+        version for a binNMU) built for job architecture ``arch`` may be, in the order tried.
+
+        Debian names it ``<source>_<version without epoch>_<arch>.buildinfo``, where dpkg's
+        ``<arch>`` is the host architecture whenever the build included the arch-dependent
+        stage, even for a source with only ``Architecture: all`` packages, and ``all`` only for
+        an arch-independent-only build (``-A``, as Debian's buildds do). So an ``all`` job tries
+        ``all`` first, then each configured build architecture in config order; any other job
+        tries its own architecture only.
+        """
         noepoch = version.split(":", 1)[1] if ":" in version else version
-        return self.buildinfo_url.format(
-            base=self.base_url.rstrip("/"),
-            source=source,
-            version=version,
-            version_noepoch=noepoch,
-            arch=arch,
+        archs = [arch]
+        if arch == "all":
+            archs += [a for a in self.architectures if a != "all"]
+        urls = (
+            self.buildinfo_url.format(
+                base=self.base_url.rstrip("/"),
+                source=source,
+                version=version,
+                version_noepoch=noepoch,
+                arch=a,
+                pool_prefix=source[:4] if source.startswith("lib") else source[:1],
+            )
+            for a in archs
         )
+        return tuple(dict.fromkeys(urls))  # a template without {arch} gives one URL
 
 
 @dataclass(frozen=True)
@@ -253,7 +277,8 @@ def _template(value: str, where: str) -> str:
         raise ConfigError(
             f"{where} uses unknown placeholder(s) {sorted(bad)}; allowed: {sorted(TEMPLATE_FIELDS)}"
         )
-    probe = value.format(base="http://h", source="s", version="1", version_noepoch="1", arch="a")
+    probe = value.format(base="http://h", source="s", version="1", version_noepoch="1", arch="a",
+                         pool_prefix="s")
     _http_url(probe, where)
     return value
 
@@ -309,8 +334,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
             components=r.texts("components", ["main"], _COMPONENT),
             architectures=r.texts("architectures", ["amd64", "all"], _ARCH),
             buildinfo_url=_template(
-                r.text("buildinfo_url", "{base}/buildinfo/{source}_{version}_{arch}.buildinfo",
-                      max_len=2048),
+                r.text("buildinfo_url", DEFAULT_BUILDINFO_URL, max_len=2048),
                 f"repository[{i}].buildinfo_url",
             ),
             poll_interval=r.integer("poll_interval", 300, 1, 7 * 86400),

@@ -21,6 +21,7 @@ from aiohttp import web
 from rebuilder.api import create_app
 from rebuilder.config import Config
 from rebuilder.db import Store
+from rebuilder.locate import resolve_buildinfo
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
@@ -47,6 +48,7 @@ def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
     settings = build_settings(config)
 
     async def builder(job: BuildJob, work_dir: Path) -> RebuildOutcome:
+        job = resolve_buildinfo(config, job)  # the current config's URLs, at every attempt
         outcome: RebuildOutcome = await run_rebuild(job, settings, work_dir, session)
         return outcome
 

@@ -66,6 +66,7 @@ class JobRow:
     finished_at: str | None
     dsc_url: str | None = None
     dsc_sha256: str | None = None
+    buildinfo_pinned: bool = False
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -77,6 +78,7 @@ class JobRow:
             published=dict(self.published),
             dsc_url=self.dsc_url,
             dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
+            buildinfo_pinned=self.buildinfo_pinned,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -144,6 +146,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
+        buildinfo_pinned=bool(row["buildinfo_pinned"]),
     )
 
 
@@ -265,6 +268,15 @@ class Store:
         assert row is not None
         return _job(row)
 
+    async def set_buildinfo_url(self, job_id: int, url: str, pinned: bool) -> None:
+        """Point a job at ``url``; ``pinned``: an operator's choice, used as given until the
+        job is re-queued (otherwise the config's candidates are resolved at every attempt)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET buildinfo_url = ?, buildinfo_pinned = ? WHERE id = ?",
+                (url, int(pinned), job_id),
+            )
+
     async def claim_job(self, job_id: int | None = None) -> JobRow | None:
         """Mark the oldest queued job (or ``job_id``, whatever its state) running, attempt += 1.
 
@@ -317,8 +329,9 @@ class Store:
                     job_ids = [int(r[0]) for r in await cur.fetchall()]
             for jid in job_ids:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
-                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                    # re-queued: the buildinfo URL is resolved from the config again
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL,"
+                    " buildinfo_pinned = 0 WHERE id = ? AND state IN ('done', 'failed')", (jid,),
                 )
                 if cur.rowcount:
                     done.append(jid)

@@ -23,7 +23,7 @@ from verifier.statement import Digest
 GENERATOR_VERSION = 1
 SUITE = "stable"
 COMPONENT = "main"
-BUILDINFO_TEMPLATE = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
+BUILDINFO_TEMPLATE = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 _MARKER = ".testrepo.json"
 
 

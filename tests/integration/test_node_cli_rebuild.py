@@ -35,7 +35,11 @@ async def test_rebuild_exit_codes(tmp_path: Path) -> None:
         unrepro = repo.package("rq-unrepro")
         r = await asyncio.to_thread(_rebuild, cfg.path, f"{base}/{unrepro.buildinfo_path}")
         assert r.returncode == 1, r.stdout + r.stderr
-        assert "mismatch" in r.stdout
+        assert "unreproducible" in r.stdout
+        tampered = repo.package("rq-tampered")
+        r = await asyncio.to_thread(_rebuild, cfg.path, f"{base}/{tampered.buildinfo_path}")
+        assert r.returncode == 4, r.stdout + r.stderr
+        assert "tampered" in r.stdout and "TAMPERED" in r.stdout
         # A local buildinfo whose package the repository does not serve: a signed failure.
         local = tmp_path / "ghost.buildinfo"
         text = (repo.path / hello.buildinfo_path).read_text()
@@ -50,5 +54,5 @@ async def test_rebuild_exit_codes(tmp_path: Path) -> None:
         store = await Store.open(cfg.node.db_path, readonly=True)
         counts = await store.counts()
         await store.close()
-        assert counts["last_seq"] == 3 and counts["backlog"] == 3
+        assert counts["last_seq"] == 4 and counts["backlog"] == 4
         assert shutil.which("true")

@@ -28,6 +28,7 @@ from verifier.statement import (
     RevocationStatement,
     Subject,
 )
+from verifier.verdicts import classify
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -59,18 +60,22 @@ class Signer:
         arch: str = "amd64",
         invocation: str = "build-1",
         report_url: str | None = None,
+        buildinfo: dict[str, str] | None = None,
     ) -> Envelope:
-        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got."""
+        """An attestation: ``outputs`` maps artifact name -> the digest this rebuilder got;
+        ``upstream`` what the repository serves, ``buildinfo`` what the buildinfo lists (by
+        default the same as the repository)."""
         upstream = upstream if upstream is not None else outputs
+        listed = buildinfo if buildinfo is not None else upstream
         verdicts = []
         for name, digest in outputs.items():
             ok = upstream.get(name) == digest
             verdicts.append(
                 OutputVerdict(
                     name=name,
-                    verdict="reproduced" if ok else "mismatch",
+                    verdict=classify(digest, listed.get(name), upstream.get(name, "")),
                     rebuilt=digest,  # type: ignore[arg-type]
-                    buildinfo=upstream.get(name),  # type: ignore[arg-type]
+                    buildinfo=listed.get(name),  # type: ignore[arg-type]
                     repository=upstream.get(name),  # type: ignore[arg-type]
                     report_url=None if ok else report_url,
                 )

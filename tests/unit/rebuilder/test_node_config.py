@@ -30,7 +30,7 @@ def test_init_writes_every_documented_key(tmp_path: Path) -> None:
     assert (cfg.node.signing_key.stat().st_mode & 0o777) == 0o600
     repo = cfg.repositories[0]
     assert repo.buildinfo_for("hello", "1:2.0-1", "amd64") == (
-        "http://127.0.0.1:8400/debian/buildinfo/hello_1:2.0-1_amd64.buildinfo"
+        "http://127.0.0.1:8400/debian/buildinfo/hello_2.0-1_amd64.buildinfo"
     )
 
 
