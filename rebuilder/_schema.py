@@ -139,6 +139,8 @@ MIGRATIONS: tuple[str, ...] = (
     # is used as given; any other is re-resolved from the config at every attempt.
     """
     ALTER TABLE jobs ADD COLUMN buildinfo_pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN source_version TEXT;    -- a binNMU's source version
+    CREATE INDEX jobs_source_version ON jobs (source, source_version);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -55,6 +55,7 @@ __all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
 BACKEND = "repro-quorum-bwrap/1"
 _MB = 1024 * 1024
 _INPUTS = "/run/rebuild-inputs"  # where the fetched inputs appear, read-only, in the sandbox
+_BINNMU_ENTRY = "rq-binnmu.changelog"  # in inputs/, next to the source files
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,12 @@ async def _pipeline(run: _Run) -> None:
         run.say(f"buildinfo Environment entries not applied: {', '.join(ignored)}")
 
     # 3. unpack and build inside the sandbox
+    if info.binary_only_changes is not None:
+        # a binNMU: the changelog entry sbuild --make-binNMU prepended, from the buildinfo
+        if (inputs / _BINNMU_ENTRY).exists():
+            raise StageError("fetch", f"the .dsc names {_BINNMU_ENTRY}, a name this node uses")
+        (inputs / _BINNMU_ENTRY).write_text(info.binary_only_changes + "\n", encoding="utf-8")
+        run.internal["binnmu"] = {"version": info.binary_version, "source_version": info.version}
     tree = run.work / "tree"
     _remove_tree(tree)
     tree.mkdir()
@@ -300,6 +307,23 @@ async def _pipeline(run: _Run) -> None:
         tree,
         "unpacking the source",
     )
+    if info.binary_only_changes is not None:
+        run.say(f"binNMU {info.binary_version}: prepending its changelog entry")
+        # inside the sandbox: the unpacked tree is the package's, links and all
+        await _sandboxed(
+            run,
+            ["sh", "-ec", 'cat "$1" debian/changelog > debian/changelog.rq-binnmu'
+             " && mv debian/changelog.rq-binnmu debian/changelog", "sh",
+             f"{_INPUTS}/{_BINNMU_ENTRY}"],
+            sandbox.SandboxConfig(
+                binds=cfg.binds, chdir=build_path, env=cfg.env, root=root,
+                system_paths=system_paths, hidden=settings.hidden_paths,
+            ),
+            sandbox.Limits(timeout=60, max_log_bytes=run.log_budget(),
+                           max_disk_bytes=limits.max_disk_bytes),
+            tree,
+            "applying the binNMU changelog entry",
+        )
     arch_flag = _arch_flag(info)
     argv = ["dpkg-buildpackage", arch_flag, "--no-sign", "-rfakeroot"]
     run.internal["build_command"] = argv
@@ -370,10 +394,17 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
     except BadDataError as e:
         raise StageError("fetch", f"buildinfo: {e}") from e
     run.buildinfo = info
-    if (info.source, info.version) != (job.source, job.version):
+    if (info.source, info.binary_version) != (job.source, job.version):
         raise StageError(
             "fetch",
-            f"buildinfo is for {info.source} {info.version}, the job is {job.source} {job.version}",
+            f"buildinfo is for {info.source} {info.binary_version}, the job is {job.source}"
+            f" {job.version}",
+        )
+    if job.source_version is not None and job.source_version != info.version:
+        raise StageError(
+            "fetch",
+            f"buildinfo is a build of source {info.source} {info.version}, the job's source"
+            f" version is {job.source_version}",
         )
     if job.architecture not in info.binary_architectures:
         raise StageError(

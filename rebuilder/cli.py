@@ -138,6 +138,17 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
     return source, version, arch
 
 
+def _binnmu_source_version(data: bytes, version: str) -> str | None:
+    """A binNMU buildinfo's source version (``Source: hello (2.10-3)``), else None."""
+    from rebuilder.indexes import is_binnmu_version
+
+    m = re.search(rb"^Source:[ \t]*\S+[ \t]+\(([^()\s]+)\)[ \t]*$", data, re.MULTILINE)
+    source_version = m[1].decode("ascii", "replace") if m else None
+    if source_version and is_binnmu_version(version, source_version):
+        return source_version
+    return None
+
+
 async def _read_buildinfo(where: str) -> tuple[str | None, bytes]:
     """The buildinfo's URL (None for a local file) and its bytes."""
     if urlsplit(where).scheme in ("http", "https"):
@@ -212,7 +223,8 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                                    " it and its sources from; or pass an http(s) URL")
                 url = repo.buildinfo_for(source, version, arch)
                 print(f"fetching the buildinfo from {url}")
-            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
+            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {},
+                                 source_version=_binnmu_source_version(data, version))
             if repo is not None:
                 candidate = await _from_repository(repo, candidate)
             row = await store.ensure_job(candidate)

@@ -67,6 +67,7 @@ class JobRow:
     dsc_url: str | None = None
     dsc_sha256: str | None = None
     buildinfo_pinned: bool = False
+    source_version: str | None = None  # a binNMU's source version (version is the binNMU's)
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -79,6 +80,7 @@ class JobRow:
             dsc_url=self.dsc_url,
             dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
             buildinfo_pinned=self.buildinfo_pinned,
+            source_version=self.source_version,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -146,7 +148,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
-        buildinfo_pinned=bool(row["buildinfo_pinned"]),
+        buildinfo_pinned=bool(row["buildinfo_pinned"]), source_version=row["source_version"],
     )
 
 
@@ -248,11 +250,11 @@ class Store:
             for job in jobs:
                 cur = await db.execute(
                     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at, dsc_url, dsc_sha256)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    " published, state, queued_at, dsc_url, dsc_sha256, source_version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                     (job.repository, job.source, job.version, job.architecture,
                      job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
-                     job.dsc_sha256),
+                     job.dsc_sha256, job.source_version),
                 )
                 if cur.rowcount:
                     added.append(job)
@@ -343,8 +345,10 @@ class Store:
 
     async def jobs_for_package(self, source: str, version: str) -> list[JobRow]:
         rows = await self._all(
-            "SELECT * FROM jobs WHERE source = ? AND version = ? ORDER BY id LIMIT 1000",
-            (source, version),
+            # a source version's jobs include its binNMUs
+            "SELECT * FROM jobs WHERE source = ? AND (version = ? OR source_version = ?)"
+            " ORDER BY id LIMIT 1000",
+            (source, version, version),
         )
         return [_job(r) for r in rows]
 

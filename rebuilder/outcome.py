@@ -20,7 +20,12 @@ Stage = Literal["fetch", "environment", "build", "compare", "internal"]
 
 @dataclass(frozen=True)
 class BuildJob:
-    """One (source, version, architecture) triple to rebuild, as the watcher found it."""
+    """One (source, version, architecture) triple to rebuild, as the watcher found it.
+
+    ``version`` is what was built: for a binNMU its own version (``2.10-3+b1``), with
+    ``source_version`` the source it was built from (``2.10-3``); else ``source_version`` is
+    None. The statement's package is the source (name, source version, architecture).
+    """
 
     source: str
     version: str
@@ -39,10 +44,13 @@ class BuildJob:
     # URL (`rebuilder rebuild --buildinfo URL`), which is then used as given.
     buildinfo_candidates: tuple[str, ...] = ()
     buildinfo_pinned: bool = False
+    source_version: str | None = None  # set only for a binNMU
 
     @property
     def package(self) -> PackageIdentity:
-        return PackageIdentity("debian", self.source, self.version, self.architecture)
+        return PackageIdentity(
+            "debian", self.source, self.source_version or self.version, self.architecture
+        )
 
 
 @dataclass(frozen=True)
