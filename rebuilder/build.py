@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, sandbox
+from rebuilder import compare, environment, pins, sandbox
 from rebuilder.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
@@ -72,8 +73,11 @@ class BuildSettings:
     diffoscope_enabled: bool = True
     diffoscope_timeout: float = 600.0
     max_report_mb: int = 20
-    # Not (yet) in the config file; the daemon may set them.
-    suite: str = "bookworm"  # the mirror suite mmdebstrap starts from
+    # Where pins are resolved and mmdebstrap installs from: the job's repository's
+    # build_suite entries (the daemon sets them); without any, ``mirror`` and ``suite``.
+    suites: tuple[pins.SuiteSource, ...] = ()
+    suite: str | None = None
+    snapshot_url: str | None = None  # snapshot.debian.org's API, for pins in no suite
     cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
     hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
     fetch_timeout: float = 600.0
@@ -500,16 +504,27 @@ async def _prepare_environment(
         run.say(f"host matches all {len(info.installed_build_depends)} Installed-Build-Depends")
         return Path("/"), sandbox.HOST_SYSTEM_PATHS
     cache = settings.cache_dir or (run.work / "cache")
-    run.say(f"preparing an mmdebstrap chroot from {settings.mirror} {settings.suite}")
+    suites = settings.suites or (
+        (pins.SuiteSource(settings.mirror, settings.suite),) if settings.suite else ()
+    )
+    if not suites:
+        raise StageError("environment", "no build suite is configured to install pins from")
+    extra = await _resolve_pins(run, info, suites, host_arch, cache)
+    first = suites[0]
+    mirror = first.apt_line() if first.keyring else first.mirror
+    extra = [s.apt_line() for s in suites[1:]] + extra
+    run.say(f"preparing an mmdebstrap chroot from {first.label}"
+            + (f" and {len(extra)} more sources" if extra else ""))
     try:
         chroot = await environment.prepare_chroot(
             info.installed_build_depends,
             cache,
-            settings.mirror,
-            settings.suite,
+            mirror,
+            first.suite,
             host_arch,
             run.work / "build.log",
             time_limit=settings.timeout,
+            extra_sources=extra,
         )
     except environment.ChrootError as e:
         raise StageError("environment", f"could not pin the environment: {e}") from e
@@ -518,14 +533,70 @@ async def _prepare_environment(
         {
             "chroot": {
                 "key": chroot.key,
-                "mirror": settings.mirror,
-                "suite": settings.suite,
+                "mirror": first.mirror,
+                "suite": first.suite,
+                "sources": [mirror, *extra],
                 "cached": chroot.cached,
             }
         }
     )
     run.say(f"chroot {chroot.path.name} ({'cached' if chroot.cached else 'new'})")
     return chroot.path, sandbox.CHROOT_SYSTEM_PATHS
+
+
+async def _resolve_pins(
+    run: _Run, info: Buildinfo, suites: tuple[pins.SuiteSource, ...], arch: str, cache: Path
+) -> list[str]:
+    """Every Installed-Build-Depends pin found before anything is bootstrapped: in the
+    suites, else in the snapshot archive (its files fetched and checked now); any pin found
+    nowhere fails here, naming each. The apt lines of the snapshot files, if any."""
+    settings = run.settings
+    started = time.monotonic()
+    indexes: list[tuple[pins.SuiteSource, pins.Available]] = []
+    for suite in suites:
+        try:
+            indexes.append((suite, await pins.suite_versions(
+                run.session, suite, arch, settings.fetch_timeout)))
+        except (BadDataError, UnreachableError) as e:
+            raise StageError("environment", f"build suite {suite.label}: {e}") from e
+    deps = info.installed_build_depends
+    first = pins.resolve(deps, indexes, arch)
+    found: dict[Any, pins.SnapshotFile | None] = {}
+    client = None
+    if first.missing and settings.snapshot_url:
+        client = pins.SnapshotClient(run.session, settings.snapshot_url,
+                                     cache / "packages", settings.fetch_timeout)
+        for dep in first.missing:
+            try:
+                found[dep] = await client.lookup(dep, arch)
+            except (BadDataError, UnreachableError) as e:
+                raise StageError("environment", f"snapshot lookup of {dep}: {e}") from e
+    resolution = pins.resolve(deps, indexes, arch, found)
+    run.internal["pins"] = resolution.summary()
+    run.say(f"pins resolved in {time.monotonic() - started:.1f}s: "
+            + ", ".join(f"{n} from {where}" for where, n in resolution.summary().items()))
+    if not resolution.complete:
+        run.say("pins found nowhere:\n" + "\n".join(
+            f"  {d}: in no configured suite or snapshot" for d in resolution.missing))
+        raise StageError("environment", resolution.error())
+    if not resolution.snapshot:
+        return []
+    assert client is not None
+    files: dict[str, Path] = {}
+    for dep, f in sorted(resolution.snapshot.items(), key=lambda kv: kv[1].name):
+        run.say(f"{dep}: from the snapshot archive, {f.name} sha1 {f.sha1}")
+        try:
+            files[f.name] = await client.download(f)
+        except (BadDataError, UnreachableError) as e:
+            raise StageError("environment", f"snapshot file of {dep}: {e}") from e
+    # keyed by the files, so the chroot cache key (which includes this apt line) repeats
+    ids = hashlib.sha256(" ".join(sorted(f.sha1 for f in resolution.snapshot.values())).encode())
+    repo_dir = cache / "snapshot-repos" / ids.hexdigest()[:32]
+    try:
+        line = await asyncio.to_thread(pins.local_repository, files, repo_dir)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise StageError("environment", f"indexing the snapshot files: {e}") from e
+    return [line]
 
 
 async def _sandboxed(

@@ -22,6 +22,7 @@ from verifier.errors import ConfigError
 
 __all__ = [
     "BuildConfig",
+    "BuildSuite",
     "Config",
     "ConfigError",
     "DiffoscopeConfig",
@@ -98,6 +99,16 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class BuildSuite:
+    """One suite the repository's builds install pinned dependencies from (mmdebstrap mode)."""
+
+    suite: str
+    mirror: str
+    components: tuple[str, ...] = ("main",)
+    keyring: Path | None = None
+
+
+@dataclass(frozen=True)
 class RepositoryConfig:
     name: str
     base_url: str
@@ -106,6 +117,8 @@ class RepositoryConfig:
     architectures: tuple[str, ...]
     buildinfo_url: str
     poll_interval: int
+    # where pins are looked up, in order; empty: the repository itself (base_url, suite)
+    build_suites: tuple[BuildSuite, ...] = ()
 
     @property
     def label(self) -> str:
@@ -155,6 +168,7 @@ class BuildConfig:
     max_log_mb: int = 50
     max_source_mb: int = 2048
     parallel: int = 1
+    snapshot_url: str | None = None  # snapshot.debian.org's API for pins in no build suite
 
 
 @dataclass(frozen=True)
@@ -326,7 +340,21 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     for i, raw in enumerate(raw_repos):
         r = _Section(f"repository[{i}]", raw, {"name", "base_url", "suite", "components",
                                                "architectures", "buildinfo_url",
-                                               "poll_interval"})
+                                               "poll_interval", "build_suite"})
+        raw_suites = raw.get("build_suite", [])
+        if not isinstance(raw_suites, list) or len(raw_suites) > 16:
+            raise ConfigError(f"repository[{i}].build_suite must be at most 16 tables")
+        suites = []
+        for k, rs in enumerate(raw_suites):
+            where = f"repository[{i}].build_suite[{k}]"
+            s = _Section(where, rs, {"suite", "mirror", "components", "keyring"})
+            keyring = s.text("keyring", "")
+            suites.append(BuildSuite(
+                suite=s.text("suite", pattern=_SUITE),
+                mirror=_http_url(s.text("mirror", max_len=2048), f"{where}.mirror"),
+                components=s.texts("components", ["main"], _COMPONENT),
+                keyring=_path(base_dir, keyring) if keyring else None,
+            ))
         repo = RepositoryConfig(
             name=r.text("name", pattern=_REPO_NAME),
             base_url=_http_url(r.text("base_url", max_len=2048), f"repository[{i}].base_url"),
@@ -338,6 +366,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
                 f"repository[{i}].buildinfo_url",
             ),
             poll_interval=r.integer("poll_interval", 300, 1, 7 * 86400),
+            build_suites=tuple(suites),
         )
         if any(x.name == repo.name for x in repos):
             raise ConfigError(f"repository[{i}].name {repo.name!r} is used twice")
@@ -345,7 +374,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
 
     b = _Section("build", data.get("build", {}), {"environment", "mirror", "timeout",
                                                   "max_disk_mb", "max_output_mb", "max_log_mb",
-                                                  "max_source_mb", "parallel"})
+                                                  "max_source_mb", "parallel", "snapshot_url"})
+    snapshot = b.text("snapshot_url", "", max_len=2048)
     env = b.text("environment", "host")
     if env not in ("host", "mmdebstrap"):
         raise ConfigError(f"build.environment = {env!r} must be 'host' or 'mmdebstrap'")
@@ -358,6 +388,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         max_log_mb=b.integer("max_log_mb", 50, 1, 10_000),
         max_source_mb=b.integer("max_source_mb", 2048, 1, 1_000_000),
         parallel=b.integer("parallel", 1, 1, 64),
+        snapshot_url=_http_url(snapshot, "build.snapshot_url") if snapshot else None,
     )
     d = _Section("diffoscope", data.get("diffoscope", {}), {"enabled", "timeout",
                                                             "max_report_mb"})

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -98,14 +98,17 @@ class PreparedChroot:
     cached: bool
 
 
-def chroot_key(deps: Iterable[Dependency], mirror: str, suite: str, arch: str) -> str:
-    spec = {
+def chroot_key(deps: Iterable[Dependency], mirror: str, suite: str, arch: str,
+               extra_sources: Sequence[str] = ()) -> str:
+    spec: dict[str, object] = {
         "deps": sorted(str(d) for d in deps),
         "mirror": mirror,
         "suite": suite,
         "arch": arch,
         "format": 2,  # bumped whenever the chroot recipe changes
     }
+    if extra_sources:
+        spec["sources"] = list(extra_sources)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,7 +121,8 @@ def _open_append(path: Path) -> IO[bytes]:
     return open(path, "ab")  # closed by the caller's with statement
 
 
-async def _run_mmdebstrap(cmd: list[str], log_path: Path, time_limit: float) -> None:
+async def _run_mmdebstrap(cmd: list[str], log_path: Path, time_limit: float,
+                          where: str = "") -> None:
     with await asyncio.to_thread(_open_append, log_path) as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
@@ -143,11 +147,9 @@ async def _run_mmdebstrap(cmd: list[str], log_path: Path, time_limit: float) -> 
             await proc.wait()
             raise
     if rc != 0:
-        mirror, suite = cmd[-1], cmd[-3]
-        raise ChrootError(
-            f"mmdebstrap exited with status {rc}: a pinned version may be missing from "
-            f"{mirror} {suite} (see the log)"
-        )
+        # every pin was found in a configured suite or the snapshot before this ran
+        raise ChrootError(f"mmdebstrap exited with status {rc} bootstrapping from {where}"
+                          " (see the log)")
 
 
 def _apt_pins(deps: Iterable[Dependency]) -> list[str]:
@@ -162,6 +164,7 @@ async def prepare_chroot(
     arch: str,
     log_path: Path,
     time_limit: float = 3600.0,
+    extra_sources: Sequence[str] = (),
 ) -> PreparedChroot:
     """A directory chroot with exactly ``deps`` installed, built once per dependency list.
 
@@ -170,7 +173,7 @@ async def prepare_chroot(
     whole list, and the chroot's dpkg database is checked to hold every exact version. The tree is
     renamed into place atomically, so a crashed build never leaves a half chroot in the cache.
     """
-    key = chroot_key(deps, mirror, suite, arch)
+    key = chroot_key(deps, mirror, suite, arch, extra_sources)
     final = cache_dir / f"chroot-{key[:32]}"
     with await asyncio.to_thread(_open_lock, cache_dir, key) as lock:
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
@@ -197,9 +200,11 @@ async def prepare_chroot(
                 suite,
                 str(work),
                 mirror,
+                *extra_sources,  # apt lines: the other suites, the snapshot's files
             ]
             try:
-                await _run_mmdebstrap(cmd, log_path, time_limit)
+                await _run_mmdebstrap(cmd, log_path, time_limit,
+                                      ", ".join([f"{mirror} {suite}", *extra_sources]))
                 installed = await asyncio.to_thread(
                     installed_packages, work / "var" / "lib" / "dpkg"
                 )

@@ -55,7 +55,8 @@ _VERSION = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _SOURCE = re.compile(r"([a-z0-9][a-z0-9.+-]{0,99})(?:\s+\(([^()\s]{1,128})\))?")
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,511}")
-_INDEX_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,255}")
+# "+" too: Debian's Release lists main/installer-amd64/20230607+deb12u15/...
+_INDEX_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,255}")
 
 
 @dataclass(frozen=True)
