@@ -25,7 +25,6 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -509,10 +508,10 @@ async def _prepare_environment(
     )
     if not suites:
         raise StageError("environment", "no build suite is configured to install pins from")
-    extra = await _resolve_pins(run, info, suites, host_arch, cache)
+    local = await _resolve_pins(run, info, suites, host_arch, cache)
     first = suites[0]
     mirror = first.apt_line() if first.keyring else first.mirror
-    extra = [s.apt_line() for s in suites[1:]] + extra
+    extra = [s.apt_line() for s in suites[1:]]
     run.say(f"preparing an mmdebstrap chroot from {first.label}"
             + (f" and {len(extra)} more sources" if extra else ""))
     try:
@@ -525,6 +524,7 @@ async def _prepare_environment(
             run.work / "build.log",
             time_limit=settings.timeout,
             extra_sources=extra,
+            local_debs=local,
         )
     except environment.ChrootError as e:
         raise StageError("environment", f"could not pin the environment: {e}") from e
@@ -536,6 +536,7 @@ async def _prepare_environment(
                 "mirror": first.mirror,
                 "suite": first.suite,
                 "sources": [mirror, *extra],
+                "snapshot_files": sorted(p.name for p in local.values()),
                 "cached": chroot.cached,
             }
         }
@@ -546,10 +547,10 @@ async def _prepare_environment(
 
 async def _resolve_pins(
     run: _Run, info: Buildinfo, suites: tuple[pins.SuiteSource, ...], arch: str, cache: Path
-) -> list[str]:
+) -> dict[Any, Path]:
     """Every Installed-Build-Depends pin found before anything is bootstrapped: in the
     suites, else in the snapshot archive (its files fetched and checked now); any pin found
-    nowhere fails here, naming each. The apt lines of the snapshot files, if any."""
+    nowhere fails here, naming each. The snapshot's pins with their verified cached files."""
     settings = run.settings
     started = time.monotonic()
     indexes: list[tuple[pins.SuiteSource, pins.Available]] = []
@@ -579,24 +580,17 @@ async def _resolve_pins(
         run.say("pins found nowhere:\n" + "\n".join(
             f"  {d}: in no configured suite or snapshot" for d in resolution.missing))
         raise StageError("environment", resolution.error())
+    files: dict[Any, Path] = {}
     if not resolution.snapshot:
-        return []
+        return files
     assert client is not None
-    files: dict[str, Path] = {}
     for dep, f in sorted(resolution.snapshot.items(), key=lambda kv: kv[1].name):
         run.say(f"{dep}: from the snapshot archive, {f.name} sha1 {f.sha1}")
         try:
-            files[f.name] = await client.download(f)
+            files[dep] = await client.download(f)
         except (BadDataError, UnreachableError) as e:
             raise StageError("environment", f"snapshot file of {dep}: {e}") from e
-    # keyed by the files, so the chroot cache key (which includes this apt line) repeats
-    ids = hashlib.sha256(" ".join(sorted(f.sha1 for f in resolution.snapshot.values())).encode())
-    repo_dir = cache / "snapshot-repos" / ids.hexdigest()[:32]
-    try:
-        line = await asyncio.to_thread(pins.local_repository, files, repo_dir)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise StageError("environment", f"indexing the snapshot files: {e}") from e
-    return [line]
+    return files
 
 
 async def _sandboxed(

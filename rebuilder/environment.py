@@ -117,6 +117,15 @@ def _open_lock(cache_dir: Path, key: str) -> IO[str]:
     return open(cache_dir / f".chroot-{key[:32]}.lock", "w")  # caller's with
 
 
+def _stage(files: Iterable[Path], directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, directory / f.name)
+    directory.chmod(0o755)
+
+
 def _open_append(path: Path) -> IO[bytes]:
     return open(path, "ab")  # closed by the caller's with statement
 
@@ -152,8 +161,14 @@ async def _run_mmdebstrap(cmd: list[str], log_path: Path, time_limit: float,
                           " (see the log)")
 
 
-def _apt_pins(deps: Iterable[Dependency]) -> list[str]:
-    return [f"{d.name}{':' + d.arch if d.arch else ''}={d.version}" for d in deps]
+_LOCAL_DEBS = "/tmp/rq-pinned-debs"  # noqa: S108  # inside the chroot being made, removed after
+
+
+def _apt_pins(deps: Iterable[Dependency], local: Mapping[Dependency, Path]) -> list[str]:
+    """``name=version`` for apt to find in the suites; the path of a file for a pin that was
+    fetched from the snapshot archive (apt installs a .deb given by path as it is)."""
+    return [f"{_LOCAL_DEBS}/{local[d].name}" if d in local
+            else f"{d.name}{':' + d.arch if d.arch else ''}={d.version}" for d in deps]
 
 
 async def prepare_chroot(
@@ -165,6 +180,7 @@ async def prepare_chroot(
     log_path: Path,
     time_limit: float = 3600.0,
     extra_sources: Sequence[str] = (),
+    local_debs: Mapping[Dependency, Path] | None = None,
 ) -> PreparedChroot:
     """A directory chroot with exactly ``deps`` installed, built once per dependency list.
 
@@ -173,7 +189,10 @@ async def prepare_chroot(
     whole list, and the chroot's dpkg database is checked to hold every exact version. The tree is
     renamed into place atomically, so a crashed build never leaves a half chroot in the cache.
     """
-    key = chroot_key(deps, mirror, suite, arch, extra_sources)
+    local = dict(local_debs or {})
+    # snapshot files are named by their sha1 in the package cache: the key covers them
+    key = chroot_key(deps, mirror, suite, arch,
+                     [*extra_sources, *sorted(f"file:{p.name}" for p in local.values())])
     final = cache_dir / f"chroot-{key[:32]}"
     with await asyncio.to_thread(_open_lock, cache_dir, key) as lock:
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
@@ -183,7 +202,11 @@ async def prepare_chroot(
             work = cache_dir / f".chroot-{key[:32]}.tmp"
             if work.exists():
                 await asyncio.to_thread(shutil.rmtree, work)
-            pins = " ".join(_apt_pins(deps))
+            pins = " ".join(_apt_pins(deps, local))
+            staged = None
+            if local:  # the snapshot's files, copied into the chroot for the pinned install
+                staged = cache_dir / f".chroot-{key[:32]}.debs"
+                await asyncio.to_thread(_stage, local.values(), staged)
             cmd = [
                 "mmdebstrap",
                 "--variant=buildd",
@@ -194,8 +217,11 @@ async def prepare_chroot(
                 # bubblewrap: the sandbox's inner layer that disables nested user namespaces
                 "--include=fakeroot,bubblewrap",
                 '--aptopt=Acquire::Check-Valid-Until "false"',
+                *([f'--customize-hook=mkdir -p "$1"{_LOCAL_DEBS}',
+                   f"--customize-hook=sync-in {staged} {_LOCAL_DEBS}"] if staged else []),
                 '--customize-hook=chroot "$1" apt-get install --yes --allow-downgrades '
                 "--no-install-recommends " + pins,
+                *([f'--customize-hook=rm -rf "$1"{_LOCAL_DEBS}'] if staged else []),
                 '--customize-hook=rm -f "$1"/etc/resolv.conf "$1"/etc/hostname',
                 suite,
                 str(work),
@@ -211,6 +237,9 @@ async def prepare_chroot(
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, work, True)
                 raise
+            finally:
+                if staged is not None:
+                    await asyncio.to_thread(shutil.rmtree, staged, True)
             diffs = compare_installed(deps, installed, arch)
             if diffs:
                 await asyncio.to_thread(shutil.rmtree, work, True)

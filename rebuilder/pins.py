@@ -12,8 +12,8 @@ fails the rebuild at once, naming each one::
 rest is I/O: ``suite_versions`` reads a suite's Release and Packages (off the event loop, cached
 by the Packages digest), ``SnapshotClient`` asks ``/mr/binary/<pkg>/<ver>/binfiles?fileinfo=1``
 and downloads ``/file/<sha1>``, each file checked against its sha1, size and control fields,
-kept in a package cache shared by the node's builds, and ``local_repository`` turns the
-downloaded files into a flat APT repository for mmdebstrap.
+kept in a package cache shared by the node's builds; mmdebstrap then installs them by path
+inside the chroot (``environment.prepare_chroot``'s ``local_debs``).
 
 The suites' Release files are read here only to learn which versions exist; their signatures
 are checked by apt inside mmdebstrap under each suite's keyring, which is what installs them.
@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ __all__ = [
     "SnapshotClient",
     "SnapshotFile",
     "SuiteSource",
-    "local_repository",
     "resolve",
     "scan_packages",
     "suite_versions",
@@ -301,37 +299,3 @@ class SnapshotClient:
             tmp.rename(dest)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def local_repository(files: Mapping[str, Path], directory: Path) -> str:
-    """A flat APT repository of ``files`` (name -> cached path) in ``directory``; its apt line.
-
-    The files were checked against the archive's sha1 and their own control data, so apt may
-    trust the repository (``trusted=yes``): there is nothing else for it to check them against.
-    ``directory`` should be named after the set of files: an existing one is reused.
-    """
-    line = f"deb [trusted=yes] file://{directory} ./"
-    if (directory / "Packages").is_file():
-        return line
-    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        for name, path in files.items():
-            try:
-                os.link(path, tmp / name)
-            except OSError:
-                shutil.copyfile(path, tmp / name)
-        out = subprocess.run(["apt-ftparchive", "packages", "."], cwd=tmp, capture_output=True,
-                             timeout=300, check=True)
-        (tmp / "Packages").write_bytes(out.stdout)
-        tmp.chmod(0o755)
-        try:
-            tmp.rename(directory)
-        except OSError:  # another build made it meanwhile
-            if not (directory / "Packages").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return line

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.buildinfo import Dependency
-from rebuilder.pins import SnapshotClient, SuiteSource, local_repository, resolve, suite_versions
+from rebuilder.pins import SnapshotClient, SuiteSource, resolve, suite_versions
 from rebuilder.testrepo import build_test_repository, serve_repository
 from tests.support import free_port
 from verifier.errors import BadDataError
@@ -160,10 +160,6 @@ async def test_pins_from_the_suite_then_the_snapshot_and_the_rest_named(
         before = len(snap.requests)
         assert await client.download(r.snapshot[HELLO]) == path
         assert len(snap.requests) == before
-        line = local_repository({r.snapshot[HELLO].name: path},
-                                tmp_path / "local")
-        assert line == f"deb [trusted=yes] file://{tmp_path / 'local'} ./"
-        assert b"Package: hello\n" in (tmp_path / "local" / "Packages").read_bytes()
 
 
 async def test_snapshot_serving_other_bytes_is_refused(
@@ -235,3 +231,35 @@ def _deps_of(path: Path) -> tuple[Dependency, ...]:
     from rebuilder.buildinfo import parse_buildinfo
 
     return parse_buildinfo(path.read_bytes()).installed_build_depends
+
+
+async def test_an_environment_failure_is_appended_to_the_log(tmp_path: Path) -> None:
+    """Every pin is listed by the suite, so mmdebstrap runs; the suite is a fake (no files,
+    no signature) and it fails. The log keeps mmdebstrap's command line and output, and the
+    failure and the digests come after them: nothing overwritten."""
+    testrepo = build_test_repository(tmp_path / "testrepo")
+    pkg = testrepo.package("rq-hello")
+    deps = _deps_of(testrepo.path / pkg.buildinfo_path)
+    root = tmp_path / "fake"
+    out = root / "dists" / "test" / "main" / "binary-amd64"
+    out.mkdir(parents=True)
+    (out / "Packages").write_text("".join(
+        f"Package: {d.name}\nVersion: {d.version}\nArchitecture: amd64\n\n" for d in deps))
+    release = subprocess.run(["apt-ftparchive", "release", "."], cwd=root / "dists" / "test",
+                             check=True, capture_output=True).stdout
+    (root / "dists" / "test" / "Release").write_bytes(release)
+    async with serve_repository(testrepo.path) as base, serve_repository(root) as fake, \
+            aiohttp.ClientSession() as session:
+        settings = BuildSettings(environment="mmdebstrap", suites=(SuiteSource(fake, "test"),),
+                                 cache_dir=tmp_path / "cache", timeout=300,
+                                 diffoscope_enabled=False)
+        outcome = await run_rebuild(pkg.job(base), settings, tmp_path / "w", session)
+    assert outcome.failure_stage == "environment"
+    assert "mmdebstrap exited with status" in (outcome.failure or "")
+    assert outcome.log_path is not None
+    log = outcome.log_path.read_text()
+    command = log.index("$ mmdebstrap --variant=buildd")
+    failed = log.index("FAILED at environment")
+    assert command < failed < log.index("verdict: failed")
+    assert f"{fake} test" in log[command:failed]  # the command line is intact
+    assert log.rstrip().endswith("(not rebuilt)")
