@@ -38,6 +38,13 @@ architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep build
 # {{arch}} {{pool_prefix}}; an "all" job also tries each build architecture for {{arch}}
 buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version_noepoch}}_{{arch}}.buildinfo"
 poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
+# mmdebstrap mode: suites pinned build dependencies come from, in order; without any, [build]
+# mirror at this repository's suite. Add one table per suite, e.g.:
+# [[repository.build_suite]]
+# suite = "bookworm-security"
+# mirror = "http://deb.debian.org/debian-security"
+# components = ["main"]
+# keyring = ""                        # apt signed-by keyring; "" = the chroot's default
 """)
     if not repos:
         repos.append("""
@@ -74,7 +81,8 @@ keepalive = 30                        # seconds
 {"".join(repos)}
 [build]
 environment = {_toml_str(args.environment)}                  # "host" or "mmdebstrap"
-mirror = "http://deb.debian.org/debian"   # where mmdebstrap fetches pinned build dependencies
+mirror = "http://deb.debian.org/debian"   # build suites' default mirror
+snapshot_url = ""                     # snapshot.debian.org API for pins in no suite; "" = none
 timeout = 3600                        # seconds per build
 max_disk_mb = 10240                   # build directory
 max_output_mb = 2048                  # all produced files together
