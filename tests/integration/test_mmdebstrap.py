@@ -128,7 +128,7 @@ async def test_a_pin_in_no_suite_comes_from_the_snapshot_archive(
             aiohttp.ClientSession() as session:
         settings = BuildSettings(
             environment="mmdebstrap", suites=(SuiteSource(MIRROR, _suite()),),
-            snapshot_url=snapshot, cache_dir=tmp_path / "cache", timeout=1800,
+            snapshot_url=snapshot, cache_dir=_cache(), timeout=1800,
             diffoscope_enabled=False,
         )
         outcome = await run_rebuild(pkg.job(base), settings, tmp_path / "work", session)
@@ -137,6 +137,6 @@ async def test_a_pin_in_no_suite_comes_from_the_snapshot_archive(
     assert outcome.internal_parameters["pins"]["snapshot"] == 1
     chroot = outcome.internal_parameters["chroot"]
     assert chroot["snapshot_files"] == [f"{hashlib.sha1(tz.read_bytes()).hexdigest()}.deb"]  # noqa: S324
-    tree = tmp_path / "cache" / f"chroot-{chroot['key'][:32]}"
+    tree = _cache() / f"chroot-{chroot['key'][:32]}"
     assert installed_packages(tree / "var" / "lib" / "dpkg")["tzdata"] == tz_version
     assert any(p.startswith("/mr/binary/tzdata/") for p in snap.requests)
