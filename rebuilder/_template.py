@@ -83,6 +83,8 @@ keepalive = 30                        # seconds
 environment = {_toml_str(args.environment)}                  # "host" or "mmdebstrap"
 mirror = "http://deb.debian.org/debian"   # build suites' default mirror
 snapshot_url = ""                     # snapshot.debian.org API for pins in no suite; "" = none
+chroot_cache_mb = 20480               # cached chroots above this are evicted, least recently
+                                      # used first (never one in use); 0 = no cap
 timeout = 3600                        # seconds per build
 max_disk_mb = 10240                   # build directory
 max_output_mb = 2048                  # all produced files together

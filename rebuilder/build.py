@@ -77,6 +77,7 @@ class BuildSettings:
     suites: tuple[pins.SuiteSource, ...] = ()
     suite: str | None = None
     snapshot_url: str | None = None  # snapshot.debian.org's API, for pins in no suite
+    chroot_cache_mb: int = 0  # least recently used chroots evicted above this; 0: no cap
     cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
     hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
     fetch_timeout: float = 600.0
@@ -123,6 +124,7 @@ class _Run:
     internal: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
     unpublished: list[tuple[str, Digest]] = field(default_factory=list)
+    chroot: environment.PreparedChroot | None = None
     log_start: int = 0  # where this attempt's part of the (appended) log begins
 
     def say(self, text: str) -> None:
@@ -157,6 +159,8 @@ async def run_rebuild(
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
             _remove_tree(work_dir / "tree")
+            if run.chroot is not None:
+                run.chroot.release()
         _log_summary(run, failure)
     return RebuildOutcome(
         job=run.job,  # with the buildinfo URL that answered
@@ -525,7 +529,9 @@ async def _prepare_environment(
             time_limit=settings.timeout,
             extra_sources=extra,
             local_debs=local,
+            cache_cap_bytes=settings.chroot_cache_mb * _MB,
         )
+        run.chroot = chroot  # held until the run is over: never evicted while in use
     except environment.ChrootError as e:
         raise StageError("environment", f"could not pin the environment: {e}") from e
     run.log.seek(0, os.SEEK_END)

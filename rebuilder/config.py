@@ -169,6 +169,7 @@ class BuildConfig:
     max_source_mb: int = 2048
     parallel: int = 1
     snapshot_url: str | None = None  # snapshot.debian.org's API for pins in no build suite
+    chroot_cache_mb: int = 20480  # mmdebstrap chroot cache cap (LRU); 0 = none
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
 
     b = _Section("build", data.get("build", {}), {"environment", "mirror", "timeout",
                                                   "max_disk_mb", "max_output_mb", "max_log_mb",
-                                                  "max_source_mb", "parallel", "snapshot_url"})
+                                                  "max_source_mb", "parallel", "snapshot_url",
+                                                  "chroot_cache_mb"})
     snapshot = b.text("snapshot_url", "", max_len=2048)
     env = b.text("environment", "host")
     if env not in ("host", "mmdebstrap"):
@@ -389,6 +391,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         max_source_mb=b.integer("max_source_mb", 2048, 1, 1_000_000),
         parallel=b.integer("parallel", 1, 1, 64),
         snapshot_url=_http_url(snapshot, "build.snapshot_url") if snapshot else None,
+        chroot_cache_mb=b.integer("chroot_cache_mb", 20480, 0, 100_000_000),
     )
     d = _Section("diffoscope", data.get("diffoscope", {}), {"enabled", "timeout",
                                                             "max_report_mb"})

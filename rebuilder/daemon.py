@@ -82,6 +82,7 @@ def build_settings(config: Config) -> Any:
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
         snapshot_url=b.snapshot_url,
+        chroot_cache_mb=b.chroot_cache_mb,
         cache_dir=config.node.cache_dir,
         # Never visible inside a build: the state directory (database, other builds, reports),
         # the signing key and the broker password wherever they live.

@@ -24,7 +24,7 @@ def test_init_writes_every_documented_key(tmp_path: Path) -> None:
                                          "architectures", "buildinfo_url", "poll_interval"}
     assert set(doc["build"]) == {"environment", "mirror", "timeout", "max_disk_mb",
                                  "max_output_mb", "max_log_mb", "max_source_mb", "parallel",
-                                 "snapshot_url"}
+                                 "snapshot_url", "chroot_cache_mb"}
     assert set(doc["diffoscope"]) == {"enabled", "timeout", "max_report_mb"}
     assert cfg.node.state_dir == tmp_path / "node"
     assert cfg.node.signing_key == tmp_path / "node" / "keys" / "signing.pem"
