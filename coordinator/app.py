@@ -29,6 +29,7 @@ from coordinator.mqtt import MqttLink
 from coordinator.mqtt5 import PACKET_DROP_REASONS
 from coordinator.service import STATUS_DROP_REASONS, Ingest
 from coordinator.store import Store, rfc3339
+from verifier.verdicts import JOB_VERDICTS
 
 __all__ = [
     "CATCHUP",
@@ -127,7 +128,7 @@ async def _rebuilder_views(app: web.Application, now: float | None) -> list[dict
                 "keyid": rb.keyid,
                 "online": online,
                 "last_seen": rfc3339(last_seen),
-                "counts": {k: c.get(k, 0) for k in ("reproduced", "mismatch", "failed")},
+                "counts": {k: c.get(k, 0) for k in JOB_VERDICTS},
                 "last_error": st.last_error if st else None,
                 "status": st.status if st else None,
             }
@@ -186,6 +187,12 @@ async def get_disagreements(request: web.Request) -> web.Response:
     offset = int_param(request, "offset", 0, 0, 10**8)
     rows = await request.app[STORE].disagreements(limit, offset)
     return web.json_response({"disagreements": [d.to_dict() for d in rows]})
+
+
+async def get_tampered(request: web.Request) -> web.Response:
+    """Files rebuilders reported ``tampered``, newest first (docs/api.md)."""
+    limit = int_param(request, "limit", 100, 1, 1000)
+    return web.json_response({"tampered": await request.app[STORE].tampered(limit=limit)})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -248,6 +255,9 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP rq_coordinator_disagreements Disagreements recorded.",
         "# TYPE rq_coordinator_disagreements gauge",
         f"rq_coordinator_disagreements {totals['disagreements']}",
+        "# HELP rq_coordinator_tampered_total Stored attestations reporting tampering.",
+        "# TYPE rq_coordinator_tampered_total counter",
+        f"rq_coordinator_tampered_total {m.tampered}",
         "# HELP rq_coordinator_ingest_queue Messages received and not yet checked.",
         "# TYPE rq_coordinator_ingest_queue gauge",
         f"rq_coordinator_ingest_queue {app[INGEST].queued()}",
@@ -376,6 +386,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)
     app.router.add_get("/v1/rebuilders", get_rebuilders)
     app.router.add_get("/v1/disagreements", get_disagreements)
+    app.router.add_get("/v1/tampered", get_tampered)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     dashboard.setup(app)

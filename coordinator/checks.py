@@ -22,6 +22,7 @@ from verifier.dsse import Envelope, strict_json_loads
 from verifier.errors import BadDataError
 from verifier.keys import Ed25519PublicKey, KeyId
 from verifier.statement import RebuildStatement, RevocationStatement, parse_statement
+from verifier.verdicts import JobVerdict
 
 __all__ = [
     "DROP_REASONS",
@@ -83,7 +84,8 @@ class Accepted:
     source: str | None = None
     version: str | None = None
     architecture: str | None = None
-    verdict: Literal["reproduced", "mismatch", "failed"] | None = None
+    # the job's class (verifier/verdicts.py); None for a revocation
+    verdict: JobVerdict | None = None
     finished: str | None = None  # RFC 3339
     invocation: str | None = None  # runDetails.metadata.invocationId
     subjects: tuple[tuple[str, str], ...] = ()  # (name, hex sha256)
@@ -139,12 +141,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
             reason=statement.reason,
         )
     assert isinstance(statement, RebuildStatement)
-    if statement.failed:
-        verdict: Literal["reproduced", "mismatch", "failed"] = "failed"
-    elif statement.verdicts and all(v.verdict == "reproduced" for v in statement.verdicts):
-        verdict = "reproduced"
-    else:
-        verdict = "mismatch"
+    verdict = statement.verdict  # failed | tampered | unreproducible | reproduced
     pkg = statement.package
     return Accepted(
         rebuilder=rebuilder_id,

@@ -106,8 +106,9 @@ def _print_status(s: dict[str, Any]) -> None:
         print(
             f"  {r['id']:<20} {r['operator']:<24} {'online' if r['online'] else 'OFFLINE':<8}"
             f" last seen {r['last_seen'] or 'never'}"
-            f"  reproduced {c.get('reproduced', 0)} mismatch {c.get('mismatch', 0)}"
-            f" failed {c.get('failed', 0)}"
+            f"  reproduced {c.get('reproduced', 0)}"
+            f" unreproducible {c.get('unreproducible', 0) + c.get('mismatch', 0)}"
+            f" tampered {c.get('tampered', 0)} failed {c.get('failed', 0)}"
             + (f"  last catch-up error: {r['last_error']}" if r["last_error"] else "")
         )
     print(f"disagreements: {s['disagreements']}")

@@ -71,6 +71,7 @@ class Metrics:
     status_dropped: Counter[str] = field(default_factory=Counter)
     catchup_errors: Counter[str] = field(default_factory=Counter)  # by rebuilder
     disagreements_published: int = 0
+    tampered: int = 0  # stored attestations reporting tampering (branch `debian`)
 
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
@@ -303,6 +304,14 @@ class Ingest:
                     await self.on_disagreement(d)
                 except Exception:  # publishing is best effort: the row is stored and served
                     log.exception("could not publish disagreement %d", d.id)
+        for a in result.tampered:
+            files = ", ".join(o.name for o in a.outputs if o.verdict == "tampered")
+            self.metrics.tampered += 1
+            log.warning(
+                "TAMPERED: %s rebuilt %s %s (%s) as its buildinfo describes, but the repository"
+                " serves other bytes for %s (envelope %s)",
+                a.rebuilder, a.source, a.version, a.architecture, files, a.digest,
+            )
         return result
 
     async def run(self) -> None:

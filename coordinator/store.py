@@ -35,7 +35,7 @@ __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "S
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -46,7 +46,7 @@ _MIGRATIONS: dict[int, str] = {
         rebuilder TEXT NOT NULL,
         kind TEXT NOT NULL,               -- rebuild | failure | revocation
         source TEXT, version TEXT, architecture TEXT,
-        verdict TEXT,                     -- reproduced | mismatch | failed (NULL: revocation)
+        verdict TEXT,                     -- see verifier/verdicts.py (NULL: revocation)
         invocation TEXT,
         failure TEXT,                     -- why a failed build failed
         finished TEXT,                    -- RFC 3339, from the signed statement
@@ -151,6 +151,17 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX status_history_rebuilder ON status_history(rebuilder, at);
     """,
+    # 4 (branch `debian`): the verdict classes of verifier/verdicts.py. v1 statements said
+    # 'mismatch' for unreproducible and tampered alike; it reads as 'unreproducible'.
+    4: """
+    UPDATE envelopes SET verdict = 'unreproducible' WHERE verdict = 'mismatch';
+    UPDATE outputs SET verdict = 'unreproducible' WHERE verdict = 'mismatch';
+    INSERT INTO counts(rebuilder, verdict, n)
+        SELECT rebuilder, 'unreproducible', n FROM counts WHERE verdict = 'mismatch'
+        ON CONFLICT(rebuilder, verdict) DO UPDATE SET n = n + excluded.n;
+    DELETE FROM counts WHERE verdict = 'mismatch';
+    CREATE INDEX IF NOT EXISTS outputs_verdict ON outputs(verdict)
+    """,
 }
 _HISTORY_KEEP = 500  # status changes kept per rebuilder
 
@@ -188,6 +199,12 @@ class BatchResult:
     stored: list[Accepted] = field(default_factory=list)
     duplicates: int = 0
     new_disagreements: list[Disagreement] = field(default_factory=list)
+
+    @property
+    def tampered(self) -> list[Accepted]:
+        """Newly stored attestations reporting that the repository serves other bytes than
+        the rebuild of its buildinfo gave: the alert the dashboard raises."""
+        return [a for a in self.stored if a.verdict == "tampered"]
 
 
 @dataclass(frozen=True)
@@ -838,6 +855,42 @@ class Store:
                 "report_url": r[8],
             },
         )
+
+    async def tampered(
+        self, source: str | None = None, version: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Published files some rebuilder reported ``tampered`` (it rebuilt what the buildinfo
+        describes, the repository serves other bytes), newest first; optionally of one package
+        version. Revoked attestations are left out."""
+        where = "o.verdict = 'tampered'"
+        params: list[Any] = []
+        if source is not None and version is not None:
+            where += " AND e.source = ? AND e.version = ?"
+            params += [source, version]
+        rows = await self._all(
+            "SELECT e.rebuilder, e.source, e.version, e.architecture, e.digest, e.finished,"  # noqa: S608  # only ? marks
+            " o.name, o.rebuilt, o.buildinfo, o.repository, o.report_url"
+            " FROM outputs o JOIN envelopes e ON e.id = o.envelope_id"
+            f" WHERE {where} AND NOT EXISTS (SELECT 1 FROM revocations r"
+            " WHERE r.revoked = e.digest AND r.rebuilder = e.rebuilder)"
+            " ORDER BY e.id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            {
+                "rebuilder": r[0],
+                "package": {"ecosystem": "debian", "name": r[1], "version": r[2],
+                            "architecture": r[3]},
+                "envelope": r[4].hex(),
+                "finished": r[5],
+                "artifact": r[6],
+                "rebuilt": r[7],
+                "buildinfo": r[8],
+                "repository": r[9],
+                "report_url": r[10],
+            }
+            for r in rows
+        ]
 
     async def totals(self) -> dict[str, int]:
         rows = await self._all(

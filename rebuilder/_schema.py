@@ -119,6 +119,46 @@ MIGRATIONS: tuple[str, ...] = (
         accepted_at TEXT NOT NULL
     );
     """,
+    # 5 (branch `debian`): build verdicts reproduced | unreproducible | tampered | failed; the
+    # old 'mismatch' reads as 'unreproducible' (it could not tell the two apart). SQLite cannot
+    # change a CHECK, so the table is rebuilt under the same name. Foreign keys stay on (they
+    # cannot be switched off inside the migration's transaction): deferred, the rows of outputs
+    # and attestations are orphaned by the DROP and found again by the INSERT, before COMMIT.
+    """
+    PRAGMA defer_foreign_keys = ON;
+    CREATE TABLE builds_copy AS SELECT * FROM builds;
+    DROP TABLE builds;
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        attempt INTEGER NOT NULL,
+        invocation_id TEXT NOT NULL UNIQUE,
+        verdict TEXT NOT NULL
+            CHECK (verdict IN ('reproduced', 'unreproducible', 'tampered', 'failed')),
+        failure TEXT,
+        failure_stage TEXT,
+        environment TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT NOT NULL,
+        duration_s REAL NOT NULL,
+        log_path TEXT,
+        UNIQUE (job_id, attempt)
+    );
+    INSERT INTO builds SELECT id, job_id, attempt, invocation_id,
+        CASE verdict WHEN 'mismatch' THEN 'unreproducible' ELSE verdict END,
+        failure, failure_stage, environment, started_at, finished_at, duration_s, log_path
+        FROM builds_copy ORDER BY id;
+    DROP TABLE builds_copy;
+    CREATE INDEX builds_job ON builds (job_id, id);
+    UPDATE outputs SET verdict = 'unreproducible' WHERE verdict = 'mismatch';
+    """,
+    # 6 (branch `debian`): a buildinfo URL an operator gave (`rebuilder rebuild --buildinfo`)
+    # is used as given; any other is re-resolved from the config at every attempt.
+    """
+    ALTER TABLE jobs ADD COLUMN buildinfo_pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN source_version TEXT;    -- a binNMU's source version
+    CREATE INDEX jobs_source_version ON jobs (source, source_version);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

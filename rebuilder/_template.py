@@ -45,14 +45,22 @@ base_url = {_toml_str(url)}   # APT root (dists/, pool/)
 suite = {_toml_str(suite)}
 components = ["main"]
 architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep builds
-# placeholders: {{base}} {{source}} {{version}} {{version_noepoch}} {{arch}}
-buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version}}_{{arch}}.buildinfo"
+# placeholders (docs/configuration.md): {{base}} {{source}} {{version}} {{version_noepoch}}
+# {{arch}} {{pool_prefix}}; an "all" job also tries each build architecture for {{arch}}
+buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version_noepoch}}_{{arch}}.buildinfo"
 poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
 {auth}
 # uploader_keyring = "/usr/share/keyrings/debian-keyring.gpg"  # verify .dsc signatures
 # require_signed_source = false       # true: an unsigned or unverifiable .dsc fails the build
 max_index_entries = 200000            # per Packages/Sources index; more refuses the index
 max_index_mb = 256                    # decompressed size per index
+# mmdebstrap mode: suites pinned build dependencies come from, in order; without any, [build]
+# mirror at this repository's suite. Add one table per suite, e.g.:
+# [[repository.build_suite]]
+# suite = "bookworm-security"
+# mirror = "http://deb.debian.org/debian-security"
+# components = ["main"]
+# keyring = ""                        # apt signed-by keyring; "" = the chroot's default
 """)
     if not repos:
         repos.append("""
@@ -62,7 +70,7 @@ max_index_mb = 256                    # decompressed size per index
 # suite = "stable"
 # components = ["main"]
 # architectures = ["amd64", "all"]
-# buildinfo_url = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
+# buildinfo_url = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 # poll_interval = 300
 # signed_by = "/usr/share/keyrings/debian-archive-keyring.gpg"   # or: trusted = true (unsigned)
 """)
@@ -93,7 +101,10 @@ keepalive = 30                        # seconds
 {"".join(repos)}
 [build]
 environment = {_toml_str(args.environment)}                  # "host" or "mmdebstrap"
-mirror = "http://deb.debian.org/debian"   # where mmdebstrap fetches pinned build dependencies
+mirror = "http://deb.debian.org/debian"   # build suites' default mirror
+snapshot_url = ""                     # snapshot.debian.org API for pins in no suite; "" = none
+chroot_cache_mb = 20480               # cached chroots above this are evicted, least recently
+                                      # used first (never one in use); 0 = no cap
 timeout = 3600                        # seconds per build
 max_disk_mb = 10240                   # build directory
 max_output_mb = 2048                  # all produced files together

@@ -1,7 +1,8 @@
 """Turn a ``RebuildOutcome`` into this node's signed statement (ARCHITECTURE §4.2, §4.3).
 
-Pure: values in, values out. The subjects are the files *this* node built (outputs with a
-rebuilt digest); a failed rebuild has no subject and a failure reason::
+Pure: values in, values out. The subjects are the published files *this* node built (outputs
+with a rebuilt digest); rebuilt files the repository does not publish are ``unpublished:``
+byproducts, never subjects; a failed rebuild has no subject and a failure reason::
 
     statement = rebuild_statement(outcome, identity, invocation_id="rb-a/12/1", reports={})
     envelope = sign_statement(statement.to_bytes(), key)
@@ -9,7 +10,6 @@ rebuilt digest); a failed rebuild has no subject and a failure reason::
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +26,6 @@ from verifier.statement import (
 )
 
 __all__ = [
-    "EMPTY_SHA256",
     "NodeIdentity",
     "ReportRef",
     "rebuild_statement",
@@ -34,9 +33,6 @@ __all__ = [
     "sign_statement",
 ]
 
-# The buildinfo digest of a rebuild whose buildinfo could not be fetched: the digest of the
-# nothing we received. The failure reason says what happened.
-EMPTY_SHA256 = Digest(hashlib.sha256(b"").hexdigest())
 MAX_FAILURE_CHARS = 4000
 
 
@@ -89,7 +85,7 @@ def rebuild_statement(
             if out.rebuilt is not None:
                 subjects.append(Subject(out.name, out.rebuilt))
         if not subjects:
-            failure = "the build finished but produced none of the expected files"
+            failure = "the build finished but produced none of the published files"
     if failure is not None:
         stage = outcome.failure_stage or "internal"
         failure = _clip(f"{stage}: {failure}")
@@ -105,10 +101,12 @@ def rebuild_statement(
         finished_on=outcome.finished_on,
         invocation_id=invocation_id,
         buildinfo_uri=job.buildinfo_url,
-        buildinfo_sha256=outcome.buildinfo_sha256 or EMPTY_SHA256,
+        # none when the buildinfo could not be fetched: a digest of nothing would name nothing
+        buildinfo_sha256=outcome.buildinfo_sha256,
         repository=repository,
         verdicts=tuple(verdicts),
         failure=failure,
+        unpublished=tuple(Subject(n, d) for n, d in outcome.unpublished),
         internal_parameters=internal,
         resolved_dependencies=outcome.resolved_dependencies,
     )

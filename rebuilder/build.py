@@ -3,11 +3,13 @@
 ``run_rebuild`` fetches the buildinfo and the source, checks every hash before anything is
 unpacked, prepares the environment (host check or pinned mmdebstrap chroot), runs
 ``dpkg-buildpackage`` in bubblewrap at the buildinfo's Build-Path with its Environment, hashes the
-outputs, compares them with the buildinfo and the repository, and runs diffoscope on mismatches.
+outputs, compares them with the buildinfo and the repository, and runs diffoscope on every published
+file that was not reproduced.
 It never raises for a bad package: every failure is an outcome with ``failure`` and
 ``failure_stage``. It does not sign, store or publish; the daemon does. Layout of ``work_dir``::
 
-    build.log        everything the steps printed (capped)
+    build.log        everything the steps printed (capped), appended to by every attempt and
+                     ending with each published file's published, buildinfo and rebuilt digests
     inputs/          buildinfo, .dsc and source files, hash-checked
     tree/            bound at dirname(Build-Path) in the sandbox; removed after the build
                      (as root: its own ext4 filesystem of max_disk_mb, tree.ext4 the image)
@@ -33,7 +35,7 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, sandbox
+from rebuilder import compare, environment, pins, sandbox
 from rebuilder.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
@@ -49,12 +51,14 @@ from rebuilder.openpgp import SourcePolicy, check_dsc_signature
 from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
+from verifier.verdicts import job_verdict
 
 __all__ = ["BACKEND", "BuildSettings", "StageError", "run_rebuild"]
 
 BACKEND = "repro-quorum-bwrap/1"
 _MB = 1024 * 1024
 _INPUTS = "/run/rebuild-inputs"  # where the fetched inputs appear, read-only, in the sandbox
+_BINNMU_ENTRY = "rq-binnmu.changelog"  # in inputs/, next to the source files
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,12 @@ class BuildSettings:
     diffoscope_enabled: bool = True
     diffoscope_timeout: float = 600.0
     max_report_mb: int = 20
-    # Not (yet) in the config file; the daemon may set them.
-    suite: str = "bookworm"  # the mirror suite mmdebstrap starts from
+    # Where pins are resolved and mmdebstrap installs from: the job's repository's
+    # build_suite entries (the daemon sets them); without any, ``mirror`` and ``suite``.
+    suites: tuple[pins.SuiteSource, ...] = ()
+    suite: str | None = None
+    snapshot_url: str | None = None  # snapshot.debian.org's API, for pins in no suite
+    chroot_cache_mb: int = 0  # least recently used chroots evicted above this; 0: no cap
     cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
     hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
     fetch_timeout: float = 600.0
@@ -124,6 +132,9 @@ class _Run:
     resolved: list[dict[str, Any]] = field(default_factory=list)
     internal: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
+    unpublished: list[tuple[str, Digest]] = field(default_factory=list)
+    chroot: environment.PreparedChroot | None = None
+    log_start: int = 0  # where this attempt's part of the (appended) log begins
 
     def say(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -131,7 +142,7 @@ class _Run:
         self.log.flush()
 
     def log_budget(self) -> int:
-        return max(4096, self.settings.max_log_mb * _MB - self.log.tell())
+        return max(4096, self.settings.max_log_mb * _MB - (self.log.tell() - self.log_start))
 
 
 async def run_rebuild(
@@ -141,7 +152,8 @@ async def run_rebuild(
     log_path = work_dir / "build.log"
     started = datetime.now(UTC)
     with await asyncio.to_thread(_open_log, log_path) as log:
-        run = _Run(job, settings, work_dir, session, log, started)
+        run = _Run(job, settings, work_dir, session, log, started, log_start=log.tell())
+        run.say(f"=== rebuild of {job.source} {job.version} {job.architecture} started")
         failure: StageError | None = None
         try:
             await _pipeline(run)
@@ -156,17 +168,16 @@ async def run_rebuild(
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
             _remove_tree(work_dir / "tree")
-        if failure is not None:
-            run.say(f"FAILED at {failure.stage}: {failure.message}")
-        else:
-            summary = ", ".join(f"{o.name}: {o.verdict}" for o in run.outputs)
-            run.say(f"done: {summary}")
+            if run.chroot is not None:
+                run.chroot.release()
+        _log_summary(run, failure)
     return RebuildOutcome(
-        job=job,
+        job=run.job,  # with the buildinfo URL that answered
         started_on=started,
         finished_on=datetime.now(UTC),
         buildinfo_sha256=run.buildinfo_sha256,
         outputs=() if failure else tuple(run.outputs),
+        unpublished=() if failure else tuple(run.unpublished),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
         log_path=log_path,
@@ -179,7 +190,31 @@ async def run_rebuild(
 
 def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "wb")  # closed by the caller's with statement
+    # append mode: every write lands at the end, whoever else (mmdebstrap, the sandbox) wrote
+    # to the file meanwhile, and a retried attempt adds to the log of the earlier ones
+    return open(path, "ab")  # closed by the caller's with statement
+
+
+def _log_summary(run: _Run, failure: StageError | None) -> None:
+    """The log's last lines: the verdict, and every published file's three digests."""
+    if failure is not None:
+        run.say(f"FAILED at {failure.stage}: {failure.message}")
+    verdict = "failed" if failure else job_verdict((o.verdict for o in run.outputs), False)
+    lines = [f"verdict: {verdict}"]
+    for name, (digest, _) in sorted(run.job.published.items()):
+        out = next((o for o in run.outputs if o.name == name), None)
+        binfo = run.buildinfo and next(
+            (f.sha256 for f in run.buildinfo.checksums if f.name == name), None
+        )
+        lines.append(
+            f"  {name}: {out.verdict if out and not failure else 'not compared'}\n"
+            f"    published {digest}\n"
+            f"    buildinfo {binfo or '(not listed)'}\n"
+            f"    rebuilt   {(out.rebuilt if out else None) or '(not rebuilt)'}"
+        )
+    for name, digest in run.unpublished:
+        lines.append(f"  {name}: unpublished byproduct, rebuilt {digest}")
+    run.say("\n".join(lines))
 
 
 def _mkdirs(*paths: Path) -> None:
@@ -251,6 +286,12 @@ async def _pipeline(run: _Run) -> None:
         run.say(f"buildinfo Environment entries not applied: {', '.join(ignored)}")
 
     # 3. unpack and build inside the sandbox
+    if info.binary_only_changes is not None:
+        # a binNMU: the changelog entry sbuild --make-binNMU prepended, from the buildinfo
+        if (inputs / _BINNMU_ENTRY).exists():
+            raise StageError("fetch", f"the .dsc names {_BINNMU_ENTRY}, a name this node uses")
+        (inputs / _BINNMU_ENTRY).write_text(info.binary_only_changes + "\n", encoding="utf-8")
+        run.internal["binnmu"] = {"version": info.binary_version, "source_version": info.version}
     tree = run.work / "tree"
     _remove_tree(tree)
     bounded = await asyncio.to_thread(sandbox.make_build_tree, tree, settings.max_disk_mb * _MB)
@@ -289,6 +330,23 @@ async def _pipeline(run: _Run) -> None:
         tree,
         "unpacking the source",
     )
+    if info.binary_only_changes is not None:
+        run.say(f"binNMU {info.binary_version}: prepending its changelog entry")
+        # inside the sandbox: the unpacked tree is the package's, links and all
+        await _sandboxed(
+            run,
+            ["sh", "-ec", 'cat "$1" debian/changelog > debian/changelog.rq-binnmu'
+             " && mv debian/changelog.rq-binnmu debian/changelog", "sh",
+             f"{_INPUTS}/{_BINNMU_ENTRY}"],
+            sandbox.SandboxConfig(
+                binds=cfg.binds, chdir=build_path, env=cfg.env, root=root,
+                system_paths=system_paths, hidden=settings.hidden_paths,
+            ),
+            sandbox.Limits(timeout=60, max_log_bytes=run.log_budget(),
+                           max_disk_bytes=limits.max_disk_bytes),
+            tree,
+            "applying the binNMU changelog entry",
+        )
     arch_flag = _arch_flag(info)
     argv = ["dpkg-buildpackage", arch_flag, "--no-sign", "-rfakeroot"]
     run.internal["build_command"] = argv
@@ -328,14 +386,29 @@ def _arch_flag(info: Buildinfo) -> str:
 
 
 async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
+    """The first of the job's buildinfo URLs that answers; a 404 moves on to the next."""
     job = run.job
-    run.say(f"fetching buildinfo {job.buildinfo_url}")
-    try:
-        data = await fetch_bytes(
-            run.session, job.buildinfo_url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
-        )
-    except (BadDataError, UnreachableError) as e:
-        raise StageError("fetch", f"buildinfo: {e}") from e
+    urls = list(dict.fromkeys((job.buildinfo_url, *job.buildinfo_candidates)))
+    absent: list[str] = []
+    data = b""
+    for url in urls:
+        run.say(f"fetching buildinfo {url}")
+        try:
+            data = await fetch_bytes(
+                run.session, url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
+            )
+        except UnreachableError as e:
+            if (getattr(e, "status", None) == 404 or e.reason == "HTTP 404") and url != urls[-1]:
+                absent.append(url)
+                run.say("not there (HTTP 404); trying the next candidate")
+                continue
+            tried = f" (also tried, HTTP 404: {', '.join(absent)})" if absent else ""
+            raise StageError("fetch", f"buildinfo: {e}{tried}") from e
+        except BadDataError as e:
+            raise StageError("fetch", f"buildinfo: {e}") from e
+        if url != job.buildinfo_url:
+            job = run.job = replace(job, buildinfo_url=url)
+        break
     # the digest names the document a failure statement is about, valid or not
     run.buildinfo_sha256 = Digest(hashlib.sha256(data).hexdigest())
     (inputs / "job.buildinfo").write_bytes(data)
@@ -344,10 +417,17 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
     except BadDataError as e:
         raise StageError("fetch", f"buildinfo: {e}") from e
     run.buildinfo = info
-    if (info.source, info.version) != (job.source, job.version):
+    if (info.source, info.binary_version) != (job.source, job.version):
         raise StageError(
             "fetch",
-            f"buildinfo is for {info.source} {info.version}, the job is {job.source} {job.version}",
+            f"buildinfo is for {info.source} {info.binary_version}, the job is {job.source}"
+            f" {job.version}",
+        )
+    if job.source_version is not None and job.source_version != info.version:
+        raise StageError(
+            "fetch",
+            f"buildinfo is a build of source {info.source} {info.version}, the job's source"
+            f" version is {job.source_version}",
         )
     if job.architecture not in info.binary_architectures:
         raise StageError(
@@ -458,17 +538,31 @@ async def _prepare_environment(
         run.say(f"host matches all {len(info.installed_build_depends)} Installed-Build-Depends")
         return Path("/"), sandbox.HOST_SYSTEM_PATHS
     cache = settings.cache_dir or (run.work / "cache")
-    run.say(f"preparing an mmdebstrap chroot from {settings.mirror} {settings.suite}")
+    suites = settings.suites or (
+        (pins.SuiteSource(settings.mirror, settings.suite),) if settings.suite else ()
+    )
+    if not suites:
+        raise StageError("environment", "no build suite is configured to install pins from")
+    local = await _resolve_pins(run, info, suites, host_arch, cache)
+    first = suites[0]
+    mirror = first.apt_line() if first.keyring else first.mirror
+    extra = [s.apt_line() for s in suites[1:]]
+    run.say(f"preparing an mmdebstrap chroot from {first.label}"
+            + (f" and {len(extra)} more sources" if extra else ""))
     try:
         chroot = await environment.prepare_chroot(
             info.installed_build_depends,
             cache,
-            settings.mirror,
-            settings.suite,
+            mirror,
+            first.suite,
             host_arch,
             run.work / "build.log",
             time_limit=settings.timeout,
+            extra_sources=extra,
+            local_debs=local,
+            cache_cap_bytes=settings.chroot_cache_mb * _MB,
         )
+        run.chroot = chroot  # held until the run is over: never evicted while in use
     except environment.ChrootError as e:
         raise StageError("environment", f"could not pin the environment: {e}") from e
     run.log.seek(0, os.SEEK_END)
@@ -476,14 +570,64 @@ async def _prepare_environment(
         {
             "chroot": {
                 "key": chroot.key,
-                "mirror": settings.mirror,
-                "suite": settings.suite,
+                "mirror": first.mirror,
+                "suite": first.suite,
+                "sources": [mirror, *extra],
+                "snapshot_files": sorted(p.name for p in local.values()),
                 "cached": chroot.cached,
             }
         }
     )
     run.say(f"chroot {chroot.path.name} ({'cached' if chroot.cached else 'new'})")
     return chroot.path, sandbox.CHROOT_SYSTEM_PATHS
+
+
+async def _resolve_pins(
+    run: _Run, info: Buildinfo, suites: tuple[pins.SuiteSource, ...], arch: str, cache: Path
+) -> dict[Any, Path]:
+    """Every Installed-Build-Depends pin found before anything is bootstrapped: in the
+    suites, else in the snapshot archive (its files fetched and checked now); any pin found
+    nowhere fails here, naming each. The snapshot's pins with their verified cached files."""
+    settings = run.settings
+    started = time.monotonic()
+    indexes: list[tuple[pins.SuiteSource, pins.Available]] = []
+    for suite in suites:
+        try:
+            indexes.append((suite, await pins.suite_versions(
+                run.session, suite, arch, settings.fetch_timeout)))
+        except (BadDataError, UnreachableError) as e:
+            raise StageError("environment", f"build suite {suite.label}: {e}") from e
+    deps = info.installed_build_depends
+    first = pins.resolve(deps, indexes, arch)
+    found: dict[Any, pins.SnapshotFile | None] = {}
+    client = None
+    if first.missing and settings.snapshot_url:
+        client = pins.SnapshotClient(run.session, settings.snapshot_url,
+                                     cache / "packages", settings.fetch_timeout)
+        for dep in first.missing:
+            try:
+                found[dep] = await client.lookup(dep, arch)
+            except (BadDataError, UnreachableError) as e:
+                raise StageError("environment", f"snapshot lookup of {dep}: {e}") from e
+    resolution = pins.resolve(deps, indexes, arch, found)
+    run.internal["pins"] = resolution.summary()
+    run.say(f"pins resolved in {time.monotonic() - started:.1f}s: "
+            + ", ".join(f"{n} from {where}" for where, n in resolution.summary().items()))
+    if not resolution.complete:
+        run.say("pins found nowhere:\n" + "\n".join(
+            f"  {d}: in no configured suite or snapshot" for d in resolution.missing))
+        raise StageError("environment", resolution.error())
+    files: dict[Any, Path] = {}
+    if not resolution.snapshot:
+        return files
+    assert client is not None
+    for dep, f in sorted(resolution.snapshot.items(), key=lambda kv: kv[1].name):
+        run.say(f"{dep}: from the snapshot archive, {f.name} sha1 {f.sha1}")
+        try:
+            files[dep] = await client.download(f)
+        except (BadDataError, UnreachableError) as e:
+            raise StageError("environment", f"snapshot file of {dep}: {e}") from e
+    return files
 
 
 async def _sandboxed(
@@ -554,22 +698,25 @@ def _collect(run: _Run, tree: Path, info: Buildinfo) -> dict[str, tuple[Digest, 
 
 async def _compare(run: _Run, info: Buildinfo, rebuilt: dict[str, tuple[Digest, Path]]) -> None:
     job, settings = run.job, run.settings
-    verdicts = compare.compare_outputs(
+    comparison = compare.compare_outputs(
         {n: d for n, (d, _) in rebuilt.items()},
         {f.name: f.sha256 for f in info.checksums if f.name.endswith(".deb")},
         {n: d for n, (d, _) in job.published.items()},
-        architecture=job.architecture,
     )
+    run.unpublished = list(comparison.unpublished)
+    for name, _ in comparison.unpublished:
+        run.say(f"{name}: not published by the repository; a byproduct, not a subject")
     reports = run.work / "reports"
-    for v in verdicts:
+    for v in comparison.verdicts:
         html = txt = None
-        if v.verdict == "mismatch" and settings.diffoscope_enabled:
+        diffable = v.verdict in ("unreproducible", "tampered") and v.rebuilt is not None
+        if diffable and settings.diffoscope_enabled:
             html, txt = await _diffoscope(run, v.name, rebuilt[v.name][1], reports)
         run.say(f"{v.name}: {v.verdict}")
         run.outputs.append(
             OutputResult(
                 name=v.name,
-                verdict=v.verdict,  # type: ignore[arg-type]  # compare's literals
+                verdict=v.verdict,
                 rebuilt=v.rebuilt,
                 buildinfo=v.buildinfo,
                 repository=v.repository,

@@ -38,6 +38,7 @@ MAX_DSC_BYTES = 1024 * 1024
 MAX_FILES = 1000  # entries in Checksums-Sha256 (outputs of one build, files of one source)
 MAX_DEPENDS = 20_000
 MAX_ENV = 200
+MAX_BINNMU_CHANGES = 64 * 1024  # one changelog entry
 
 # Debian Policy §5.6.1 (source and binary package names), §5.6.12 (versions), architectures.
 _PKG = re.compile(r"[a-z0-9][a-z0-9+.-]+")
@@ -132,7 +133,7 @@ class Dependency:
 @dataclass(frozen=True, slots=True)
 class Buildinfo:
     source: str
-    version: str  # the source version (Version field)
+    version: str  # the source version (Source's "(version)" for a binNMU, else Version)
     architectures: tuple[str, ...]  # the Architecture field's words, e.g. ("amd64", "all")
     build_architecture: str | None
     checksums: tuple[FileEntry, ...]  # the outputs the original build produced
@@ -140,6 +141,18 @@ class Buildinfo:
     environment: tuple[tuple[str, str], ...]
     build_path: str | None
     sha256: Digest  # of the raw buildinfo bytes
+    # A binNMU: the Version field (the source version plus a suffix such as "+b1") and the
+    # Binary-Only-Changes changelog entry, decoded; else binary_version == version and None.
+    binary_version: str = ""
+    binary_only_changes: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.binary_version:
+            object.__setattr__(self, "binary_version", self.version)
+
+    @property
+    def is_binnmu(self) -> bool:
+        return self.binary_only_changes is not None
 
     @property
     def binary_architectures(self) -> tuple[str, ...]:
@@ -296,6 +309,48 @@ def _source_and_version(fields: dict[str, str], what: str) -> tuple[str, str]:
     return m[1], (m[2] or version)
 
 
+_CHANGELOG_HEADER = re.compile(
+    r"(?P<source>[a-z0-9][a-z0-9+.-]+) \((?P<version>[^()\s]+)\) [^;\n]+;(?P<options>[^\n]*)"
+)
+
+
+def _binary_only_changes(value: str, source: str, version: str) -> str:
+    """The Binary-Only-Changes field decoded to the changelog entry sbuild --make-binNMU
+    wrote (deb822: one leading space per line, ``.`` for an empty line), checked to be one
+    binary-only entry for ``source`` at ``version``."""
+    if len(value) > MAX_BINNMU_CHANGES:
+        raise BadDataError("buildinfo", f"Binary-Only-Changes is over {MAX_BINNMU_CHANGES} bytes")
+    if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", value):
+        raise BadDataError("buildinfo", "Binary-Only-Changes holds control characters")
+    lines = value.split("\n")
+    if lines and not lines[0].strip():
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        if not line.startswith(" "):
+            raise BadDataError("buildinfo", "Binary-Only-Changes is not a continuation field")
+        line = line[1:]
+        out.append("" if line == "." else line)
+    if not out:
+        raise BadDataError("buildinfo", "Binary-Only-Changes is empty")
+    m = _CHANGELOG_HEADER.fullmatch(out[0])
+    if not m:
+        raise BadDataError("buildinfo", f"Binary-Only-Changes header {out[0][:80]!r} is malformed")
+    if (m["source"], m["version"]) != (source, version):
+        raise BadDataError(
+            "buildinfo",
+            f"Binary-Only-Changes is for {m['source']} {m['version']}, the buildinfo for"
+            f" {source} {version}",
+        )
+    if "binary-only=yes" not in m["options"].replace(" ", ""):
+        raise BadDataError("buildinfo", "Binary-Only-Changes entry is not binary-only=yes")
+    if not any(ln.startswith(" -- ") for ln in out[1:]):
+        raise BadDataError("buildinfo", "Binary-Only-Changes entry has no trailer line")
+    if any(_CHANGELOG_HEADER.fullmatch(ln) for ln in out[1:]):
+        raise BadDataError("buildinfo", "Binary-Only-Changes holds more than one entry")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 def parse_buildinfo(data: bytes) -> Buildinfo:
     """Parse and validate a .buildinfo (deb-buildinfo(5)); raise ``BadDataError`` if malformed."""
     fields = _single_paragraph(data, "buildinfo", MAX_BUILDINFO_BYTES)
@@ -303,6 +358,25 @@ def parse_buildinfo(data: bytes) -> Buildinfo:
     if not re.fullmatch(r"1\.[0-9]+", fmt):
         raise BadDataError("buildinfo", f"Format {fmt[:20]!r} is not 1.x")
     source, version = _source_and_version(fields, "buildinfo")
+    binary_version = _require(fields, "Version", "buildinfo")
+    changes_field = fields.get("binary-only-changes")
+    changes = None
+    if changes_field is not None:
+        if binary_version == version:
+            raise BadDataError(
+                "buildinfo", "Binary-Only-Changes without a binNMU version (Source has none)"
+            )
+        changes = _binary_only_changes(changes_field, source, binary_version)
+    elif binary_version != version:
+        raise BadDataError(
+            "buildinfo",
+            f"Version {binary_version} differs from the source version {version} but there is"
+            " no Binary-Only-Changes to rebuild it from",
+        )
+    if changes is not None and not binary_version.startswith(version):
+        raise BadDataError(
+            "buildinfo", f"binNMU version {binary_version} does not extend {version}"
+        )
     archs = tuple(_require(fields, "Architecture", "buildinfo").split())
     for a in archs:
         if not _ARCH.fullmatch(a):
@@ -330,6 +404,8 @@ def parse_buildinfo(data: bytes) -> Buildinfo:
         environment=env,
         build_path=build_path,
         sha256=Digest(hashlib.sha256(data).hexdigest()),
+        binary_version=binary_version,
+        binary_only_changes=changes,
     )
 
 

@@ -2,8 +2,9 @@
 
 Environment and argv are read here only; everything below takes a ``Config``.
 
-Exit codes: 0 success (``rebuild``: reproduced), 1 ``rebuild``: mismatch, 2 ``rebuild``: the
-build failed, 3 the command could not do its job (bad config, existing key, unreachable input).
+Exit codes: 0 success (``rebuild``: reproduced), 1 ``rebuild``: unreproducible, 2 ``rebuild``: the
+build failed, 3 the command could not do its job (bad config, existing key, unreachable input),
+4 ``rebuild``: tampered (the rebuild matches the buildinfo, the repository serves other bytes).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from verifier.keys import (
     save_private_key,
 )
 from verifier.statement import RevocationStatement, parse_statement
+from verifier.verdicts import JOB_VERDICTS
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_MISMATCH, EXIT_FAILED, EXIT_ERROR = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_FAILED, EXIT_ERROR, EXIT_TAMPERED = 0, 1, 2, 3, 4
 MAX_BUILDINFO_BYTES = 4 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -138,6 +140,17 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
     return source, version, arch
 
 
+def _binnmu_source_version(data: bytes, version: str) -> str | None:
+    """A binNMU buildinfo's source version (``Source: hello (2.10-3)``), else None."""
+    from rebuilder.indexes import is_binnmu_version
+
+    m = re.search(rb"^Source:[ \t]*\S+[ \t]+\(([^()\s]+)\)[ \t]*$", data, re.MULTILINE)
+    source_version = m[1].decode("ascii", "replace") if m else None
+    if source_version and is_binnmu_version(version, source_version):
+        return source_version
+    return None
+
+
 async def _read_buildinfo(where: str) -> tuple[str | None, bytes]:
     """The buildinfo's URL (None for a local file) and its bytes."""
     if urlsplit(where).scheme in ("http", "https"):
@@ -205,8 +218,11 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
         known = await store.find_job(source, version, arch)
         if known is not None and known.state == "running":
             raise CliError(f"job {known.id} for {source} {version} {arch} is running in the daemon")
-        if known is not None and (url is None or url == known.buildinfo_url):
+        given = url  # an http(s) URL the operator named: used as given, even for a known job
+        if known is not None:
             job_id = known.id
+            if given is not None:
+                await store.set_buildinfo_url(job_id, given, pinned=True)
             print(f"job {job_id} ({known.repository}): comparing with "
                   f"{len(known.published)} published binaries")
         else:
@@ -220,11 +236,14 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                                    " it and its sources from; or pass an http(s) URL")
                 url = repo.buildinfo_for(source, version, arch)
                 print(f"fetching the buildinfo from {url}")
-            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {})
+            candidate = BuildJob(source, version, arch, repo.name if repo else "cli", url, {},
+                                 source_version=_binnmu_source_version(data, version))
             if repo is not None:
                 candidate = await _from_repository(repo, candidate, store)
             row = await store.ensure_job(candidate)
             job_id = row.id
+            if given is not None:
+                await store.set_buildinfo_url(job_id, given, pinned=True)
             print(f"job {job_id}: {source} {version} {arch}; comparing with "
                   f"{len(row.published)} published binaries")
         claimed = await store.claim_job(job_id)
@@ -238,7 +257,11 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
           + (f" ({result.failure})" if result.failure else ""))
     print(f"attestation {result.envelope_sha256} (seq {result.seq}); "
           f"build {config.node.public_url}/v1/builds/{result.job_id}")
-    return {"reproduced": EXIT_OK, "mismatch": EXIT_MISMATCH}.get(result.verdict, EXIT_FAILED)
+    if result.verdict == "tampered":
+        print("TAMPERED: this node rebuilt what the buildinfo describes, but the repository"
+              " serves other bytes; do not install them; report to the repository's maintainers")
+    return {"reproduced": EXIT_OK, "unreproducible": EXIT_MISMATCH,
+            "tampered": EXIT_TAMPERED}.get(result.verdict, EXIT_FAILED)
 
 
 def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
@@ -252,6 +275,13 @@ async def _status(config: Config) -> dict[str, Any]:
         running = await store.running_jobs()
         recent = await store.recent_builds(10)
         revocations = await store.recent_revocations(10)
+        verdicts = await store.build_verdicts()
+        # each latest build's files that were not reproduced, with the three digests
+        files = {r["id"]: [
+            {"name": o["name"], "verdict": o["verdict"], "published": o["repository"],
+             "buildinfo": o["buildinfo"], "rebuilt": o["rebuilt"]}
+            for o in await store.outputs(r["id"]) if o["verdict"] != "reproduced"
+        ] for r in recent}
     finally:
         await store.close()
     return {
@@ -263,10 +293,11 @@ async def _status(config: Config) -> dict[str, Any]:
         "failed": counts["failed"],
         "outbox_backlog": counts["backlog"],
         "attestations": counts["last_seq"],
+        "verdicts": {v: verdicts.get(v, 0) for v in JOB_VERDICTS},
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
                     "failure": r["failure"], "envelope_sha256": r["envelope_sha256"],
-                    "revoked_by": r["revoked_by"]} for r in recent],
+                    "revoked_by": r["revoked_by"], "files": files[r["id"]]} for r in recent],
         "revocations": [_revocation_view(r.envelope_sha256, r.envelope) for r in revocations],
         "limits": limits.read(config.node.state_dir),
     }
@@ -307,6 +338,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
           f"{s['done']} done, {s['failed']} failed")
     print(f"outbox backlog: {s['outbox_backlog']} unpublished of {s['attestations']} attestations")
     _print_limits(s["limits"])
+    print("builds: " + ", ".join(f"{n} {v}" for v, n in s["verdicts"].items()))
     for r in s["running"]:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")
@@ -318,6 +350,12 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         if b["envelope_sha256"]:
             revoked = " REVOKED" if b["revoked_by"] else ""
             print(f"      envelope {b['envelope_sha256']}{revoked}")
+        for f in b["files"]:
+            print(f"      {f['name']}: {f['verdict']}  published {f['published']}"
+                  f"  buildinfo {f['buildinfo'] or '-'}  rebuilt {f['rebuilt'] or '-'}")
+        if b["verdict"] == "tampered":
+            print("      TAMPERED: the repository serves bytes that no rebuild produced;"
+                  " do not install; report to the repository's maintainers")
     if s["revocations"]:
         print("revocations:")
     for v in s["revocations"]:

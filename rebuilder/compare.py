@@ -1,10 +1,10 @@
 """Comparing rebuilt files with the published ones, and diffoscope reports for mismatches.
 
-``compare_outputs`` is the pure verdict (ARCHITECTURE §5 step 4): for each file of this build,
-``reproduced`` when the rebuilt sha256 equals the repository's (and the buildinfo's, when the
-buildinfo lists it), ``mismatch`` otherwise, ``missing-upstream`` when this build produced a file
-the repository does not publish, ``missing-rebuild`` when the repository publishes a file this
-build did not produce. ``run_diffoscope`` writes size- and time-capped HTML and text reports.
+``compare_outputs`` is the pure verdict (ARCHITECTURE §5 step 4): one verdict per file the
+repository *publishes* (verifier/verdicts.py: ``reproduced``, ``unreproducible``, ``tampered``,
+``missing-rebuild``), and the rebuilt files it does not publish apart, as byproducts that are
+never judged nor signed as subjects. ``run_diffoscope`` writes size- and time-capped HTML and
+text reports.
 """
 
 from __future__ import annotations
@@ -20,56 +20,54 @@ from pathlib import Path
 
 from rebuilder import sandbox
 from verifier.statement import Digest
+from verifier.verdicts import OutputVerdictKind, classify
 
-__all__ = ["DiffoscopeResult", "Verdict", "compare_outputs", "diffoscope_version", "run_diffoscope"]
+__all__ = [
+    "Comparison",
+    "DiffoscopeResult",
+    "Verdict",
+    "compare_outputs",
+    "diffoscope_version",
+    "run_diffoscope",
+]
 
 
 @dataclass(frozen=True)
 class Verdict:
     name: str
-    verdict: str  # reproduced | mismatch | missing-upstream | missing-rebuild
+    verdict: OutputVerdictKind
     rebuilt: Digest | None
     buildinfo: Digest | None
-    repository: Digest | None
+    repository: Digest
+
+
+@dataclass(frozen=True)
+class Comparison:
+    verdicts: tuple[Verdict, ...]  # one per published file, sorted by name
+    unpublished: tuple[tuple[str, Digest], ...]  # rebuilt, not published: byproducts
 
 
 def compare_outputs(
     rebuilt: Mapping[str, Digest],
     buildinfo: Mapping[str, Digest],
     published: Mapping[str, Digest],
-    architecture: str | None = None,
-) -> list[Verdict]:
-    """One verdict per file in ``rebuilt`` or ``published``, sorted by name.
+) -> Comparison:
+    """One verdict per file in ``published``; the rest of ``rebuilt`` as byproducts.
 
-    Files only the buildinfo lists (neither rebuilt nor published) are not judged: the
-    repository is what installers get. A ``-dbgsym`` package built but not published is not
-    judged either: Debian publishes those in a separate archive, if at all. With
-    ``architecture`` (the job's), an unpublished file built for another architecture (the
-    ``all`` packages of an ``amd64 all`` build) belongs to another job and is not judged here.
+    Only what the repository publishes is judged: that is what installers get. A rebuilt file
+    with no published counterpart (a ``-dbgsym`` Debian keeps in another archive, the ``all``
+    packages of an ``amd64 all`` build that another job covers, a file of a wrong version) is
+    a byproduct and never a subject, so no signature of this node can contradict what another
+    job of it says about a published file. A published file the rebuild did not produce is
+    ``missing-rebuild``. Files only the buildinfo lists are not judged.
     """
-    verdicts: list[Verdict] = []
-    for name in sorted(set(rebuilt) | set(published)):
-        r, b, p = rebuilt.get(name), buildinfo.get(name), published.get(name)
-        if r is None:
-            verdict = "missing-rebuild"
-        elif p is None:
-            if _is_dbgsym(name) or (architecture and _arch_of(name) != architecture):
-                continue
-            verdict = "missing-upstream"
-        elif r == p and (b is None or b == r):
-            verdict = "reproduced"
-        else:
-            verdict = "mismatch"
-        verdicts.append(Verdict(name, verdict, r, b, p))
-    return verdicts
-
-
-def _arch_of(name: str) -> str:
-    return name.removesuffix(".deb").rsplit("_", 1)[-1]
-
-
-def _is_dbgsym(name: str) -> bool:
-    return name.split("_", 1)[0].endswith("-dbgsym")
+    verdicts = tuple(
+        Verdict(name, classify(rebuilt.get(name), buildinfo.get(name), p), rebuilt.get(name),
+                buildinfo.get(name), p)
+        for name, p in sorted(published.items())
+    )
+    unpublished = tuple((n, d) for n, d in sorted(rebuilt.items()) if n not in published)
+    return Comparison(verdicts, unpublished)
 
 
 @dataclass(frozen=True)

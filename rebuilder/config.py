@@ -22,6 +22,7 @@ from verifier.errors import ConfigError
 
 __all__ = [
     "BuildConfig",
+    "BuildSuite",
     "Config",
     "ConfigError",
     "DiffoscopeConfig",
@@ -39,7 +40,9 @@ _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 _ARCH = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-TEMPLATE_FIELDS = frozenset({"base", "source", "version", "version_noepoch", "arch"})
+# buildinfo_url placeholders (docs/configuration.md, "Finding the buildinfo")
+TEMPLATE_FIELDS = frozenset({"base", "source", "version", "version_noepoch", "arch", "pool_prefix"})
+DEFAULT_BUILDINFO_URL = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,16 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class BuildSuite:
+    """One suite the repository's builds install pinned dependencies from (mmdebstrap mode)."""
+
+    suite: str
+    mirror: str
+    components: tuple[str, ...] = ("main",)
+    keyring: Path | None = None
+
+
+@dataclass(frozen=True)
 class RepositoryConfig:
     name: str
     base_url: str
@@ -112,6 +125,8 @@ class RepositoryConfig:
     require_signed_source: bool = False
     max_index_entries: int = 200_000  # per Packages/Sources index
     max_index_mb: int = 256  # decompressed, per index
+    # where pins are looked up, in order; empty: the repository itself (base_url, suite)
+    build_suites: tuple[BuildSuite, ...] = ()
 
     @property
     def label(self) -> str:
@@ -119,14 +134,36 @@ class RepositoryConfig:
         return f"{self.base_url} {self.suite}"
 
     def buildinfo_for(self, source: str, version: str, arch: str) -> str:
+        """The first candidate of ``buildinfo_candidates``."""
+        return self.buildinfo_candidates(source, version, arch)[0]
+
+    def buildinfo_candidates(self, source: str, version: str, arch: str) -> tuple[str, ...]:
+        """Where the buildinfo of ``source`` at ``version`` (what was built: the binNMU's own
+        version for a binNMU) built for job architecture ``arch`` may be, in the order tried.
+
+        Debian names it ``<source>_<version without epoch>_<arch>.buildinfo``, where dpkg's
+        ``<arch>`` is the host architecture whenever the build included the arch-dependent
+        stage, even for a source with only ``Architecture: all`` packages, and ``all`` only for
+        an arch-independent-only build (``-A``, as Debian's buildds do). So an ``all`` job tries
+        ``all`` first, then each configured build architecture in config order; any other job
+        tries its own architecture only.
+        """
         noepoch = version.split(":", 1)[1] if ":" in version else version
-        return self.buildinfo_url.format(
-            base=self.base_url.rstrip("/"),
-            source=source,
-            version=version,
-            version_noepoch=noepoch,
-            arch=arch,
+        archs = [arch]
+        if arch == "all":
+            archs += [a for a in self.architectures if a != "all"]
+        urls = (
+            self.buildinfo_url.format(
+                base=self.base_url.rstrip("/"),
+                source=source,
+                version=version,
+                version_noepoch=noepoch,
+                arch=a,
+                pool_prefix=source[:4] if source.startswith("lib") else source[:1],
+            )
+            for a in archs
         )
+        return tuple(dict.fromkeys(urls))  # a template without {arch} gives one URL
 
 
 @dataclass(frozen=True)
@@ -141,6 +178,8 @@ class BuildConfig:
     parallel: int = 1
     max_memory_mb: int = 8192
     max_processes: int = 4096
+    snapshot_url: str | None = None  # snapshot.debian.org's API for pins in no build suite
+    chroot_cache_mb: int = 20480  # mmdebstrap chroot cache cap (LRU); 0 = none
 
 
 @dataclass(frozen=True)
@@ -263,7 +302,8 @@ def _template(value: str, where: str) -> str:
         raise ConfigError(
             f"{where} uses unknown placeholder(s) {sorted(bad)}; allowed: {sorted(TEMPLATE_FIELDS)}"
         )
-    probe = value.format(base="http://h", source="s", version="1", version_noepoch="1", arch="a")
+    probe = value.format(base="http://h", source="s", version="1", version_noepoch="1", arch="a",
+                         pool_prefix="s")
     _http_url(probe, where)
     return value
 
@@ -313,9 +353,24 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
                                                "architectures", "buildinfo_url",
                                                "poll_interval", "signed_by", "trusted",
                                                "uploader_keyring", "require_signed_source",
-                                               "max_index_entries", "max_index_mb"})
+                                               "max_index_entries", "max_index_mb",
+                                               "build_suite"})
         signed_by = r.text("signed_by", "", max_len=4096)
         uploaders = r.text("uploader_keyring", "", max_len=4096)
+        raw_suites = raw.get("build_suite", [])
+        if not isinstance(raw_suites, list) or len(raw_suites) > 16:
+            raise ConfigError(f"repository[{i}].build_suite must be at most 16 tables")
+        suites = []
+        for k, rs in enumerate(raw_suites):
+            where = f"repository[{i}].build_suite[{k}]"
+            s = _Section(where, rs, {"suite", "mirror", "components", "keyring"})
+            keyring = s.text("keyring", "")
+            suites.append(BuildSuite(
+                suite=s.text("suite", pattern=_SUITE),
+                mirror=_http_url(s.text("mirror", max_len=2048), f"{where}.mirror"),
+                components=s.texts("components", ["main"], _COMPONENT),
+                keyring=_path(base_dir, keyring) if keyring else None,
+            ))
         repo = RepositoryConfig(
             name=r.text("name", pattern=_REPO_NAME),
             base_url=_http_url(r.text("base_url", max_len=2048), f"repository[{i}].base_url"),
@@ -323,8 +378,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
             components=r.texts("components", ["main"], _COMPONENT),
             architectures=r.texts("architectures", ["amd64", "all"], _ARCH),
             buildinfo_url=_template(
-                r.text("buildinfo_url", "{base}/buildinfo/{source}_{version}_{arch}.buildinfo",
-                      max_len=2048),
+                r.text("buildinfo_url", DEFAULT_BUILDINFO_URL, max_len=2048),
                 f"repository[{i}].buildinfo_url",
             ),
             poll_interval=r.integer("poll_interval", 300, 1, 7 * 86400),
@@ -334,6 +388,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
             require_signed_source=r.boolean("require_signed_source", False),
             max_index_entries=r.integer("max_index_entries", 200_000, 1, 10_000_000),
             max_index_mb=r.integer("max_index_mb", 256, 1, 65536),
+            build_suites=tuple(suites),
         )
         if repo.signed_by is not None and repo.trusted:
             raise ConfigError(f"repository[{i}] sets both signed_by and trusted = true: an "
@@ -348,7 +403,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     b = _Section("build", data.get("build", {}), {"environment", "mirror", "timeout",
                                                   "max_disk_mb", "max_output_mb", "max_log_mb",
                                                   "max_source_mb", "parallel",
-                                                  "max_memory_mb", "max_processes"})
+                                                  "max_memory_mb", "max_processes",
+                                                  "snapshot_url", "chroot_cache_mb"})
+    snapshot = b.text("snapshot_url", "", max_len=2048)
     env = b.text("environment", "host")
     if env not in ("host", "mmdebstrap"):
         raise ConfigError(f"build.environment = {env!r} must be 'host' or 'mmdebstrap'")
@@ -363,6 +420,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         parallel=b.integer("parallel", 1, 1, 64),
         max_memory_mb=b.integer("max_memory_mb", 8192, 64, 16_000_000),
         max_processes=b.integer("max_processes", 4096, 16, 4_000_000),
+        snapshot_url=_http_url(snapshot, "build.snapshot_url") if snapshot else None,
+        chroot_cache_mb=b.integer("chroot_cache_mb", 20480, 0, 100_000_000),
     )
     d = _Section("diffoscope", data.get("diffoscope", {}), {"enabled", "timeout",
                                                             "max_report_mb"})

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from rebuilder import limits
 from rebuilder.api import create_app
 from rebuilder.config import Config
 from rebuilder.db import Store
+from rebuilder.locate import resolve_buildinfo
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
@@ -44,11 +46,21 @@ BuilderFactory = Callable[[Config, aiohttp.ClientSession], Builder]
 def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
     """The production builder: ``rebuilder.build.run_rebuild`` with the config's settings."""
     from rebuilder.build import run_rebuild  # the pipeline; imported late, it is heavy
+    from rebuilder.pins import SuiteSource
 
     settings = build_settings(config)
 
     async def builder(job: BuildJob, work_dir: Path) -> RebuildOutcome:
-        outcome: RebuildOutcome = await run_rebuild(job, settings, work_dir, session)
+        job = resolve_buildinfo(config, job)  # the current config's URLs, at every attempt
+        repo = config.repository(job.repository)
+        # pins come from the repository's build suites, else from [build] mirror at the
+        # repository's suite (docs/configuration.md)
+        suites = tuple(SuiteSource(s.mirror, s.suite, s.components, s.keyring)
+                       for s in (repo.build_suites if repo else ()))
+        if not suites and repo is not None:
+            suites = (SuiteSource(config.build.mirror, repo.suite),)
+        outcome: RebuildOutcome = await run_rebuild(
+            job, replace(settings, suites=suites), work_dir, session)
         return outcome
 
     return builder
@@ -73,6 +85,8 @@ def build_settings(config: Config) -> Any:
         diffoscope_enabled=d.enabled,
         diffoscope_timeout=float(d.timeout),
         max_report_mb=d.max_report_mb,
+        snapshot_url=b.snapshot_url,
+        chroot_cache_mb=b.chroot_cache_mb,
         cache_dir=config.node.cache_dir,
         # Never visible inside a build: the state directory (database, other builds, reports),
         # the signing key and the broker password wherever they live.

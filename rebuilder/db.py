@@ -68,6 +68,8 @@ class JobRow:
     dsc_url: str | None = None
     dsc_sha256: str | None = None
     release: ReleaseRef | None = None
+    buildinfo_pinned: bool = False
+    source_version: str | None = None  # a binNMU's source version (version is the binNMU's)
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -80,6 +82,8 @@ class JobRow:
             dsc_url=self.dsc_url,
             dsc_sha256=Digest(self.dsc_sha256) if self.dsc_sha256 else None,
             release=self.release,
+            buildinfo_pinned=self.buildinfo_pinned,
+            source_version=self.source_version,
         )
 
     def invocation_id(self, node_id: str) -> str:
@@ -141,8 +145,8 @@ def _published_json(published: dict[str, tuple[Digest, str]]) -> str:
 
 _INSERT_JOB = (
     "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url, published,"
-    " state, queued_at, dsc_url, dsc_sha256, release)"
-    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+    " state, queued_at, dsc_url, dsc_sha256, source_version, release)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
 )
 _ACCEPT_RELEASE = (
     "INSERT INTO repository_releases (repository, date, sha256, signer, accepted_at)"
@@ -153,7 +157,8 @@ _ACCEPT_RELEASE = (
 
 def _job_params(job: BuildJob, now: str, with_release: bool = True) -> tuple[Any, ...]:
     params = (job.repository, job.source, job.version, job.architecture, job.buildinfo_url,
-              _published_json(job.published), now, job.dsc_url, job.dsc_sha256)
+              _published_json(job.published), now, job.dsc_url, job.dsc_sha256,
+              job.source_version)
     if not with_release:
         return params
     return (*params, json.dumps(job.release.to_dict(), sort_keys=True) if job.release else None)
@@ -209,6 +214,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
         release=ReleaseRef.from_dict(json.loads(row["release"])) if row["release"] else None,
+        buildinfo_pinned=bool(row["buildinfo_pinned"]), source_version=row["source_version"],
     )
 
 
@@ -310,15 +316,7 @@ class Store:
         now = now_iso()
         async with self.transaction() as db:
             for job in jobs:
-                cur = await db.execute(
-                    "INSERT OR IGNORE INTO jobs (repository, source, version, arch, buildinfo_url,"
-                    " published, state, queued_at, dsc_url, dsc_sha256, release)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                    (job.repository, job.source, job.version, job.architecture,
-                     job.buildinfo_url, _published_json(job.published), now, job.dsc_url,
-                     job.dsc_sha256,
-                     json.dumps(job.release.to_dict(), sort_keys=True) if job.release else None),
-                )
+                cur = await db.execute(_INSERT_JOB, _job_params(job, now))
                 if cur.rowcount:
                     added.append(job)
         return added
@@ -349,6 +347,15 @@ class Store:
         )
         assert row is not None
         return _job(row)
+
+    async def set_buildinfo_url(self, job_id: int, url: str, pinned: bool) -> None:
+        """Point a job at ``url``; ``pinned``: an operator's choice, used as given until the
+        job is re-queued (otherwise the config's candidates are resolved at every attempt)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET buildinfo_url = ?, buildinfo_pinned = ? WHERE id = ?",
+                (url, int(pinned), job_id),
+            )
 
     async def claim_job(self, job_id: int | None = None) -> JobRow | None:
         """Mark the oldest queued job (or ``job_id``, whatever its state) running, attempt += 1.
@@ -402,8 +409,9 @@ class Store:
                     job_ids = [int(r[0]) for r in await cur.fetchall()]
             for jid in job_ids:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
-                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                    # re-queued: the buildinfo URL is resolved from the config again
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL,"
+                    " buildinfo_pinned = 0 WHERE id = ? AND state IN ('done', 'failed')", (jid,),
                 )
                 if cur.rowcount:
                     done.append(jid)
@@ -415,8 +423,10 @@ class Store:
 
     async def jobs_for_package(self, source: str, version: str) -> list[JobRow]:
         rows = await self._all(
-            "SELECT * FROM jobs WHERE source = ? AND version = ? ORDER BY id LIMIT 1000",
-            (source, version),
+            # a source version's jobs include its binNMUs
+            "SELECT * FROM jobs WHERE source = ? AND (version = ? OR source_version = ?)"
+            " ORDER BY id LIMIT 1000",
+            (source, version, version),
         )
         return [_job(r) for r in rows]
 

@@ -51,6 +51,7 @@ __all__ = [
     "check_release",
     "decompress",
     "group_jobs",
+    "is_binnmu_version",
     "packages_candidates",
     "packages_from",
     "parse_packages",
@@ -453,26 +454,38 @@ def group_jobs(
     binaries: Iterable[Binary], repo: RepositoryConfig, sources: SourceIndex | None = None,
     release: ReleaseRef | None = None,
 ) -> list[BuildJob]:
-    """One job per (source, source version, build architecture) among the configured archs.
+    """One job per (source, version built, build architecture) among the configured archs.
 
-    An ``Architecture: all`` binary belongs to the build of architecture ``all``. When the
-    Sources index names the version's .dsc, the job carries its URL and sha256.
+    The version built is the source version, except for a binNMU: a binary whose Version is
+    its source version plus ``+b<N>`` (``hello 2.10-3+b1``, ``Source: hello (2.10-3)``) was
+    built separately, from its own buildinfo, so it is its own job. (Other binaries whose
+    version differs from the source's, such as gcc-defaults' ``cpp``, belong to the source's
+    build.) An ``Architecture: all`` binary belongs to the build of architecture ``all``. When
+    the Sources index names the source version's .dsc, the job carries its URL and sha256.
     """
-    groups: dict[tuple[str, str, str], dict[str, tuple[Digest, str]]] = {}
+    groups: dict[tuple[str, str, str, str], dict[str, tuple[Digest, str]]] = {}
     base = repo.base_url.rstrip("/")
     for b in binaries:
         if b.architecture not in repo.architectures:
             continue
-        key = (b.source, b.source_version, b.architecture)
+        built = b.version if is_binnmu_version(b.version, b.source_version) else b.source_version
+        key = (b.source, built, b.architecture, b.source_version)
         published = groups.setdefault(key, {})
         published[b.deb_name] = (b.sha256, f"{base}/{b.filename}")
     jobs = []
-    for (source, version, arch), published in sorted(groups.items()):
-        dsc = (sources or {}).get((source, version))
+    for (source, version, arch, source_version), published in sorted(groups.items()):
+        dsc = (sources or {}).get((source, source_version))
         jobs.append(BuildJob(
             source=source, version=version, architecture=arch, repository=repo.name,
             buildinfo_url=repo.buildinfo_for(source, version, arch), published=published,
             dsc_url=f"{base}/{dsc[0]}" if dsc else None, dsc_sha256=dsc[1] if dsc else None,
             release=release,
+            source_version=source_version if version != source_version else None,
         ))
     return jobs
+
+
+def is_binnmu_version(version: str, source_version: str) -> bool:
+    """``2.10-3+b1`` of ``2.10-3``: the suffix sbuild's --make-binNMU appends."""
+    suffix = version.removeprefix(source_version)
+    return suffix != version and re.fullmatch(r"\+b[0-9]{1,6}", suffix) is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rebuilder import __version__, limits
 from rebuilder.db import Store
+from verifier.verdicts import JOB_VERDICTS
 
 __all__ = ["DURATION_BUCKETS", "render_metrics"]
 
@@ -40,7 +41,7 @@ async def render_metrics(store: Store, node_id: str) -> str:
         "# HELP rq_builds_total Finished build attempts by verdict.",
         "# TYPE rq_builds_total counter",
     ]
-    for verdict in ("reproduced", "mismatch", "failed"):
+    for verdict in JOB_VERDICTS:
         lines.append(f'rq_builds_total{{verdict="{verdict}"}} {verdicts.get(verdict, 0)}')
     lines += [
         "# HELP rq_build_duration_seconds Wall time of finished build attempts.",

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from verifier.statement import Digest, PackageIdentity
+from verifier.verdicts import JobVerdict, OutputVerdictKind, job_verdict
 
-Verdict = Literal["reproduced", "mismatch", "missing-upstream", "missing-rebuild"]
+Verdict = OutputVerdictKind  # reproduced | unreproducible | tampered | missing-rebuild
 Stage = Literal["fetch", "environment", "build", "compare", "internal"]
 
 
@@ -46,7 +47,12 @@ class ReleaseRef:
 
 @dataclass(frozen=True)
 class BuildJob:
-    """One (source, version, architecture) triple to rebuild, as the watcher found it."""
+    """One (source, version, architecture) triple to rebuild, as the watcher found it.
+
+    ``version`` is what was built: for a binNMU its own version (``2.10-3+b1``), with
+    ``source_version`` the source it was built from (``2.10-3``); else ``source_version`` is
+    None. The statement's package is the source (name, source version, architecture).
+    """
 
     source: str
     version: str
@@ -61,20 +67,30 @@ class BuildJob:
     dsc_url: str | None = None
     dsc_sha256: Digest | None = None
     release: ReleaseRef | None = None  # None: not found by the watcher (e.g. rebuilder rebuild)
+    # Where else the buildinfo may be, tried in order when buildinfo_url answers 404 (the
+    # candidates of RepositoryConfig.buildinfo_candidates); and whether an operator named the
+    # URL (`rebuilder rebuild --buildinfo URL`), which is then used as given.
+    buildinfo_candidates: tuple[str, ...] = ()
+    buildinfo_pinned: bool = False
+    source_version: str | None = None  # set only for a binNMU
 
     @property
     def package(self) -> PackageIdentity:
-        return PackageIdentity("debian", self.source, self.version, self.architecture)
+        return PackageIdentity(
+            "debian", self.source, self.source_version or self.version, self.architecture
+        )
 
 
 @dataclass(frozen=True)
 class OutputResult:
+    """The verdict on one *published* file (rebuilt files not published are byproducts)."""
+
     name: str  # e.g. hello_1.0-1_amd64.deb
     verdict: Verdict
     rebuilt: Digest | None  # None when this build did not produce the file
     buildinfo: Digest | None  # the buildinfo's Checksums-Sha256, None when not listed
-    repository: Digest | None  # the Packages index's SHA256, None when not published
-    report_html: Path | None = None  # diffoscope reports, for mismatches
+    repository: Digest | None  # the Packages index's SHA256
+    report_html: Path | None = None  # diffoscope reports, for unreproducible and tampered files
     report_txt: Path | None = None
 
 
@@ -85,6 +101,8 @@ class RebuildOutcome:
     finished_on: datetime
     buildinfo_sha256: Digest | None  # None only when the buildinfo could not be fetched
     outputs: tuple[OutputResult, ...] = ()
+    # rebuilt files the repository does not publish (name, sha256): never subjects
+    unpublished: tuple[tuple[str, Digest], ...] = ()
     failure: str | None = None  # why the rebuild failed; then outputs is empty
     failure_stage: Stage | None = None
     log_path: Path | None = None
@@ -94,9 +112,9 @@ class RebuildOutcome:
     artifacts_dir: Path | None = None  # where the rebuilt files are kept
 
     @property
-    def verdict(self) -> Literal["reproduced", "mismatch", "failed"]:
-        if self.failure is not None:
+    def verdict(self) -> JobVerdict:
+        """failed, tampered, unreproducible or reproduced (verifier/verdicts.py); a build
+        that produced none of the published files is failed, as its statement says."""
+        if self.failure is None and not any(o.rebuilt for o in self.outputs):
             return "failed"
-        if self.outputs and all(o.verdict == "reproduced" for o in self.outputs):
-            return "reproduced"
-        return "mismatch"
+        return job_verdict((o.verdict for o in self.outputs), self.failure is not None)

@@ -192,7 +192,7 @@ class JobRunner:
         attestation = NewAttestation(
             envelope_sha256=envelope.digest(), envelope=envelope.to_bytes(),
             kind="failure" if statement.failed else "rebuild",
-            source=job.source, version=job.version, arch=job.arch,
+            source=job.source, version=statement.package.version, arch=job.arch,  # source version
             subjects=tuple((s.name, s.sha256) for s in statement.subjects),
         )
         try:

@@ -242,7 +242,7 @@ def generate() -> Vectors:
     def mismatch(rid: str) -> Envelope:
         verdict = OutputVerdict(
             DEB_NAME,
-            "mismatch",
+            "unreproducible",
             rebuilt=bad,
             buildinfo=good,
             repository=good,

@@ -107,6 +107,9 @@ class RebuilderResult:
     detail: str
     digest: Digest | None = None  # what it attested (agrees) or rebuilt instead (disagrees)
     report_url: str | None = None  # the diffoscope report of a disagreement, when it gave one
+    # a disagreement's class from its signed verdict: "tampered" (it rebuilt what the
+    # buildinfo describes; the repository serves other bytes) or "unreproducible"
+    verdict: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -119,6 +122,8 @@ class RebuilderResult:
             d["digest"] = self.digest
         if self.report_url is not None:
             d["report_url"] = self.report_url
+        if self.verdict is not None:
+            d["verdict"] = self.verdict
         return d
 
 
@@ -144,9 +149,12 @@ class QuorumResult:
             f"{verdict} {self.artifact.identity.subject_name} (sha256 {self.artifact.sha256}):"
             f" {self.counted} of {self.threshold} required {unit} reproduced it"
         )
-        disagreeing = len(self.by_status(Status.DISAGREES))
+        disagreeing = self.by_status(Status.DISAGREES)
         if disagreeing:
-            line += f", {_plural(disagreeing, 'rebuilder')} disagreed"
+            line += f", {_plural(len(disagreeing), 'rebuilder')} disagreed"
+            tampered = sum(1 for r in disagreeing if r.verdict == "tampered")
+            if tampered:
+                line += f" ({tampered} reporting tampering)"
         return line
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +180,7 @@ class _Attestation:
     statement: RebuildStatement
     digest: Digest | None = None  # the other digest, for a disagreement
     report_url: str | None = None
+    verdict: str | None = None  # the signed verdict of a disagreement
     why: str = ""  # for a contradiction
 
 
@@ -237,6 +246,8 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
                 stmt,
                 digest=named[0].sha256,
                 report_url=verdict.report_url if verdict else None,
+                verdict="tampered" if verdict and verdict.verdict == "tampered"
+                else "unreproducible",
             )
         )
     elif stmt.failed:
@@ -302,10 +313,14 @@ def assess(
     """One rebuilder's status from its own evidence alone (``None``: it was not queried)."""
 
     def result(
-        status: Status, detail: str, digest: Digest | None = None, report_url: str | None = None
+        status: Status,
+        detail: str,
+        digest: Digest | None = None,
+        report_url: str | None = None,
+        verdict: str | None = None,
     ) -> RebuilderResult:
         return RebuilderResult(
-            rebuilder.id, rebuilder.operator, status, detail, digest, report_url
+            rebuilder.id, rebuilder.operator, status, detail, digest, report_url, verdict
         )
 
     if rebuilder.keyid in policy.distrust.keyids:
@@ -353,10 +368,19 @@ def assess(
             detail = f"rebuilt {artifact.identity.subject_name} with sha256 {first.digest}"
             if others:
                 detail += f" (and {', '.join(others)})"
+            if first.verdict == "tampered":
+                detail += (
+                    ", exactly as the buildinfo describes: tampered, the repository serves"
+                    " other bytes"
+                )
         if first.report_url:
             detail += f"; diffoscope report: {first.report_url}"
         return result(
-            Status.DISAGREES, detail + ignored, digest=first.digest, report_url=first.report_url
+            Status.DISAGREES,
+            detail + ignored,
+            digest=first.digest,
+            report_url=first.report_url,
+            verdict=first.verdict,
         )
 
     expired: list[datetime] = []
@@ -478,6 +502,24 @@ def conclude(
         if distinct and len(agreeing) > counted:
             sentence += " Rebuilders of an operator already counted do not count again."
         reasons.append(sentence)
+
+    tampered = [r for r in disagreeing if r.verdict == "tampered"]
+    if tampered and reasons:  # said only when the artifact is rejected anyway
+        built = "; ".join(f"{r.id} ({r.operator}) got sha256 {r.digest}" for r in tampered)
+        if agreeing:
+            sentence = (
+                f"{_names(tampered)} rebuilt it exactly as its buildinfo describes ({built}),"
+                " but the repository serves other bytes: tampered; do not install; report to"
+                " the repository's maintainers."
+            )
+        else:
+            sentence = (
+                f"Tampered: {_names(tampered)} rebuilt it exactly as its buildinfo describes"
+                f" ({built}), but the repository serves sha256 {artifact.sha256}: the"
+                " repository serves bytes that no rebuilder produced; do not install; report"
+                " to the repository's maintainers."
+            )
+        reasons.insert(0, sentence)
 
     return QuorumResult(
         artifact=artifact,

@@ -23,13 +23,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NewType
+from typing import Any, NewType
 
 from verifier.dsse import strict_json_loads
 from verifier.errors import BadDataError
+from verifier.verdicts import OUTPUT_VERDICTS, JobVerdict, OutputVerdictKind, job_verdict, read_v1
 
 __all__ = [
     "BUILD_TYPE",
+    "BUILD_TYPE_V1",
     "PROVENANCE_PREDICATE_TYPE",
     "REVOCATION_PREDICATE_TYPE",
     "STATEMENT_TYPE",
@@ -50,14 +52,17 @@ __all__ = [
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"
-BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
+# v2: per-file verdicts reproduced | unreproducible | tampered | missing-rebuild, subjects only
+# for published files, unpublished rebuilt files as "unpublished:" byproducts, and no buildinfo
+# digest when the buildinfo could not be fetched. v1 statements are still read (verdicts.read_v1).
+BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v2"
+BUILD_TYPE_V1 = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
 
 Digest = NewType("Digest", str)  # lowercase hex sha256
 
-VerdictKind = Literal["reproduced", "mismatch", "missing-upstream", "missing-rebuild"]
-_VERDICTS: frozenset[str] = frozenset(
-    {"reproduced", "mismatch", "missing-upstream", "missing-rebuild"}
-)
+VerdictKind = OutputVerdictKind
+_VERDICTS = OUTPUT_VERDICTS
+_V1_VERDICTS = frozenset({"reproduced", "mismatch", "missing-upstream", "missing-rebuild"})
 
 MAX_SUBJECTS = 1000
 MAX_NAME = 255
@@ -249,15 +254,21 @@ class OutputVerdict:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OutputVerdict:
+    def from_dict(cls, d: dict[str, Any], v1: bool = False) -> OutputVerdict | None:
+        """One ``verdict:`` byproduct; with ``v1`` in the old words (None: a v1 entry for an
+        unpublished file, which is no verdict today)."""
         name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
         ann = _obj(d.get("annotations"), "verdict annotations")
         verdict = ann.get("verdict")
-        if not isinstance(verdict, str) or verdict not in _VERDICTS:
-            raise _bad(f"verdict {verdict!r} is not one of {_VERDICTS}")
+        allowed = _V1_VERDICTS if v1 else _VERDICTS
+        if not isinstance(verdict, str) or verdict not in allowed:
+            raise _bad(f"verdict {verdict!r} is not one of {sorted(allowed)}")
+        kind = read_v1(verdict) if v1 else verdict
+        if kind is None:
+            return None
         v = _new(cls)
         v.name = _name(name, "verdict name")
-        v.verdict = verdict  # type: ignore[assignment]  # checked just above
+        v.verdict = kind  # type: ignore[assignment]  # checked just above
         v.rebuilt = _digest_field(d, "verdict", "verdict rebuilt") if "digest" in d else None
         v.buildinfo = _opt_sha256(ann.get("buildinfo"), "verdict buildinfo")
         v.repository = _opt_sha256(ann.get("repository"), "verdict repository")
@@ -283,10 +294,12 @@ class RebuildStatement:
     finished_on: datetime
     invocation_id: str
     buildinfo_uri: str
-    buildinfo_sha256: Digest
+    buildinfo_sha256: Digest | None  # None only for a failure: the buildinfo was not fetched
     repository: str
     verdicts: tuple[OutputVerdict, ...] = ()
     failure: str | None = None  # set iff the build failed; then subjects is empty
+    # rebuilt files the repository does not publish: recorded, never subjects (v2)
+    unpublished: tuple[Subject, ...] = ()
     builder_version: str = ""
     internal_parameters: Mapping[str, Any] = field(default_factory=dict)
     resolved_dependencies: Sequence[Mapping[str, Any]] = ()
@@ -301,11 +314,19 @@ class RebuildStatement:
             raise BadDataError("statement", "no subject and no failure reason")
         _text(self.builder_id, "builder id", 2048)
         _text(self.invocation_id, "invocationId", 256)
-        validate_sha256(self.buildinfo_sha256, "buildinfo digest")
+        if self.buildinfo_sha256 is not None:
+            validate_sha256(self.buildinfo_sha256, "buildinfo digest")
+        elif self.failure is None:
+            raise BadDataError("statement", "only a failed build may lack a buildinfo digest")
 
     @property
     def failed(self) -> bool:
         return self.failure is not None
+
+    @property
+    def verdict(self) -> JobVerdict:
+        """The job's class: failed, tampered, unreproducible or reproduced (verdicts.py)."""
+        return job_verdict((v.verdict for v in self.verdicts), self.failed)
 
     def subject_named(self, name: str) -> Subject | None:
         for s in self.subjects:
@@ -321,6 +342,10 @@ class RebuildStatement:
 
     def to_dict(self) -> dict[str, Any]:
         byproducts: list[dict[str, Any]] = [v.to_dict() for v in self.verdicts]
+        byproducts += [
+            {"name": f"unpublished:{u.name}", "digest": {"sha256": u.sha256}}
+            for u in self.unpublished
+        ]
         if self.failure is not None:
             byproducts.append({"name": "failure", "annotations": {"reason": self.failure}})
         return {
@@ -332,10 +357,14 @@ class RebuildStatement:
                     "buildType": BUILD_TYPE,
                     "externalParameters": {
                         "package": self.package.to_dict(),
-                        "buildinfo": {
-                            "uri": self.buildinfo_uri,
-                            "digest": {"sha256": self.buildinfo_sha256},
-                        },
+                        "buildinfo": (
+                            {"uri": self.buildinfo_uri}
+                            if self.buildinfo_sha256 is None
+                            else {
+                                "uri": self.buildinfo_uri,
+                                "digest": {"sha256": self.buildinfo_sha256},
+                            }
+                        ),
                         "repository": self.repository,
                     },
                     "internalParameters": dict(self.internal_parameters),
@@ -365,8 +394,10 @@ class RebuildStatement:
         # object is built without __post_init__ checking it all again.
         pred = _obj(d.get("predicate"), "predicate")
         bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
-        if bdef.get("buildType") != BUILD_TYPE:
-            raise _bad(f"buildType {bdef.get('buildType')!r}, expected {BUILD_TYPE}")
+        build_type = bdef.get("buildType")
+        if build_type != BUILD_TYPE and build_type != BUILD_TYPE_V1:
+            raise _bad(f"buildType {build_type!r}, expected {BUILD_TYPE}")
+        v1 = build_type == BUILD_TYPE_V1
         ext = _obj(bdef.get("externalParameters"), "externalParameters")
         run = _obj(pred.get("runDetails"), "runDetails")
         builder = _obj(run.get("builder"), "runDetails.builder")
@@ -380,12 +411,20 @@ class RebuildStatement:
             subjects.append(subject)
 
         verdicts: list[OutputVerdict] = []
+        unpublished: list[Subject] = []
         failure: str | None = None
-        for bp in _list(run.get("byproducts", []), "byproducts", 2 * MAX_SUBJECTS + 1):
+        for bp in _list(run.get("byproducts", []), "byproducts", 3 * MAX_SUBJECTS + 1):
             o = _obj(bp, "byproduct")
             bp_name = o.get("name")
             if isinstance(bp_name, str) and bp_name.startswith("verdict:"):
-                verdicts.append(OutputVerdict.from_dict(o))
+                verdict = OutputVerdict.from_dict(o, v1)
+                if verdict is not None:
+                    verdicts.append(verdict)
+            elif isinstance(bp_name, str) and bp_name.startswith("unpublished:") and not v1:
+                u = _new(Subject)
+                u.name = _name(bp_name.removeprefix("unpublished:"), "unpublished file name")
+                u.sha256 = _digest_field(o, "unpublished file", "unpublished file digest")
+                unpublished.append(u)
             elif bp_name == "failure":
                 ann = _obj(o.get("annotations"), "failure annotations")
                 failure = _text(ann.get("reason"), "failure reason")
@@ -411,10 +450,14 @@ class RebuildStatement:
         st.finished_on = parse_time(meta.get("finishedOn"), "finishedOn")
         st.invocation_id = _text(meta.get("invocationId"), "invocationId", 256)
         st.buildinfo_uri = _text(binfo.get("uri"), "buildinfo uri", 2048)
-        st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
+        if "digest" in binfo or failure is None or v1:
+            st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
+        else:  # a failure before the buildinfo was fetched names no digest (v2)
+            st.buildinfo_sha256 = None
         st.repository = _text(ext.get("repository"), "repository", 2048)
         st.verdicts = tuple(verdicts)
         st.failure = failure
+        st.unpublished = tuple(unpublished)
         st.internal_parameters = internal
         st.resolved_dependencies = tuple(deps)
         st.raw = d

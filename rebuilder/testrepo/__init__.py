@@ -26,6 +26,7 @@ API::
         job = repo.package("rq-hello-c").job(base_url)  # the BuildJob the watcher would make
         cfg = repo.repository_config(base_url)          # the node's [[repository]] entry
     evil = add_custom_source(repo, "rq-evil", rules)    # hostile debian/rules, never built here
+    nmu = add_binnmu(repo, "rq-hello-c", 1)             # a binNMU as sbuild makes one: 1.0+b1
 
 Builds are cached under ``$RQ_TESTREPO_CACHE`` (default ``~/.cache/repro-quorum/testrepo``),
 keyed by the package specs, ``GENERATOR_VERSION`` and the host's installed packages; ``dest``
@@ -44,6 +45,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from rebuilder.testrepo._binnmu import add_binnmu, binnmu_entry
 from rebuilder.testrepo._repo import (
     BUILDINFO_TEMPLATE,
     GENERATOR_VERSION,
@@ -70,7 +72,9 @@ __all__ = [
     "PublishedDeb",
     "TestPackage",
     "TestRepository",
+    "add_binnmu",
     "add_custom_source",
+    "binnmu_entry",
     "build_test_repository",
     "default_cache_dir",
     "default_packages",

@@ -24,7 +24,7 @@ from verifier.statement import Digest
 GENERATOR_VERSION = 2  # 2: signed InRelease and Release.gpg
 SUITE = "stable"
 COMPONENT = "main"
-BUILDINFO_TEMPLATE = "{base}/buildinfo/{source}_{version}_{arch}.buildinfo"
+BUILDINFO_TEMPLATE = "{base}/buildinfo/{source}_{version_noepoch}_{arch}.buildinfo"
 _MARKER = ".testrepo.json"
 KEYRING = "repository-keyring.gpg"  # the public key, at the repository root (Signed-By)
 RELEASE_DATE = "Sat, 01 Jun 2024 12:00:00 UTC"

@@ -144,7 +144,8 @@ async def test_serve_and_job(repo: TestRepository) -> None:
     config = repo.repository_config(base)
     assert (
         config["buildinfo_url"].format(
-            base=config["base_url"], source="rq-hello", version="1.0", arch="all"
+            base=config["base_url"], source="rq-hello", version="1.0", version_noepoch="1.0",
+            arch="all"
         )
         == job.buildinfo_url
     )

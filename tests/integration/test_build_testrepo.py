@@ -1,7 +1,7 @@
 """End to end in host mode: every test-repository package rebuilt with the real pipeline.
 
 Reproducible packages come back ``reproduced``; the unreproducible and the tampered ones come
-back ``mismatch`` with real diffoscope reports that show the difference.
+back ``unreproducible`` and ``tampered`` with real diffoscope reports that show the difference.
 """
 
 from __future__ import annotations
@@ -72,15 +72,15 @@ async def test_arch_any_build_includes_dbgsym(repo: TestRepository, tmp_path: Pa
     assert outcome.internal_parameters["build_command"][1] == "-B"
 
 
-async def test_unreproducible_package_is_a_mismatch_with_report(
+async def test_unreproducible_package_with_report(
     repo: TestRepository, tmp_path: Path
 ) -> None:
     pkg = repo.package("rq-unrepro")
     outcome = await rebuild(repo, pkg, tmp_path / "w")
     assert outcome.failure is None, outcome.failure
-    assert outcome.verdict == "mismatch"
+    assert outcome.verdict == "unreproducible"
     (o,) = outcome.outputs
-    assert o.verdict == "mismatch"
+    assert o.verdict == "unreproducible"
     assert o.rebuilt != o.repository
     assert o.repository == o.buildinfo  # the repository serves what the original build made
     assert o.report_html is not None and o.report_txt is not None
@@ -90,13 +90,14 @@ async def test_unreproducible_package_is_a_mismatch_with_report(
     assert outcome.internal_parameters["diffoscope"]
 
 
-async def test_tampered_package_is_a_mismatch_showing_the_injection(
+async def test_tampered_package_showing_the_injection(
     repo: TestRepository, tmp_path: Path
 ) -> None:
     pkg = repo.package("rq-tampered")
     outcome = await rebuild(repo, pkg, tmp_path / "w")
-    assert outcome.verdict == "mismatch"
+    assert outcome.verdict == "tampered"
     (o,) = outcome.outputs
+    assert o.verdict == "tampered"
     # the rebuild agrees with the buildinfo, not with the file the repository serves
     assert o.rebuilt == o.buildinfo != o.repository
     assert o.report_txt is not None and o.report_html is not None
@@ -120,4 +121,40 @@ async def test_missing_rebuild_when_the_repository_lists_more(
         )
     verdicts = {o.name: o.verdict for o in outcome.outputs}
     assert verdicts == {"rq-hello_1.0_all.deb": "reproduced", extra: "missing-rebuild"}
-    assert outcome.verdict == "mismatch"
+    assert outcome.verdict == "unreproducible"
+
+
+async def test_all_package_buildinfo_named_after_the_build_architecture(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    """dpkg names the buildinfo of a full build `_<host arch>` even when every package is
+    `Architecture: all`: the `all` job finds it after `_all` answers 404."""
+    import shutil
+
+    from rebuilder.config import parse_config
+    from rebuilder.locate import resolve_buildinfo
+
+    pkg = repo.package("rq-hello")
+    assert pkg.architecture == "all"
+    moved = repo.path / "buildinfo-dpkg"
+    moved.mkdir(exist_ok=True)
+    shutil.copyfile(repo.path / pkg.buildinfo_path, moved / "rq-hello_1.0_amd64.buildinfo")
+    settings = BuildSettings(timeout=300, diffoscope_enabled=False)
+    async with serve_repository(repo.path) as base, aiohttp.ClientSession() as session:
+        config = parse_config(
+            {"node": {"id": "rb-t", "operator": "op"},
+             "repository": [{"name": "local", "base_url": base, "suite": "stable",
+                             "architectures": ["all", "amd64"],
+                             "buildinfo_url": "{base}/buildinfo-dpkg/{source}_{version_noepoch}"
+                                              "_{arch}.buildinfo"}]},
+            tmp_path,
+        )
+        job = resolve_buildinfo(config, pkg.job(base))
+        assert job.buildinfo_url.endswith("_all.buildinfo")
+        outcome = await run_rebuild(job, settings, tmp_path / "w", session)
+    assert outcome.failure is None, outcome.failure
+    assert outcome.verdict == "reproduced"
+    assert outcome.job.buildinfo_url == f"{base}/buildinfo-dpkg/rq-hello_1.0_amd64.buildinfo"
+    assert outcome.log_path is not None
+    log = outcome.log_path.read_text()
+    assert "HTTP 404" in log and log.rstrip().splitlines()[-1].startswith("    rebuilt")

@@ -71,7 +71,7 @@ async def test_ingest_catchup_query_and_disagreement(tmp_path: Path, mosquitto: 
             status, doc = await get_json(f"{base}/v1/rebuilders")
             counts = {r["id"]: r["counts"] for r in doc["rebuilders"]}
             assert counts["rb-alpha"]["reproduced"] == 31
-            assert counts["rb-beta"]["mismatch"] == 1
+            assert counts["rb-beta"]["unreproducible"] == 1
 
             status, doc = await get_json(f"{base}/v1/disagreements")
             assert [d["artifact"] for d in doc["disagreements"]] == [DEB]

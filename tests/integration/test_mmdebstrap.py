@@ -13,6 +13,7 @@ the trees. Delete the cache directory to exercise mmdebstrap from scratch again.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -94,3 +95,48 @@ async def test_rebuild_in_a_pinned_chroot(original_chroot: Path, tmp_path: Path)
     assert pinned
     for dep in pinned:
         assert installed[dep["name"]] == dep["annotations"]["version"], dep
+
+
+async def test_a_pin_in_no_suite_comes_from_the_snapshot_archive(
+    original_chroot: Path, tmp_path: Path
+) -> None:
+    """The buildinfo pins a tzdata that only bookworm-security has; the node knows only the
+    main suite and a snapshot archive (a local server implementing snapshot.debian.org's
+    endpoints over the real .deb), resolves the pin there before bootstrapping, and the chroot
+    gets exactly that version. The rebuild still reproduces the package."""
+    from rebuilder.pins import SuiteSource
+    from tests.integration.test_pins_snapshot import Snapshot, serve
+
+    tz_version = "2026f-0+deb12u1"
+    debs = Path(os.environ.get("RQ_DEB_CACHE")
+                or Path.home() / ".cache" / "repro-quorum" / "debs")
+    debs.mkdir(parents=True, exist_ok=True)
+    tz = debs / f"tzdata_{tz_version}_all.deb"
+    if not tz.is_file():
+        subprocess.run(["apt-get", "download", f"tzdata={tz_version}"], cwd=debs, check=True,
+                       capture_output=True, timeout=300)
+    spec = (PackageSpec("rq-hello-c", "1.0", "reproducible", "c"),)
+    repo = build_test_repository(tmp_path / "repo", spec, chroot=original_chroot)
+    pkg = repo.package("rq-hello-c")
+    path = repo.path / pkg.buildinfo_path
+    text = path.read_text()
+    assert "tzdata (=" not in text
+    path.write_text(text.replace("Installed-Build-Depends:\n",
+                                 f"Installed-Build-Depends:\n tzdata (= {tz_version}),\n"))
+    snap = Snapshot.of([tz])
+    async with serve_repository(repo.path) as base, serve(snap.app()) as snapshot, \
+            aiohttp.ClientSession() as session:
+        settings = BuildSettings(
+            environment="mmdebstrap", suites=(SuiteSource(MIRROR, _suite()),),
+            snapshot_url=snapshot, cache_dir=_cache(), timeout=1800,
+            diffoscope_enabled=False,
+        )
+        outcome = await run_rebuild(pkg.job(base), settings, tmp_path / "work", session)
+    assert outcome.failure is None, outcome.failure
+    assert outcome.verdict == "reproduced", [o.verdict for o in outcome.outputs]
+    assert outcome.internal_parameters["pins"]["snapshot"] == 1
+    chroot = outcome.internal_parameters["chroot"]
+    assert chroot["snapshot_files"] == [f"{hashlib.sha1(tz.read_bytes()).hexdigest()}.deb"]  # noqa: S324
+    tree = _cache() / f"chroot-{chroot['key'][:32]}"
+    assert installed_packages(tree / "var" / "lib" / "dpkg")["tzdata"] == tz_version
+    assert any(p.startswith("/mr/binary/tzdata/") for p in snap.requests)

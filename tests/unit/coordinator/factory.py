@@ -28,6 +28,7 @@ from verifier.statement import (
     RevocationStatement,
     Subject,
 )
+from verifier.verdicts import classify
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -66,16 +67,16 @@ class Signer:
         ``upstream`` what the repository serves and ``buildinfo`` what the buildinfo declares
         (both default to ``outputs``, then ``buildinfo`` to ``upstream``)."""
         upstream = upstream if upstream is not None else outputs
-        declared = buildinfo if buildinfo is not None else upstream
+        listed = buildinfo if buildinfo is not None else upstream
         verdicts = []
         for name, digest in outputs.items():
             ok = upstream.get(name) == digest
             verdicts.append(
                 OutputVerdict(
                     name=name,
-                    verdict="reproduced" if ok else "mismatch",
+                    verdict=classify(digest, listed.get(name), upstream.get(name, "")),
                     rebuilt=digest,  # type: ignore[arg-type]
-                    buildinfo=declared.get(name),  # type: ignore[arg-type]
+                    buildinfo=listed.get(name),  # type: ignore[arg-type]
                     repository=upstream.get(name),  # type: ignore[arg-type]
                     report_url=None if ok else report_url,
                 )

@@ -126,7 +126,7 @@ def test_mismatch_failure_and_revocation_kinds() -> None:
     deb = "a_1_amd64.deb"
     mismatch = ALPHA.rebuild("a", "1", {deb: sha("1")}, upstream={deb: sha("2")})
     r = check_envelope(mismatch.to_bytes(), "rb-alpha", pub, kid)
-    assert isinstance(r, Accepted) and r.verdict == "mismatch"
+    assert isinstance(r, Accepted) and r.verdict == "unreproducible"
     assert r.outputs[0].repository == sha("2")
     f = check_envelope(ALPHA.failure("a", "1").to_bytes(), "rb-alpha", pub, kid)
     assert isinstance(f, Accepted) and (f.kind, f.verdict, f.subjects) == ("failure", "failed", ())

@@ -15,7 +15,7 @@ def entry(rebuilder: str, rebuilt: str, revoked: bool = False, kind: str = "rebu
         "rebuilder": rebuilder, "kind": kind, "revoked": revoked, "envelope": env,
         "invocation": f"{rebuilder}/1/1",
         "outputs": [{"name": "x.deb", "rebuilt": rebuilt, "repository": PUB,
-                     "verdict": "reproduced" if rebuilt == PUB else "mismatch",
+                     "verdict": "reproduced" if rebuilt == PUB else "unreproducible",
                      "buildinfo": PUB, "report_url": None}],
     }
 
@@ -27,7 +27,7 @@ def test_agreeing_rebuilders_are_those_with_the_published_digest() -> None:
     assert len(table) == 1
     assert table[0]["upstream"] == PUB
     assert table[0]["agreeing"] == ["rb-a", "rb-c"]
-    assert [r for r, o in table[0]["cells"] if o and o["verdict"] == "mismatch"] == ["rb-b"]
+    assert [r for r, o in table[0]["cells"] if o and o["verdict"] == "unreproducible"] == ["rb-b"]
 
 
 def test_revoked_and_failed_do_not_count_and_later_replaces_earlier() -> None:

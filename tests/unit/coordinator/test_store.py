@@ -112,7 +112,7 @@ async def test_search_and_package_views(store: Store) -> None:
     found = await store.search_packages("hel", 10)
     assert found == [
         {"source": "hello", "version": "1.0-1",
-         "verdicts": {"rb-alpha": "reproduced", "rb-beta": "mismatch"},
+         "verdicts": {"rb-alpha": "reproduced", "rb-beta": "unreproducible"},
          "classes": {"rb-alpha": "reproduced", "rb-beta": "unreproducible"},
          "suites": ["stable"], "architectures": ["amd64"]}
     ]
@@ -260,3 +260,48 @@ async def test_cancelled_store_stays_cancelled(store: Store) -> None:
     result = await store.store_batch([accepted(alpha, last)])
     assert len(result.stored) == 1
     assert (await store.totals())["envelopes"] % 20 == 1
+
+
+async def test_tampered_files_are_listed_until_revoked(store: Store) -> None:
+    await store.ensure_rebuilders(["rb-alpha", "rb-beta"])
+    built = {DEB: sha("built")}
+    tampered = A.rebuild("hello", "1.0-1", built, upstream={DEB: sha("served")}, buildinfo=built)
+    result = await store.store_batch(
+        [
+            accepted(A, tampered),
+            accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("x")}, upstream={DEB: sha("h")})),
+        ]
+    )
+    assert [a.verdict for a in result.stored] == ["tampered", "unreproducible"]
+    assert [a.rebuilder for a in result.tampered] == ["rb-alpha"]
+    (row,) = await store.tampered()
+    assert row["rebuilder"] == "rb-alpha" and row["artifact"] == DEB
+    assert (row["rebuilt"], row["buildinfo"], row["repository"]) == (
+        sha("built"), sha("built"), sha("served"))
+    assert await store.tampered("hello", "1.0-1") == [row]
+    assert await store.tampered("hello", "9") == []
+    await store.store_batch([accepted(A, A.revoke(tampered))])
+    assert await store.tampered() == []
+
+
+async def test_migration_to_version_3_reads_mismatch_as_unreproducible(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "c.db")
+    await s.ensure_rebuilders(["rb-alpha"])
+    await s.store_batch([
+        accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("x")}, upstream={DEB: sha("h")})),
+        accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("y")}, upstream={DEB: sha("h")})),
+    ])
+    await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 2 database wrote them
+        db.execute("UPDATE envelopes SET verdict = 'mismatch'")
+        db.execute("UPDATE outputs SET verdict = 'mismatch'")
+        db.execute("UPDATE counts SET verdict = 'mismatch'")
+        db.execute("INSERT INTO counts VALUES ('rb-alpha', 'unreproducible', 1)")
+        db.execute("PRAGMA user_version = 2")
+    s = await Store.open(tmp_path / "c.db")
+    try:
+        assert (await s.counts())["rb-alpha"] == {"unreproducible": 3}
+        found = await s.search_packages("hello", 10)
+        assert {p["verdicts"]["rb-alpha"] for p in found} == {"unreproducible"}
+    finally:
+        await s.close()

@@ -67,8 +67,8 @@ def mismatch(j: BuildJob, report_dir: Path) -> RebuildOutcome:
     html.write_text("<html><script>alert(1)</script>diff</html>")
     txt = report_dir / "r.txt"
     txt.write_text("--- a\n+++ b\n")
-    outs = tuple(replace(o, verdict="mismatch", rebuilt=sha("other" + o.name), report_html=html,
-                         report_txt=txt) for o in base.outputs)
+    outs = tuple(replace(o, verdict="unreproducible", rebuilt=sha("other" + o.name),
+                         report_html=html, report_txt=txt) for o in base.outputs)
     log = report_dir / "build.log"
     log.write_text("building...\n")
     return replace(base, outputs=outs, log_path=log)

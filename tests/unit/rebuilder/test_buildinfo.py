@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -75,12 +76,62 @@ def test_valid_buildinfo() -> None:
     assert info.installed_build_depends[2].purl == "pkg:deb/debian/gcc-12@12.2.0-14"
 
 
-def test_binnmu_source_field_gives_the_source_version() -> None:
+BINNMU_CHANGES = (
+    "Binary-Only-Changes:\n"
+    " hello (1:2.10-3+b1) sid; urgency=low, binary-only=yes\n"
+    " .\n"
+    "   * Binary-only non-maintainer upload for amd64; no source changes.\n"
+    "   * Rebuild against libc6 2.36.\n"
+    " .\n"
+    "  -- Debian buildd <buildd@example.org>  Sat, 01 Jun 2024 12:00:00 +0000\n"
+)
+
+
+def _binnmu(changes: str | None = BINNMU_CHANGES) -> str:
     text = BUILDINFO.replace("Source: hello\n", "Source: hello (1:2.10-3)\n").replace(
         "Version: 1:2.10-3\n", "Version: 1:2.10-3+b1\n"
     )
-    info = parse_buildinfo(text.encode())
-    assert (info.source, info.version) == ("hello", "1:2.10-3")
+    if changes is None:
+        return text
+    return text.replace("Checksums-Sha256:", changes + "Checksums-Sha256:")
+
+
+def test_binnmu_source_field_gives_the_source_version() -> None:
+    info = parse_buildinfo(_binnmu().encode())
+    assert (info.source, info.version, info.binary_version) == ("hello", "1:2.10-3", "1:2.10-3+b1")
+    assert info.is_binnmu
+    assert info.binary_only_changes == (
+        "hello (1:2.10-3+b1) sid; urgency=low, binary-only=yes\n\n"
+        "  * Binary-only non-maintainer upload for amd64; no source changes.\n"
+        "  * Rebuild against libc6 2.36.\n\n"
+        " -- Debian buildd <buildd@example.org>  Sat, 01 Jun 2024 12:00:00 +0000\n"
+    )
+    plain = parse_buildinfo(BUILDINFO.encode())
+    assert plain.binary_version == plain.version and not plain.is_binnmu
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        (None, "no Binary-Only-Changes"),
+        (BINNMU_CHANGES.replace("hello (1:2.10-3+b1)", "evil (1:2.10-3+b1)"), "is for evil"),
+        (BINNMU_CHANGES.replace("1:2.10-3+b1)", "1:2.10-3+b2)"), "is for hello 1:2.10-3+b2"),
+        (BINNMU_CHANGES.replace(", binary-only=yes", ""), "not binary-only=yes"),
+        (BINNMU_CHANGES.replace("  -- Debian", "  - Debian"), "no trailer"),
+        (BINNMU_CHANGES.replace(" .\n  --", " hello (1.0) sid; urgency=low\n  --"),
+         "more than one entry"),
+        (BINNMU_CHANGES.replace("Rebuild", "Rebuild\x1b[2J"), "control characters"),
+    ],
+)
+def test_bad_binnmu_is_refused(changes: str | None, words: str) -> None:
+    with pytest.raises(BadDataError, match=re.escape(words)):
+        parse_buildinfo(_binnmu(changes).encode())
+
+
+def test_binary_only_changes_without_binnmu_version_is_refused() -> None:
+    text = BUILDINFO.replace("Checksums-Sha256:", BINNMU_CHANGES + "Checksums-Sha256:")
+    with pytest.raises(BadDataError, match="without a binNMU version"):
+        parse_buildinfo(text.encode())
 
 
 def test_clearsigned_buildinfo_payload_is_parsed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rebuilder.buildinfo import Dependency
 from rebuilder.environment import (
     chroot_key,
@@ -69,3 +71,26 @@ def test_chroot_key_is_order_independent_and_sensitive() -> None:
     assert key != chroot_key(a, "http://other/debian", "bookworm", "amd64")
     assert key != chroot_key(a, "http://m/debian", "trixie", "amd64")
     assert len(key) == 64
+
+
+def test_chroot_cache_evicts_least_recently_used_never_one_in_use(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from rebuilder.environment import evict_chroots
+
+    for age, name in enumerate(["chroot-newest", "chroot-in-use", "chroot-old", "chroot-oldest"]):
+        d = tmp_path / name
+        d.mkdir()
+        (d / ".repro-quorum-size").write_text(f"{100 * 2**20}\n")
+        (d / ".repro-quorum-ready").write_text("k\n")
+        os.utime(d / ".repro-quorum-ready", (1e9 - age * 100, 1e9 - age * 100))
+    (tmp_path / "chroot-half").mkdir()  # no ready marker: being built, not counted
+    with open(tmp_path / ".chroot-in-use.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # a build is using it
+        removed = evict_chroots(tmp_path, 150 * 2**20, keep={"chroot-newest"})
+    assert removed == ["chroot-oldest", "chroot-old"]
+    assert sorted(p.name for p in tmp_path.glob("chroot-*")) == [
+        "chroot-half", "chroot-in-use", "chroot-newest"]
+    # under the cap: nothing to do
+    assert evict_chroots(tmp_path, 10 * 2**30) == []

@@ -124,14 +124,15 @@ async def test_catch_up_pages_through_everything_in_order(node: Any) -> None:
 
 async def test_build_and_report_with_csp(node: Any) -> None:
     cfg, base, session, results = node
-    evil = next(r for r in results if r.verdict == "mismatch")
+    evil = next(r for r in results if r.verdict == "unreproducible")
     status, b = await _get(session, f"{base}/v1/builds/{evil.job_id}")
     assert status == 200
-    assert b["status"] == "done" and b["verdict"] == "mismatch"
+    assert b["status"] == "done" and b["verdict"] == "unreproducible"
     assert b["envelope_sha256"] == evil.envelope_sha256
     assert b["package"]["name"] == "evil"
     out = b["outputs"][0]
-    assert out["verdict"] == "mismatch" and out["report_html_url"].startswith(cfg.node.public_url)
+    assert out["verdict"] == "unreproducible"
+    assert out["report_html_url"].startswith(cfg.node.public_url)
     async with session.get(out["report_html_url"]) as r:
         assert r.status == 200
         assert r.headers["Content-Security-Policy"] == REPORT_CSP
@@ -201,7 +202,7 @@ async def test_node_healthz_metrics(node: Any) -> None:
         text = await r.text()
     assert "rq_queue_length 0" in text
     assert 'rq_builds_total{verdict="reproduced"} 1' in text
-    assert 'rq_builds_total{verdict="mismatch"} 1' in text
+    assert 'rq_builds_total{verdict="unreproducible"} 1' in text
     assert 'rq_builds_total{verdict="failed"} 1' in text
     assert "rq_outbox_backlog 3" in text
     assert 'rq_attestations_total{kind="rebuild"} 2' in text

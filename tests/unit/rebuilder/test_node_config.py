@@ -25,14 +25,15 @@ def test_init_writes_every_documented_key(tmp_path: Path) -> None:
                                          "trusted", "max_index_entries", "max_index_mb"}
     assert set(doc["build"]) == {"environment", "mirror", "timeout", "max_disk_mb",
                                  "max_output_mb", "max_log_mb", "max_source_mb", "parallel",
-                                 "max_memory_mb", "max_processes"}
+                                 "max_memory_mb", "max_processes", "snapshot_url",
+                                 "chroot_cache_mb"}
     assert set(doc["diffoscope"]) == {"enabled", "timeout", "max_report_mb"}
     assert cfg.node.state_dir == tmp_path / "node"
     assert cfg.node.signing_key == tmp_path / "node" / "keys" / "signing.pem"
     assert (cfg.node.signing_key.stat().st_mode & 0o777) == 0o600
     repo = cfg.repositories[0]
     assert repo.buildinfo_for("hello", "1:2.0-1", "amd64") == (
-        "http://127.0.0.1:8400/debian/buildinfo/hello_1:2.0-1_amd64.buildinfo"
+        "http://127.0.0.1:8400/debian/buildinfo/hello_2.0-1_amd64.buildinfo"
     )
 
 

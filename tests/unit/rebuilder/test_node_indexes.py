@@ -59,18 +59,34 @@ def _repo() -> RepositoryConfig:
     ).repositories[0]
 
 
-def test_groups_by_source_version_and_build_arch() -> None:
+def test_groups_by_version_built_and_build_arch() -> None:
     jobs = group_jobs(parse_packages(PACKAGES), _repo())
     keys = [(j.source, j.version, j.architecture) for j in jobs]
-    assert keys == [("foo", "2:3.1-2", "amd64"), ("hello", "1.0-1", "all"),
+    # the binNMU is keyed by its own version, and its buildinfo named after it
+    assert keys == [("foo", "2:3.1-2+b1", "amd64"), ("hello", "1.0-1", "all"),
                     ("hello", "1.0-1", "amd64")]
     foo = jobs[0]
     assert foo.published == {
         "libfoo1_3.1-2+b1_amd64.deb":
             (H3, "http://h/debian/pool/main/f/foo/libfoo1_3.1-2+b1_amd64.deb")
     }
-    assert foo.buildinfo_url == "http://h/debian/bi/foo_3.1-2_amd64.buildinfo"
+    assert foo.buildinfo_url == "http://h/debian/bi/foo_3.1-2+b1_amd64.buildinfo"
+    assert foo.source_version == "2:3.1-2" and foo.package.version == "2:3.1-2"
+    assert jobs[1].source_version is None
     assert jobs[1].published["hello-doc_1.0-1_all.deb"][0] == H2
+
+
+def test_a_binary_of_another_version_is_not_a_binnmu() -> None:
+    """gcc-defaults builds cpp 4:12.2.0-3 from source 1.203: one job, the source's."""
+    data = f"""Package: cpp
+Source: gcc-defaults (1.203)
+Version: 4:12.2.0-3
+Architecture: amd64
+Filename: pool/main/g/gcc-defaults/cpp_12.2.0-3_amd64.deb
+SHA256: {H1}
+""".encode()
+    (j,) = group_jobs(parse_packages(data), _repo())
+    assert (j.version, j.source_version) == ("1.203", None)
 
 
 def test_grouping_is_deterministic_and_deduplicates() -> None:

@@ -63,7 +63,8 @@ async def test_new_versions_are_queued_once(tmp_path: Path, repo: Any) -> None:
     try:
         added = await watcher.poll(watcher.repositories[0])
         assert {(j.source, j.version, j.architecture) for j in added} == {
-            ("hello", "1.0-1", "amd64"), ("hello", "1.0-1", "all"), ("foo", "2:3.1-2", "amd64")}
+            ("hello", "1.0-1", "amd64"), ("hello", "1.0-1", "all"),
+            ("foo", "2:3.1-2+b1", "amd64")}  # a binNMU: its own job
         assert await watcher.poll(watcher.repositories[0]) == []
         # A new version appears: only it is queued.
         write_repo(root, PACKAGES.replace(b"Version: 1.0-1\nArchitecture: amd64",

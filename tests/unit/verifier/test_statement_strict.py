@@ -44,7 +44,7 @@ def _statement() -> RebuildStatement:
         verdicts=(
             OutputVerdict(
                 DEB,
-                "mismatch",
+                "unreproducible",
                 rebuilt="a" * 64,
                 buildinfo="c" * 64,
                 repository="c" * 64,
