@@ -101,7 +101,8 @@ def link_for(
                 continue
             file = apt_deb_name(name, version, arch)
             products[file] = _Product(file, v.rebuilt)
-            materials[st.buildinfo_uri.rsplit("/", 1)[-1]] = {"sha256": st.buildinfo_sha256}
+            if st.buildinfo_sha256 is not None:
+                materials[st.buildinfo_uri.rsplit("/", 1)[-1]] = {"sha256": st.buildinfo_sha256}
     if not products:
         return None
     return {

@@ -106,7 +106,9 @@ def add_binnmu(repo: TestRepository, source: str, n: int = 1,
                                      (pool / deb.name).stat().st_size, f"{pool_rel}/{deb.name}"))
         if not debs:
             raise RuntimeError(f"the binNMU of {source} produced no .deb; see {log}")
-        _indexes(repo.path, arch, log)
+        if repo.gnupg_home is None:
+            raise RuntimeError("this repository was loaded without its signing key")
+        _indexes(repo.path, arch, log, repo.gnupg_home)
     except subprocess.SubprocessError as e:
         raise RuntimeError(f"building the binNMU of {source} failed: {e}") from e
     finally:
