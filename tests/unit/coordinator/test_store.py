@@ -156,7 +156,7 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def _back_to_version_2(db: sqlite3.Connection) -> None:
@@ -284,7 +284,7 @@ async def test_tampered_files_are_listed_until_revoked(store: Store) -> None:
     assert await store.tampered() == []
 
 
-async def test_migration_to_version_3_reads_mismatch_as_unreproducible(tmp_path: Path) -> None:
+async def test_migration_to_version_4_reads_mismatch_as_unreproducible(tmp_path: Path) -> None:
     s = await Store.open(tmp_path / "c.db")
     await s.ensure_rebuilders(["rb-alpha"])
     await s.store_batch([
@@ -292,12 +292,12 @@ async def test_migration_to_version_3_reads_mismatch_as_unreproducible(tmp_path:
         accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("y")}, upstream={DEB: sha("h")})),
     ])
     await s.close()
-    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 2 database wrote them
+    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 3 database wrote them
         db.execute("UPDATE envelopes SET verdict = 'mismatch'")
         db.execute("UPDATE outputs SET verdict = 'mismatch'")
         db.execute("UPDATE counts SET verdict = 'mismatch'")
         db.execute("INSERT INTO counts VALUES ('rb-alpha', 'unreproducible', 1)")
-        db.execute("PRAGMA user_version = 2")
+        db.execute("PRAGMA user_version = 3")
     s = await Store.open(tmp_path / "c.db")
     try:
         assert (await s.counts())["rb-alpha"] == {"unreproducible": 3}
