@@ -360,4 +360,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     dashboard.setup(app)
+    from coordinator.witness_setup import setup_witness  # the C2SP witness (ARCHITECTURE §4.9)
+
+    setup_witness(app, config)
     return app

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import aiosqlite
 
+from rebuilder.tlog import LOG_MIGRATION
+
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 
 
@@ -102,6 +104,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
     ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
     """,
+    # 3 (branch tlog; the lead renumbers on merge): the transparency log (rebuilder/tlog.py)
+    LOG_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -23,6 +23,7 @@ from rebuilder.config import Config
 from rebuilder.db import Store
 from rebuilder.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rebuilder.metrics import render_metrics
+from rebuilder.tlog_http import add_log_routes, log_document, proofs_for
 from verifier.keys import keyid, load_private_key, public_key_pem
 
 __all__ = [
@@ -105,7 +106,7 @@ def _one_param(request: web.Request, name: str) -> str | None:
 
 async def attestations(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
-    unknown = set(request.query) - {"digest", "since", "limit"}
+    unknown = set(request.query) - {"digest", "since", "limit", "proofs"}
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {sorted(unknown)}")
     digest = _one_param(request, "digest")
@@ -118,8 +119,11 @@ async def attestations(request: web.Request) -> web.Response:
         if not m:
             raise BadRequest("digest must be sha256:<64 lowercase hex characters>")
         envs = await store.attestations_by_digest(m.group(1))
+        proofs = b""
+        if _one_param(request, "proofs") is not None:
+            proofs = b',"proofs":' + await proofs_for(request.app, envs)
         return _raw_json(b'{"digest":"' + digest.encode() + b'","attestations":'
-                         + _envelopes(envs) + b"}")
+                         + _envelopes(envs) + proofs + b"}")
     if since is None:
         raise BadRequest("give digest=sha256:<hex> or since=<cursor> (since=0 from the start)")
     if not _CURSOR.fullmatch(since):
@@ -296,6 +300,7 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     key = load_private_key(config.node.signing_key)
     app[NODE_KEY] = node_document(config, public_key_pem(key.public_key()),
                                   keyid(key.public_key()))
+    app[NODE_KEY]["log"] = log_document(config, key.public_key())
     del key
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
@@ -317,4 +322,5 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app.router.add_get("/v1/node", node)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_log_routes(app, config, STORE_KEY)
     return app

@@ -20,12 +20,16 @@ from aiohttp import web
 
 from rebuilder.api import create_app
 from rebuilder.config import Config
+from rebuilder.cosign import WitnessClient, run_log
 from rebuilder.db import Store
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
+from rebuilder.tlog import NodeLog
+from rebuilder.tlog_http import log_settings
 from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
+from verifier.tlog.note import NoteSigner
 
 __all__ = ["DEFAULT_GRACE_S", "DaemonError", "make_builder", "run_daemon"]
 
@@ -142,6 +146,14 @@ async def _serve(
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(pool.run(), name="workers")]
     if publisher is not None:
         tasks.append(asyncio.create_task(publisher.run(), name="publisher"))
+    # The transparency log (ARCHITECTURE §4.9): checkpoints, witnesses, MQTT announcement.
+    node_log = await NodeLog.open(store, log_settings(config),
+                                  NoteSigner(config.log_origin, key))
+    witnesses = [WitnessClient(w, session) for w in config.log.witnesses]
+    tasks.append(asyncio.create_task(run_log(
+        node_log, witnesses, float(config.log.checkpoint_interval),
+        (lambda s: publisher.publish_checkpoint(s.served())) if publisher else None,
+    ), name="log"))
     watcher.start()
     try:
         stopper = asyncio.create_task(stop.wait(), name="stop")

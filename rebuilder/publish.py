@@ -34,7 +34,7 @@ from rebuilder.config import Config
 from rebuilder.db import Store
 from verifier.statement import format_time
 
-__all__ = ["Publisher", "attestation_topic", "flush_once", "status_topic"]
+__all__ = ["Publisher", "attestation_topic", "checkpoint_topic", "flush_once", "status_topic"]
 
 log = logging.getLogger("rebuilder.publish")
 
@@ -51,6 +51,10 @@ def attestation_topic(node_id: str) -> str:
 
 def status_topic(node_id: str) -> str:
     return f"rq/v1/status/{node_id}"
+
+
+def checkpoint_topic(node_id: str) -> str:
+    return f"rq/v1/checkpoints/{node_id}"
 
 
 def _client(config: Config, client_id: str, with_will: bool) -> aiomqtt.Client:
@@ -132,6 +136,13 @@ class Publisher:
         self.drained = asyncio.Event()  # set while the outbox is known to be empty
         self.published = 0
         self.connected = False
+        self._checkpoint: bytes | None = None  # latest served checkpoint note (rebuilder.tlog)
+        self._checkpoint_sent: bytes | None = None
+
+    def publish_checkpoint(self, note: bytes) -> None:
+        """Publish this checkpoint (retained) as soon as connected; a newer one replaces it."""
+        self._checkpoint = note
+        self._wake.set()
 
     def wake(self) -> None:
         self.drained.clear()
@@ -165,6 +176,11 @@ class Publisher:
         while True:
             self._wake.clear()
             sent = await self._drain(client)
+            if self._checkpoint is not None and self._checkpoint != self._checkpoint_sent:
+                note = self._checkpoint
+                await client.publish(checkpoint_topic(self.config.node.id), note, qos=1,
+                                     retain=True)
+                self._checkpoint_sent = note
             now = asyncio.get_running_loop().time()
             if sent or now - last_status >= STATUS_INTERVAL_S:
                 await self._publish_status(client, "online")

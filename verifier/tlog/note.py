@@ -117,7 +117,7 @@ class NoteVerifier:
 
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)  # the base64 may itself contain '+'
         if len(parts) != 3 or len(parts[1]) != 8:
             raise NoteError(f"vkey {vkey[:80]!r} is not <name>+<8 hex digits>+<base64>")
         name, hexid, b64 = parts

@@ -35,6 +35,7 @@ PETER_TEXT = ("If you think cryptography is the answer to your problem,\n"
               "then you don't know what your problem is.\n")
 PETER_NOTE = (PETER_TEXT + "\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGU"
               "gYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n").encode()
+PLUS_VKEY = "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"  # base64 with a '+'
 COSIGNER_VKEY = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2"
 
 
@@ -65,6 +66,11 @@ def test_cosigner_vkey_vector_has_type_4_and_its_key_id() -> None:
     assert v.alg == ALG_COSIGNATURE_V1
     assert v.key_id == 0xDA77ADE7
     assert v.vkey == COSIGNER_VKEY
+
+
+def test_vkey_whose_base64_has_a_plus() -> None:
+    v = NoteVerifier.from_vkey(PLUS_VKEY)
+    assert (v.name, v.key_id, v.vkey) == ("TEST", 0x7997405C, PLUS_VKEY)
 
 
 @pytest.mark.parametrize("vkey", [
