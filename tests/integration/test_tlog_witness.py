@@ -1,0 +1,178 @@
+"""A real node (``run_daemon``) and a real coordinator-witness on loopback: the node's log is
+checkpointed while the witness is down (nothing lost), cosigned once it is up, served as C2SP
+tiles with the cosignature, announced retained on MQTT, and proofs in attestation answers
+verify against the cosigned checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import aiomqtt
+import pytest
+from aiohttp import web
+
+from coordinator.app import create_app as coordinator_app
+from coordinator.config import load_config as load_coordinator_config
+from coordinator.witness_setup import witness_signer
+from rebuilder.config import Config, load_config
+from rebuilder.daemon import run_daemon
+from rebuilder.db import NewAttestation, Store
+from rebuilder.publish import checkpoint_topic
+from tests.support import Mosquitto, free_port, wait_for
+from tests.unit.coordinator.factory import Signer, coordinator_toml, sha
+from tests.unit.rebuilder.node_helpers import amake_node
+from verifier.dsse import Envelope
+from verifier.keys import load_private_key
+from verifier.tlog.checkpoint import Checkpoint
+from verifier.tlog.merkle import leaf_hash, verify_inclusion
+from verifier.tlog.note import Note, NoteVerifier
+
+pytestmark = pytest.mark.slow
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with session.get(url) as r:
+        return r.status, await r.read()
+
+
+@contextlib.asynccontextmanager
+async def _daemon(config: Config) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_daemon(config, stop=stop, install_signals=False, grace=1))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application, port: int) -> AsyncIterator[None]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _store_envelopes(config: Config, envelopes: list[tuple[Envelope, str]]) -> None:
+    store = await Store.open(config.node.db_path)
+    try:
+        for env, digest in envelopes:
+            await store.add_attestation(NewAttestation(
+                envelope_sha256=env.digest(), envelope=env.to_bytes(), kind="rebuild",
+                source="hello", version="1.0-1", arch="amd64",
+                subjects=(("hello_1.0-1_amd64.deb", digest),)))
+    finally:
+        await store.close()
+
+
+async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
+                                                     mosquitto: Mosquitto) -> None:
+    node = await amake_node(tmp_path, mqtt_port=mosquitto.port)
+    node_key = load_private_key(node.node.signing_key)
+    coord_port = free_port()
+    coord_dir = tmp_path / "coord"
+    coord_dir.mkdir()
+    signer = Signer(node.node.id, key=node_key, url=node.node.public_url)
+    coord_cfg = load_coordinator_config(coordinator_toml(coord_dir, [signer], None, coord_port))
+    witness = witness_signer(coord_cfg)  # creates the witness key the coordinator will use
+    assert node.path is not None
+    with node.path.open("a") as f:
+        f.write(f'\n[log]\ncheckpoint_interval = 1\n\n[[witness]]\nname = "{witness.name}"\n'
+                f'key = "{witness.vkey}"\nurl = "http://127.0.0.1:{coord_port}/witness"\n')
+    node = load_config(node.path)
+    base = node.node.public_url
+    envs = [(signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": sha(f"d{i}")},
+                            invocation=f"b-{i}"), sha(f"d{i}")) for i in range(3)]
+
+    async with aiohttp.ClientSession() as http, _daemon(node):
+        await _store_envelopes(node, envs)
+
+        async def checkpoint() -> Note | None:
+            status, body = await _get(http, f"{base}/log/checkpoint")
+            return Note.from_bytes(body) if status == 200 else None
+
+        async def sized(n: int) -> bool:
+            note = await checkpoint()
+            return note is not None and Checkpoint.from_text(note.text).size == n
+
+        # The witness is down: the node checkpoints all the same.
+        await wait_for(lambda: sized(3), 30, "a checkpoint of size 3")
+        status, doc = await _get(http, f"{base}/v1/node")
+        info = json.loads(doc)["log"]
+        assert info["origin"] == base.split("://")[1] + "/log"
+        assert info["url"] == base + "/log"
+        node_vkey = NoteVerifier.from_vkey(info["vkey"])
+        note = await checkpoint()
+        assert note is not None and len(note.signatures) == 1
+        note.verify([node_vkey])
+
+        async with _serve(coordinator_app(coord_cfg), coord_port):
+            status, body = await _get(http, f"http://127.0.0.1:{coord_port}/v1/witness")
+            assert status == 200
+            assert json.loads(body) == {"name": witness.name,
+                                                      "vkey": witness.vkey}
+
+            async def cosigned() -> bool:
+                n = await checkpoint()
+                return n is not None and len(n.signatures) == 2
+
+            await wait_for(cosigned, 30, "the witness's cosignature on the served checkpoint")
+            note = await checkpoint()
+            assert note is not None
+            assert [s.name for s in note.verify([witness.verifier])] == [witness.name]
+
+            # More entries: a new checkpoint, consistent, cosigned again (old size 3 -> 5).
+            more = [(signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": sha(f"d{i}")},
+                                    invocation=f"b-{i}"), sha(f"d{i}")) for i in range(3, 5)]
+            await _store_envelopes(node, more)
+
+            async def cosigned5() -> bool:
+                n = await checkpoint()
+                return (n is not None and Checkpoint.from_text(n.text).size == 5
+                        and len(n.signatures) == 2)
+
+            await wait_for(cosigned5, 30, "a cosigned checkpoint of size 5")
+
+        # An attestation answer with proofs: index, proof and cosigned checkpoint verify.
+        status, body = await _get(http, f"{base}/v1/attestations?digest=sha256:{sha('d1')}"
+                                  "&proofs=1")
+        assert status == 200, body
+        answer = json.loads(body)
+        env = envs[1][0]
+        proof = answer["proofs"][env.digest()]
+        cp_note = Note.from_bytes(proof["checkpoint"]["envelope"].encode())
+        cp_note.verify([node_vkey])
+        cp_note.verify([witness.verifier])
+        cp = Checkpoint.from_text(cp_note.text)
+        assert (proof["logIndex"], proof["treeSize"]) == ("1", str(cp.size))
+        verify_inclusion(1, cp.size, leaf_hash(env.to_bytes()),
+                         [base64.b64decode(h) for h in proof["hashes"]], cp.root)
+
+        # Tiles as files and over HTTP.
+        status, tile = await _get(http, f"{base}/log/tile/0/000.p/5")
+        assert status == 200 and tile == (node.log_dir / "tile/0/000.p/5").read_bytes()
+        assert tile[32:64] == leaf_hash(env.to_bytes())
+        status, _ = await _get(http, f"{base}/log/tile/0/../../state.db")
+        assert status == 404
+
+        # The latest served checkpoint is retained on MQTT.
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+            await c.subscribe(checkpoint_topic(node.node.id), qos=1)
+            async with asyncio.timeout(10):
+                async for message in c.messages:
+                    assert message.retain
+                    payload = message.payload
+                    assert isinstance(payload, bytes)
+                    retained = Note.from_bytes(payload)
+                    assert Checkpoint.from_text(retained.text).size == 5
+                    break
