@@ -3,17 +3,23 @@ the logs it accepts (every registered rebuilder's, keyed by origin), and its rou
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from coordinator.config import CoordinatorConfig
-from coordinator.witness import Witness, add_witness_routes
+from coordinator.monitor import Monitor
+from coordinator.witness import WITNESS_KEY, Witness, add_witness_routes
 from verifier.keys import generate_private_key, load_private_key, save_private_key
 from verifier.tlog.note import ALG_COSIGNATURE_V1, NoteSigner, NoteVerifier
 
-__all__ = ["known_logs", "setup_witness", "witness_signer"]
+__all__ = ["MONITOR_KEY", "known_logs", "setup_witness", "witness_signer"]
+
+MONITOR_KEY = web.AppKey("monitor", Monitor)
 
 log = logging.getLogger("coordinator.witness")
 
@@ -48,3 +54,44 @@ def setup_witness(app: web.Application, config: CoordinatorConfig) -> None:
         return w
 
     add_witness_routes(app, config.witness.prefix, make)
+    app.cleanup_ctx.append(_monitor_ctx)
+
+
+async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    from coordinator.app import CONFIG, HTTP, MQTT, STORE  # app imports this module late
+
+    config = app[CONFIG]
+    monitor = await Monitor.open(_local(config, config.witness.state).with_name("monitor.db"),
+                                 config, app[STORE], app[HTTP])
+    witness = app[WITNESS_KEY]
+
+    async def witnessed(origin: str) -> tuple[int, bytes] | None:
+        latest = await witness.latest(origin)
+        return (latest.size, latest.root) if latest else None
+
+    async def publish(topic: str, payload: bytes) -> bool:
+        link = app.get(MQTT)
+        client = getattr(link, "_client", None)
+        if link is None or client is None or not link.connected.is_set():
+            return False
+        await client.publish(topic, payload, qos=1, timeout=10)
+        return True
+
+    monitor.witnessed = witnessed
+    monitor.publish = publish
+    app[MONITOR_KEY] = monitor
+
+    async def loop() -> None:
+        while True:
+            try:
+                await monitor.round()
+            except Exception:  # the next round tries again
+                log.exception("log monitor round failed")
+            await asyncio.sleep(config.witness.monitor_interval)
+
+    task = asyncio.create_task(loop(), name="log monitor")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await monitor.close()

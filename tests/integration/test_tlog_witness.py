@@ -37,8 +37,11 @@ pytestmark = pytest.mark.slow
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
-    async with session.get(url) as r:
-        return r.status, await r.read()
+    try:
+        async with session.get(url) as r:
+            return r.status, await r.read()
+    except aiohttp.ClientConnectionError:  # the node is still starting
+        return 0, b""
 
 
 @contextlib.asynccontextmanager
