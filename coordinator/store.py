@@ -116,7 +116,7 @@ _MIGRATIONS: dict[int, str] = {
     # 3 (branch tlog; the lead renumbers on merge): what the log monitor found wrong
     # (coordinator/monitor.py; ARCHITECTURE §4.9), for the dashboard and the events topic.
     3: """
-    CREATE TABLE log_inconsistencies (
+    CREATE TABLE IF NOT EXISTS log_inconsistencies (
         id INTEGER PRIMARY KEY,
         rebuilder TEXT NOT NULL,
         kind TEXT NOT NULL,               -- split-view | rollback | invalid-entry | ...
@@ -126,7 +126,7 @@ _MIGRATIONS: dict[int, str] = {
         published INTEGER NOT NULL DEFAULT 0,
         UNIQUE (rebuilder, kind, detail)
     );
-    CREATE INDEX log_inconsistencies_pending ON log_inconsistencies(published)
+    CREATE INDEX IF NOT EXISTS log_inconsistencies_pending ON log_inconsistencies(published)
         WHERE published = 0;
     """,
 }
