@@ -153,7 +153,7 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # 3 with branch tlog
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_cancelled_store_stays_cancelled(store: Store) -> None:
