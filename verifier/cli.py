@@ -30,9 +30,11 @@ from verifier.sources import (
     check_online,
     check_via_coordinator,
     group_by_key,
-    load_attestations,
     open_fetcher,
 )
+from verifier.tlog.bundle import collect, read_bundles, write_bundle
+from verifier.tlog.require import require_inclusion
+from verifier.tlog.state import LogState, default_state_path
 
 __all__ = ["main", "parse_hook_input"]
 
@@ -104,8 +106,14 @@ async def _check_all(
     artifacts = [(p, _artifact(p)) for p in paths]
     if attestation_dirs:
         # Attribute the pool to rebuilders once; every artifact's decision re-verifies its part.
-        grouped, _ = group_by_key(load_attestations(attestation_dirs), policy)
-        return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
+        # Bundle lines may carry inclusion proofs ([log] require_inclusion, verifier.tlog).
+        pool, proofs = read_bundles(attestation_dirs)
+        grouped, _ = group_by_key(pool, policy)
+        if not policy.log.require_inclusion:
+            return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
+        with LogState.locked(policy.log.state_file or default_state_path()) as state:
+            evidence = require_inclusion(policy, grouped, proofs, state)
+            return [Checked(p, decide(a, policy, evidence, now)) for p, a in artifacts]
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
 
@@ -188,7 +196,37 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--public-out", type=Path, help="also write the public key PEM here")
     hook = sub.add_parser("apt-hook", help="DPkg::Pre-Install-Pkgs hook: .deb paths on stdin")
     _add_source_options(hook)
+    bundle = sub.add_parser(
+        "bundle", help="write <artifact>.intoto.jsonl: envelopes with inclusion proofs")
+    bundle.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help=f"default {DEFAULT_POLICY_PATH}"
+    )
+    bundle.add_argument("--out", type=Path, required=True, metavar="DIR")
+    bundle.add_argument("--timeout", type=float, default=10.0)
+    bundle.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT")
     return parser
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    """``verifier bundle``: fetch each artifact's envelopes and proofs from the trusted
+    rebuilders and write them next to each other in ``--out`` for offline checks."""
+    policy = Policy.load(args.policy)
+    config = ClientConfig(timeout=args.timeout)
+
+    async def run() -> int:
+        args.out.mkdir(parents=True, exist_ok=True)
+        async with open_fetcher() as fetcher:
+            for path in args.artifacts:
+                items, problems = await collect(_artifact(path), policy, fetcher, config)
+                for p in problems:
+                    print(f"verifier: {printable(p)}", file=sys.stderr)
+                out = args.out / f"{path.name}.intoto.jsonl"
+                n = write_bundle(out, items)
+                proved = sum(1 for _, proof in items if proof is not None)
+                print(f"{out}: {n} envelope(s), {proved} with an inclusion proof")
+        return EXIT_ACCEPTED
+
+    return asyncio.run(run())
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -243,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "check":
             return _run_checks(args, args.artifacts, hook=False)
+        if args.command == "bundle":
+            return _bundle(args)
         data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
         if len(data) > MAX_HOOK_INPUT:
             raise BadDataError("apt hook input", f"over {MAX_HOOK_INPUT} bytes")

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from verifier.errors import BadDataError, ConfigError
 from verifier.keys import Ed25519PublicKey, KeyId, keyid, load_public_key
 from verifier.statement import Digest
+from verifier.tlog.inclusion import LogPolicy
 
 __all__ = ["DEFAULT_POLICY_PATH", "Distrust", "Policy", "TrustedRebuilder"]
 
@@ -40,6 +41,9 @@ _TOP_KEYS = frozenset(
         "reject_on_mismatch",
         "max_age_days",
         "rebuilder",
+        "log",  # [log], [[witness]], witness_threshold: verifier/tlog/inclusion.py (branch tlog)
+        "witness",
+        "witness_threshold",
         "distrust",
     }
 )
@@ -188,6 +192,7 @@ class Policy:
     max_age_days: int = 0
     distrust: Distrust = Distrust()
     source: str = field(default="<policy>", compare=False)
+    log: LogPolicy = field(default_factory=LogPolicy)
 
     def __post_init__(self) -> None:
         _int(self.threshold, "threshold", 1)
@@ -258,6 +263,8 @@ class Policy:
             max_age_days=d.get("max_age_days", 0),
             distrust=Distrust.from_dict(d.get("distrust", {})),
             source=source,
+            log=LogPolicy.from_dict(d.get("log", {}), d.get("witness", []),
+                                    d.get("witness_threshold", 0), base_dir),
         )
 
     @classmethod

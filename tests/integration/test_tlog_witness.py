@@ -27,13 +27,31 @@ from rebuilder.publish import checkpoint_topic
 from tests.support import Mosquitto, free_port, wait_for
 from tests.unit.coordinator.factory import Signer, coordinator_toml, sha
 from tests.unit.rebuilder.node_helpers import amake_node
+from verifier.cli import main as verifier_main
 from verifier.dsse import Envelope
-from verifier.keys import load_private_key
+from verifier.keys import generate_private_key, load_private_key, public_key_pem
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import leaf_hash, verify_inclusion
-from verifier.tlog.note import Note, NoteVerifier
+from verifier.tlog.note import ALG_COSIGNATURE_V1, Note, NoteSigner, NoteVerifier
 
 pytestmark = pytest.mark.slow
+
+DEB = Path(__file__).parents[1] / "vectors" / "debs" / "hello_1.0-1_amd64.deb"
+DEB_SHA = "2fe5b3121c4eb7f0498447afc10ca0fff140c19e43b00cedd420308f8c6af81e"
+
+
+def _policy(tmp_path: Path, node: Config, witness_vkey: str, threshold: int = 1) -> Path:
+    key_file = tmp_path / "node.pub"
+    key_file.write_text(public_key_pem(load_private_key(node.node.signing_key).public_key()))
+    name = witness_vkey.split("+")[0]
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        f"threshold = 1\nwitness_threshold = {threshold}\n"
+        f'[log]\nrequire_inclusion = true\nstate_file = "{tmp_path / "state.json"}"\n'
+        f'[[witness]]\nname = "{name}"\nkey = "{witness_vkey}"\n'
+        f'[[rebuilder]]\nid = "{node.node.id}"\noperator = "op"\nurl = "{node.node.public_url}"\n'
+        f'public_key_file = "{key_file}"\n')
+    return path
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
@@ -95,7 +113,9 @@ async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
     node = load_config(node.path)
     base = node.node.public_url
     envs = [(signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": sha(f"d{i}")},
-                            invocation=f"b-{i}"), sha(f"d{i}")) for i in range(3)]
+                            invocation=f"b-{i}"), sha(f"d{i}")) for i in range(2)]
+    envs.append((signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": DEB_SHA},
+                                invocation="b-real"), DEB_SHA))
 
     async with aiohttp.ClientSession() as http, _daemon(node):
         await _store_envelopes(node, envs)
@@ -160,6 +180,33 @@ async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
         assert (proof["logIndex"], proof["treeSize"]) == ("1", str(cp.size))
         verify_inclusion(1, cp.size, leaf_hash(env.to_bytes()),
                          [base64.b64decode(h) for h in proof["hashes"]], cp.root)
+
+        # verifier bundle, then an offline check that demands the cosigned inclusion proof.
+        policy = _policy(tmp_path, node, witness.vkey)
+        out = tmp_path / "bundle"
+        assert await asyncio.to_thread(verifier_main, [
+            "bundle", "--policy", str(policy), "--out", str(out), str(DEB)]) == 0
+        lines = (out / "hello_1.0-1_amd64.deb.intoto.jsonl").read_bytes().splitlines()
+        assert len(lines) == 1 and b'"inclusionProof"' in lines[0]
+        check = ["check", "--policy", str(policy), "--attestations", str(out), str(DEB)]
+        assert await asyncio.to_thread(verifier_main, check) == 0
+        state = json.loads((tmp_path / "state.json").read_text())
+        assert [v["size"] for v in state["logs"].values()] == [5]
+        # Cosigned by no witness this policy trusts: the same bundle does not count.
+        (tmp_path / "strict").mkdir()
+        other = NoteSigner("other.example/w", generate_private_key(), ALG_COSIGNATURE_V1)
+        strict = _policy(tmp_path / "strict", node, other.vkey)
+        assert await asyncio.to_thread(verifier_main, [
+            "check", "--policy", str(strict), "--attestations", str(out), str(DEB)]) == 1
+        # A tampered audit path makes the attestation invalid.
+        doc = json.loads(lines[0])
+        h = base64.b64decode(doc["inclusionProof"]["hashes"][0])
+        doc["inclusionProof"]["hashes"][0] = base64.b64encode(bytes([h[0] ^ 1]) + h[1:]).decode()
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "x.intoto.jsonl").write_text(json.dumps(doc) + "\n")
+        assert await asyncio.to_thread(verifier_main, [
+            "check", "--policy", str(policy), "--attestations", str(bad), str(DEB)]) == 1
 
         # Tiles as files and over HTTP.
         status, tile = await _get(http, f"{base}/log/tile/0/000.p/5")
