@@ -159,7 +159,12 @@ async def get_attestations(request: web.Request) -> web.Response:
     app = request.app
     bodies = await app[STORE].envelopes_for_digest(m.group(1))
     views = await rebuilder_views(app)
-    body = _envelopes_response({"digest": digest}, bodies, {"rebuilders": _short(views)})
+    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
+        from coordinator.witness_setup import proofs_for
+
+        tail["proofs"] = await proofs_for(app, bodies)
+    body = _envelopes_response({"digest": digest}, bodies, tail)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -33,6 +33,7 @@ from verifier.dsse import Envelope
 from verifier.errors import BadDataError
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import (
+    inclusion_proof,
     leaf_hash,
     stored_hash_index,
     stored_hashes_for_leaf,
@@ -310,6 +311,31 @@ class Monitor:
                 "UPDATE mon_entries SET served = 1 WHERE rebuilder = ? AND idx = ?",
                 [(r.id, idx) for idx, _ in pending])
         return findings
+
+    async def proof_for(self, digest: str) -> dict[str, Any] | None:
+        """An inclusion proof of envelope ``digest`` in the latest checkpoint the monitor
+        verified of the log that holds it (the shape of the node's, docs/formats.md)."""
+        async with self._db.execute(
+                "SELECT e.rebuilder, e.idx, s.size, s.root, s.note FROM mon_entries e"
+                " JOIN mon_state s ON s.rebuilder = e.rebuilder WHERE e.digest = ?"
+                " AND e.idx < s.size ORDER BY e.rebuilder LIMIT 1", (digest,)) as cur:
+            r = await cur.fetchone()
+        if r is None:
+            return None
+        rebuilder, idx, size = str(r[0]), int(r[1]), int(r[2])
+        asked: list[int] = []
+
+        def record(ix: Sequence[int]) -> list[bytes]:
+            asked.extend(ix)
+            return [bytes(32)] * len(ix)
+
+        inclusion_proof(idx, size, record)
+        got = await self._hashes(rebuilder, asked)
+        hashes = inclusion_proof(idx, size, lambda ix: [got[i] for i in ix])
+        return {"logIndex": str(idx), "treeSize": str(size),
+                "rootHash": base64.b64encode(bytes(r[3])).decode(),
+                "hashes": [base64.b64encode(h).decode() for h in hashes],
+                "checkpoint": {"envelope": bytes(r[4]).decode()}}
 
     # -- rounds --------------------------------------------------------------------------------
 

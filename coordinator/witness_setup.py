@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -17,7 +19,7 @@ from coordinator.witness import WITNESS_KEY, Witness, add_witness_routes
 from verifier.keys import generate_private_key, load_private_key, save_private_key
 from verifier.tlog.note import ALG_COSIGNATURE_V1, NoteSigner, NoteVerifier
 
-__all__ = ["MONITOR_KEY", "known_logs", "setup_witness", "witness_signer"]
+__all__ = ["MONITOR_KEY", "known_logs", "proofs_for", "setup_witness", "witness_signer"]
 
 MONITOR_KEY = web.AppKey("monitor", Monitor)
 
@@ -95,3 +97,13 @@ async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await monitor.close()
+
+
+async def proofs_for(app: web.Application, bodies: list[bytes]) -> dict[str, Any]:
+    """Envelope sha256 -> inclusion proof (or None) from the monitor's mirror of the logs."""
+    monitor = app.get(MONITOR_KEY)
+    out: dict[str, Any] = {}
+    for body in bodies:
+        digest = hashlib.sha256(body).hexdigest()
+        out[digest] = await monitor.proof_for(digest) if monitor is not None else None
+    return out

@@ -6,6 +6,7 @@ recorded in the store and announced."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.support import free_port
 from tests.unit.coordinator.factory import Signer, sha
 from verifier.dsse import Envelope
 from verifier.keys import keyid
+from verifier.tlog.inclusion import InclusionProof, LogPolicy, verify_envelope_proof
 from verifier.tlog.note import NoteSigner
 
 
@@ -107,6 +109,13 @@ async def test_monitor_finds_fork_rollback_and_unlogged(tmp_path: Path) -> None:
             # All four logged entries never reached the coordinator, the fifth is unlogged.
             assert kinds == ["logged-not-served"] * 4 + ["unlogged-envelope"]
             assert unlogged.digest() in [f.evidence.get("envelope") for f in found]
+
+            # The coordinator can prove inclusion from its mirror (/v1/attestations proofs=1).
+            proof = await monitor.proof_for(hashlib.sha256(a[1]).hexdigest())
+            assert proof is not None and proof["logIndex"] == "1"
+            p = InclusionProof.from_dict(proof)
+            verify_envelope_proof(a[1], p, signer.key.public_key(), LogPolicy())
+            assert await monitor.proof_for(unlogged.digest()) is None
 
             server.root = tmp_path / "b"  # now the node shows another tree of size 4
             found = await monitor.round()
