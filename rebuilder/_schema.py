@@ -7,6 +7,8 @@ the schema; never edit one that has shipped.
 
 from __future__ import annotations
 
+import sqlite3
+
 import aiosqlite
 
 from rebuilder.tlog import LOG_MIGRATION
@@ -137,6 +139,17 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside our literals); comments dropped."""
+    """Statements of a migration script (no semicolons inside our literals); comments dropped.
+    A trigger's ``BEGIN ... END`` body stays one statement (``sqlite3.complete_statement``)."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    buf = ""
+    for piece in "\n".join(lines).split(";"):
+        buf = f"{buf};{piece}" if buf else piece
+        if sqlite3.complete_statement(buf + ";"):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

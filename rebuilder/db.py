@@ -29,7 +29,6 @@ import aiosqlite
 
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
 from rebuilder.outcome import BuildJob
-from rebuilder.tlog import append_entries
 from verifier.statement import Digest
 
 __all__ = [
@@ -407,7 +406,6 @@ class Store:
                  for name, sha in a.subjects],
             )
             await db.executemany("INSERT INTO outbox (seq) VALUES (?)", [(q,) for q in seqs])
-            await append_entries(db, [(q, a.envelope) for q, a in zip(seqs, items, strict=True)])
 
     @staticmethod
     async def _insert_attestation(
@@ -426,7 +424,6 @@ class Store:
             [(seq, name, sha) for name, sha in a.subjects],
         )
         await db.execute("INSERT INTO outbox (seq) VALUES (?)", (seq,))
-        await append_entries(db, [(seq, a.envelope)])  # same transaction: logged when stored
         return seq
 
     # -- reading attestations -------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The node's transparency log: every envelope it signs, RFC 6962 hashed, C2SP tlog-tiles served.
 
-Appending happens inside the transaction that stores the envelope (``append_entries``, called
-by ``rebuilder.db``), so an envelope is never served before it is in the log. The tree's stored
+Appending happens inside the statement that stores the envelope: an SQLite trigger on
+``attestations`` gives it the next log index (and refuses an envelope a log entry cannot hold),
+so an envelope is never stored, hence never served, without being in the log; no code path
+can forget it, and it costs no extra round trip. The tree's stored
 hashes, checkpoints and the static files are derived from those committed entries afterwards::
 
     log = await NodeLog.open(store, settings, signer)
@@ -21,12 +23,10 @@ import asyncio
 import base64
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import consistency_proof as _consistency_proof
@@ -40,7 +40,6 @@ from verifier.tlog.merkle import (
 )
 from verifier.tlog.note import Note, NoteSigner, Signature, sign_note
 from verifier.tlog.tiles import (
-    MAX_ENTRY_BYTES,
     TILE_HEIGHT,
     TILE_WIDTH,
     encode_bundle,
@@ -51,11 +50,9 @@ from verifier.tlog.tiles import (
 
 __all__ = [
     "LOG_MIGRATION",
-    "LogEntryTooLarge",
     "LogSettings",
     "NodeLog",
     "SignedCheckpoint",
-    "append_entries",
 ]
 
 log = logging.getLogger("rebuilder.tlog")
@@ -66,9 +63,17 @@ INTEGRATE_BATCH = 4096
 LOG_MIGRATION = """
     CREATE TABLE log_entries (
         idx INTEGER PRIMARY KEY,                -- 0, 1, 2, ... the leaf index
-        seq INTEGER NOT NULL UNIQUE REFERENCES attestations (seq),
-        leaf_hash BLOB NOT NULL                 -- SHA-256(0x00 || envelope bytes)
+        seq INTEGER NOT NULL UNIQUE REFERENCES attestations (seq)
     );
+    INSERT INTO log_entries (idx, seq)          -- envelopes stored before the log, in order
+        SELECT ROW_NUMBER() OVER (ORDER BY seq) - 1, seq FROM attestations;
+    CREATE TRIGGER log_append AFTER INSERT ON attestations
+    BEGIN
+        SELECT RAISE(ABORT, 'envelope too large for a log entry (tlog-tiles: 65535 bytes)')
+            WHERE length(NEW.envelope) > 65535;
+        INSERT INTO log_entries (idx, seq)
+            VALUES ((SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries), NEW.seq);
+    END;
     CREATE TABLE log_hashes (
         idx INTEGER PRIMARY KEY,                -- stored-hash index (verifier/tlog/merkle.py)
         hash BLOB NOT NULL
@@ -94,24 +99,6 @@ LOG_MIGRATION = """
         PRIMARY KEY (size, name, key_id)
     )
 """
-
-
-class LogEntryTooLarge(ValueError):
-    """tlog-tiles entry bundles prefix entries with a uint16 length."""
-
-
-async def append_entries(db: aiosqlite.Connection, items: Iterable[tuple[int, bytes]]) -> None:
-    """Append (seq, envelope bytes) in order; call inside the storing transaction."""
-    rows = []
-    for seq, envelope in items:
-        if len(envelope) > MAX_ENTRY_BYTES:
-            raise LogEntryTooLarge(
-                f"envelope seq {seq} is {len(envelope)} bytes; a log entry holds at most "
-                f"{MAX_ENTRY_BYTES} (tlog-tiles entry bundles)")
-        rows.append((seq, leaf_hash(envelope)))
-    await db.executemany(
-        "INSERT INTO log_entries (idx, seq, leaf_hash) VALUES"
-        " ((SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries), ?, ?)", rows)
 
 
 @dataclass(frozen=True)
@@ -295,17 +282,13 @@ class NodeLog:
     # -- writing -------------------------------------------------------------------------------
 
     async def _backfill(self) -> None:
-        """Log envelopes stored before the log existed (a database migrated to the log schema),
-        in seq order. Later ones are appended by the storing transaction itself."""
+        """Log envelopes that somehow lack an entry (none, unless the trigger was dropped by
+        hand), after the others, in seq order."""
         async with self.store.transaction() as db:
-            async with db.execute(
-                "SELECT a.seq, a.envelope FROM attestations a WHERE a.seq >"
-                " (SELECT COALESCE(MAX(seq), 0) FROM log_entries)"
-                " AND a.seq NOT IN (SELECT seq FROM log_entries) ORDER BY a.seq") as cur:
-                rows = [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
-            if rows:
-                log.info("adding %d envelope(s) stored before the log existed", len(rows))
-                await append_entries(db, rows)
+            await db.execute(
+                "INSERT INTO log_entries (idx, seq) SELECT (SELECT COALESCE(MAX(idx) + 1, 0)"
+                " FROM log_entries) + ROW_NUMBER() OVER (ORDER BY seq) - 1, seq"
+                " FROM attestations WHERE seq NOT IN (SELECT seq FROM log_entries)")
 
     async def integrate(self) -> int:
         """Compute the stored hashes of entries not integrated yet; the integrated size."""
@@ -313,7 +296,8 @@ class NodeLog:
             state = await self._rows("SELECT integrated FROM log_state WHERE id = 1")
             start = int(state[0]["integrated"])
             rows = await self._rows(
-                "SELECT idx, leaf_hash FROM log_entries WHERE idx >= ? ORDER BY idx LIMIT ?",
+                "SELECT e.idx, a.envelope FROM log_entries e JOIN attestations a"
+                " ON a.seq = e.seq WHERE e.idx >= ? ORDER BY e.idx LIMIT ?",
                 (start, INTEGRATE_BATCH))
             if not rows:
                 return start
@@ -323,7 +307,8 @@ class NodeLog:
             for r in rows:
                 if int(r["idx"]) != n:
                     raise RuntimeError(f"log entry {n} is missing (found {r['idx']})")
-                hashes = stored_hashes_for_leaf(n, bytes(r["leaf_hash"]), _reader(known))
+                hashes = stored_hashes_for_leaf(n, leaf_hash(bytes(r["envelope"])),
+                                                _reader(known))
                 first = stored_hash_index(0, n)
                 for j, h in enumerate(hashes):
                     known[first + j] = h

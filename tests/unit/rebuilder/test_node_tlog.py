@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from rebuilder.db import NewAttestation, Store
-from rebuilder.tlog import LogEntryTooLarge, LogSettings, NodeLog
+from rebuilder.tlog import LogSettings, NodeLog
 from verifier.keys import generate_private_key
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
@@ -55,7 +56,7 @@ async def test_every_stored_envelope_is_logged_in_order(tmp_path: Path) -> None:
 async def test_too_large_envelope_is_refused_with_the_build(tmp_path: Path) -> None:
     store, _, _ = await _open(tmp_path)
     big = NewAttestation("ab" * 32, b"x" * 70000, "revocation", None, None, None, ())
-    with pytest.raises(LogEntryTooLarge, match="at most 65535"):
+    with pytest.raises(sqlite3.IntegrityError, match="too large for a log entry"):
         await store.add_attestation(big)
     assert await store.attestation("ab" * 32) is None  # rolled back with it
     await store.close()
@@ -113,14 +114,23 @@ async def test_restart_reuses_the_signed_checkpoint_and_rewrites_files(tmp_path:
     await store.close()
 
 
-async def test_envelopes_stored_before_the_log_are_backfilled(tmp_path: Path) -> None:
+async def test_envelopes_stored_before_the_log_are_logged_by_the_migration(
+        tmp_path: Path) -> None:
     store, _, _ = await _open(tmp_path)
     await store.add_attestations_bulk([_att(i) for i in range(3)])
-    async with store.transaction() as db:  # as a database migrated from before the log
-        await db.execute("DELETE FROM log_entries")
+    async with store.transaction() as db:  # as a database from before the log (schema 2)
+        await db.execute("DROP TRIGGER log_append")
+        for t in ("log_cosignatures", "log_checkpoints", "log_state", "log_hashes",
+                  "log_entries"):
+            await db.execute(f"DROP TABLE {t}")
+        await db.execute("UPDATE schema_version SET version = 2")
+    await store.add_attestation(_att(3))
     await store.close()
     store, node_log, _ = await _open(tmp_path)
-    assert await node_log.size() == 3
+    rows = await store._all("SELECT idx, seq FROM log_entries ORDER BY idx")
+    assert [(r["idx"], r["seq"]) for r in rows] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    await store.add_attestation(_att(4))  # and the trigger logs from now on
+    assert await node_log.size() == 5
     await store.close()
 
 
