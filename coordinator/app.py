@@ -174,7 +174,12 @@ async def get_package(request: web.Request) -> web.Response:
     bodies = await app[STORE].envelopes_for_package(source, version)
     views = await rebuilder_views(app)
     head = {"package": {"ecosystem": "debian", "name": source, "version": version}}
-    body = _envelopes_response(head, bodies, {"rebuilders": _short(views)})
+    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
+        from coordinator.witness_setup import proofs_for
+
+        tail["proofs"] = await proofs_for(app, bodies)
+    body = _envelopes_response(head, bodies, tail)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -260,7 +260,10 @@ async def package(request: web.Request) -> web.Response:
     envs = await store.attestations_for_package(name, version)
     head = json.dumps({"package": _package(name, version), "builds": builds},
                       separators=(",", ":")).encode()
-    return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + b"}")
+    proofs = b""
+    if request.query.get("proofs"):  # inclusion proofs (rebuilder/tlog_http.py)
+        proofs = b',"proofs":' + await proofs_for(request.app, envs)
+    return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + proofs + b"}")
 
 
 async def node(request: web.Request) -> web.Response:

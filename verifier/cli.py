@@ -33,6 +33,7 @@ from verifier.sources import (
     open_fetcher,
 )
 from verifier.tlog.bundle import collect, read_bundles, write_bundle
+from verifier.tlog.online import check_online_with_proofs
 from verifier.tlog.require import require_inclusion
 from verifier.tlog.state import LogState, default_state_path
 
@@ -114,6 +115,8 @@ async def _check_all(
         with LogState.locked(policy.log.state_file or default_state_path()) as state:
             evidence = require_inclusion(policy, grouped, proofs, state)
             return [Checked(p, decide(a, policy, evidence, now)) for p, a in artifacts]
+    if policy.log.require_inclusion:
+        return await _check_all_with_proofs(artifacts, policy, coordinator, config, now)
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
 
@@ -130,6 +133,24 @@ async def _check_all(
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(p, a), name=f"check {p}") for p, a in artifacts]
     return [t.result() for t in tasks]
+
+
+async def _check_all_with_proofs(
+    artifacts: Sequence[tuple[Path, Artifact]],
+    policy: Policy,
+    coordinator: str | None,
+    config: ClientConfig,
+    now: datetime,
+) -> list[Checked]:
+    """Online, with inclusion proofs and the log state held locked for the whole run."""
+    out: list[Checked] = []
+    with LogState.locked(policy.log.state_file or default_state_path()) as state:
+        async with open_fetcher() as fetcher:
+            for path, artifact in artifacts:
+                r = await check_online_with_proofs(artifact, policy, fetcher, now, state,
+                                                   config, coordinator)
+                out.append(Checked(path, r))
+    return out
 
 
 def printable(text: str) -> str:

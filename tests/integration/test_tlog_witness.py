@@ -88,10 +88,11 @@ async def _store_envelopes(config: Config, envelopes: list[tuple[Envelope, str]]
     store = await Store.open(config.node.db_path)
     try:
         for env, digest in envelopes:
+            real = digest == DEB_SHA  # the others are of another package: no equivocation
             await store.add_attestation(NewAttestation(
                 envelope_sha256=env.digest(), envelope=env.to_bytes(), kind="rebuild",
-                source="hello", version="1.0-1", arch="amd64",
-                subjects=(("hello_1.0-1_amd64.deb", digest),)))
+                source="hello" if real else "fake", version="1.0-1", arch="amd64",
+                subjects=(("hello_1.0-1_amd64.deb" if real else "fake.deb", digest),)))
     finally:
         await store.close()
 
@@ -112,7 +113,7 @@ async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
                 f'key = "{witness.vkey}"\nurl = "http://127.0.0.1:{coord_port}/witness"\n')
     node = load_config(node.path)
     base = node.node.public_url
-    envs = [(signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": sha(f"d{i}")},
+    envs = [(signer.rebuild("fake", "1.0-1", {"fake.deb": sha(f"d{i}")},
                             invocation=f"b-{i}"), sha(f"d{i}")) for i in range(2)]
     envs.append((signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": DEB_SHA},
                                 invocation="b-real"), DEB_SHA))
@@ -155,7 +156,7 @@ async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
             assert [s.name for s in note.verify([witness.verifier])] == [witness.name]
 
             # More entries: a new checkpoint, consistent, cosigned again (old size 3 -> 5).
-            more = [(signer.rebuild("hello", "1.0-1", {"hello_1.0-1_amd64.deb": sha(f"d{i}")},
+            more = [(signer.rebuild("fake", "1.0-1", {"fake.deb": sha(f"d{i}")},
                                     invocation=f"b-{i}"), sha(f"d{i}")) for i in range(3, 5)]
             await _store_envelopes(node, more)
 
@@ -192,6 +193,9 @@ async def test_node_log_witnessed_by_the_coordinator(tmp_path: Path,
         assert await asyncio.to_thread(verifier_main, check) == 0
         state = json.loads((tmp_path / "state.json").read_text())
         assert [v["size"] for v in state["logs"].values()] == [5]
+        # Online, the node's package and digest answers carry the proofs too.
+        assert await asyncio.to_thread(verifier_main, [
+            "check", "--policy", str(policy), str(DEB)]) == 0
         # Cosigned by no witness this policy trusts: the same bundle does not count.
         (tmp_path / "strict").mkdir()
         other = NoteSigner("other.example/w", generate_private_key(), ALG_COSIGNATURE_V1)
