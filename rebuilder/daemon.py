@@ -123,6 +123,9 @@ async def _serve(
     builder_factory: BuilderFactory,
 ) -> None:
     died: list[asyncio.Task[Any]] = []
+    # The transparency log (ARCHITECTURE §4.9): checkpoints, witnesses, MQTT announcement.
+    node_log = await NodeLog.open(store, log_settings(config),
+                                  NoteSigner(config.log_origin, key))
     async def status() -> dict[str, Any]:
         counts = await store.counts()
         return {"queue": counts["queued"], "running": counts["running"],
@@ -146,9 +149,6 @@ async def _serve(
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(pool.run(), name="workers")]
     if publisher is not None:
         tasks.append(asyncio.create_task(publisher.run(), name="publisher"))
-    # The transparency log (ARCHITECTURE §4.9): checkpoints, witnesses, MQTT announcement.
-    node_log = await NodeLog.open(store, log_settings(config),
-                                  NoteSigner(config.log_origin, key))
     witnesses = [WitnessClient(w, session) for w in config.log.witnesses]
     tasks.append(asyncio.create_task(run_log(
         node_log, witnesses, float(config.log.checkpoint_interval),
