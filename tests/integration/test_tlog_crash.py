@@ -86,8 +86,9 @@ def test_kill_9_during_appends_and_checkpoints(tmp_path: Path) -> None:
     lines = _run(tmp_path, 3, kill_after=None)  # a clean run after the last kill
     assert lines[-1] == "done"
     served += [line.split()[1] for line in lines if line.startswith("stored ")]
-    size = _check(tmp_path, served, verifier)
-    assert size == len(served) and size > 20
+    size = _check(tmp_path, served, verifier)  # every printed (committed) envelope is logged
+    # A kill between a COMMIT and its "stored" line leaves logged envelopes we never saw.
+    assert size >= len(served) > 20
     # The files match the latest checkpoint, written again on start after each kill.
     served_note = Note.from_bytes((tmp_path / "log" / "checkpoint").read_bytes())
     assert Checkpoint.from_text(served_note.text).size == size
