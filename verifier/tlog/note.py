@@ -106,7 +106,7 @@ class NoteVerifier:
         if len(self.public) != 32:
             raise NoteError(f"public key of {self.name} is {len(self.public)} bytes, not 32")
 
-    @property
+    @functools.cached_property
     def key_id(self) -> int:
         return key_id(self.name, self.alg, self.public)
 
