@@ -1,14 +1,17 @@
 """The node's transparency log: every envelope it signs, RFC 6962 hashed, C2SP tlog-tiles served.
 
-Appending happens inside the statement that stores the envelope: an SQLite trigger on
-``attestations`` gives it the next log index (and refuses an envelope a log entry cannot hold),
-so an envelope is never stored, hence never served, without being in the log; no code path
-can forget it, and it costs no extra round trip. The tree's stored
-hashes, checkpoints and the static files are derived from those committed entries afterwards::
+The log's entries *are* the stored envelopes in ``seq`` order (leaf index = seq - 1), so
+storing an envelope appends it, in the same statement and transaction, at no extra write; an
+envelope is never stored, hence never served, without being in the log. SQLite triggers refuse
+deleting or rewriting a stored envelope; seqs are dense (AUTOINCREMENT, explicit max + 1 in bulk
+inserts), checked on start and by every integration; ``check_log_entry`` (called by
+``rebuilder.db`` before storing) refuses an envelope a log entry cannot hold. (An insert
+trigger would cost ~8 µs per envelope, a sixth of signing it.) The tree's stored hashes,
+checkpoints and the static files are derived from those committed entries afterwards::
 
     log = await NodeLog.open(store, settings, signer)
     await log.checkpoint()          # integrate new entries, sign, write tiles + checkpoint file
-    log.inclusion(seq)              # index and proof of an envelope in the latest checkpoint
+    await log.proof_for(sha256)     # inclusion proof of an envelope in the latest checkpoint
 
 Crash safety (ARCHITECTURE §4.9): entries are committed before anything refers to them; a
 checkpoint is committed (size is the primary key, the root is a function of the committed
@@ -40,6 +43,7 @@ from verifier.tlog.merkle import (
 )
 from verifier.tlog.note import Note, NoteSigner, Signature, sign_note
 from verifier.tlog.tiles import (
+    MAX_ENTRY_BYTES,
     TILE_HEIGHT,
     TILE_WIDTH,
     encode_bundle,
@@ -50,9 +54,11 @@ from verifier.tlog.tiles import (
 
 __all__ = [
     "LOG_MIGRATION",
+    "LogEntryTooLarge",
     "LogSettings",
     "NodeLog",
     "SignedCheckpoint",
+    "check_log_entry",
 ]
 
 log = logging.getLogger("rebuilder.tlog")
@@ -61,18 +67,15 @@ INTEGRATE_BATCH = 4096
 
 # Appended to rebuilder/_schema.py MIGRATIONS.
 LOG_MIGRATION = """
-    CREATE TABLE log_entries (
-        idx INTEGER PRIMARY KEY,                -- 0, 1, 2, ... the leaf index
-        seq INTEGER NOT NULL UNIQUE REFERENCES attestations (seq)
-    );
-    INSERT INTO log_entries (idx, seq)          -- envelopes stored before the log, in order
-        SELECT ROW_NUMBER() OVER (ORDER BY seq) - 1, seq FROM attestations;
-    CREATE TRIGGER log_append AFTER INSERT ON attestations
+    CREATE VIEW log_entries AS SELECT seq - 1 AS idx, seq FROM attestations;
+    CREATE TRIGGER log_no_delete BEFORE DELETE ON attestations
     BEGIN
-        SELECT RAISE(ABORT, 'envelope too large for a log entry (tlog-tiles: 65535 bytes)')
-            WHERE length(NEW.envelope) > 65535;
-        INSERT INTO log_entries (idx, seq)
-            VALUES ((SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries), NEW.seq);
+        SELECT RAISE(ABORT, 'attestations are append-only (transparency log)');
+    END;
+    CREATE TRIGGER log_no_rewrite BEFORE UPDATE OF seq, envelope, envelope_sha256
+        ON attestations
+    BEGIN
+        SELECT RAISE(ABORT, 'attestations are append-only (transparency log)');
     END;
     CREATE TABLE log_hashes (
         idx INTEGER PRIMARY KEY,                -- stored-hash index (verifier/tlog/merkle.py)
@@ -99,6 +102,17 @@ LOG_MIGRATION = """
         PRIMARY KEY (size, name, key_id)
     )
 """
+
+
+class LogEntryTooLarge(ValueError):
+    """tlog-tiles entry bundles prefix each entry with a uint16 length."""
+
+
+def check_log_entry(envelope: bytes) -> None:
+    """Refuse, before it is stored, an envelope that cannot be a log entry."""
+    if len(envelope) > MAX_ENTRY_BYTES:
+        raise LogEntryTooLarge(f"envelope of {len(envelope)} bytes cannot be a log entry "
+                               f"(tlog-tiles: at most {MAX_ENTRY_BYTES})")
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,7 @@ class NodeLog:
                              f"{settings.origin!r}")
         Checkpoint(settings.origin, 0, bytes(32))  # validates the origin
         self = cls(store, settings, signer)
-        await self._backfill()
+        await self._check_dense()
         self.latest = await self._load_latest()
         if self.latest is not None:
             if self.latest.checkpoint.origin != settings.origin:
@@ -174,7 +188,7 @@ class NodeLog:
         return rows
 
     async def size(self) -> int:
-        rows = await self._rows("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM log_entries")
+        rows = await self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM attestations")
         return int(rows[0]["n"])
 
     async def _hashes(self, indexes: Sequence[int]) -> dict[int, bytes]:
@@ -219,13 +233,13 @@ class NodeLog:
         return proof
 
     async def index_of(self, seq: int) -> int | None:
-        rows = await self._rows("SELECT idx FROM log_entries WHERE seq = ?", (seq,))
+        rows = await self._rows("SELECT seq - 1 AS idx FROM attestations WHERE seq = ?", (seq,))
         return int(rows[0]["idx"]) if rows else None
 
     async def index_of_envelope(self, envelope_sha256: str) -> int | None:
         rows = await self._rows(
-            "SELECT e.idx FROM log_entries e JOIN attestations a ON a.seq = e.seq"
-            " WHERE a.envelope_sha256 = ?", (envelope_sha256,))
+            "SELECT seq - 1 AS idx FROM attestations WHERE envelope_sha256 = ?",
+            (envelope_sha256,))
         return int(rows[0]["idx"]) if rows else None
 
     async def latest_checkpoint(self) -> SignedCheckpoint | None:
@@ -253,11 +267,11 @@ class NodeLog:
         """Log index -> (seq, envelope sha256) for the given indexes."""
         out: dict[int, tuple[int, str]] = {}
         for i in range(0, len(indexes), 500):
-            chunk = list(indexes[i:i + 500])
+            chunk = [ix + 1 for ix in indexes[i:i + 500]]
             marks = ",".join("?" * len(chunk))
             for r in await self._rows(
-                    "SELECT e.idx, e.seq, a.envelope_sha256 FROM log_entries e"  # noqa: S608  # placeholders only
-                    f" JOIN attestations a ON a.seq = e.seq WHERE e.idx IN ({marks})", chunk):
+                    "SELECT seq - 1 AS idx, seq, envelope_sha256 FROM attestations"  # noqa: S608  # placeholders only
+                    f" WHERE seq IN ({marks})", chunk):
                 out[int(r["idx"])] = (int(r["seq"]), str(r["envelope_sha256"]))
         return out
 
@@ -281,14 +295,15 @@ class NodeLog:
 
     # -- writing -------------------------------------------------------------------------------
 
-    async def _backfill(self) -> None:
-        """Log envelopes that somehow lack an entry (none, unless the trigger was dropped by
-        hand), after the others, in seq order."""
-        async with self.store.transaction() as db:
-            await db.execute(
-                "INSERT INTO log_entries (idx, seq) SELECT (SELECT COALESCE(MAX(idx) + 1, 0)"
-                " FROM log_entries) + ROW_NUMBER() OVER (ORDER BY seq) - 1, seq"
-                " FROM attestations WHERE seq NOT IN (SELECT seq FROM log_entries)")
+    async def _check_dense(self) -> None:
+        """The log is the attestations in seq order: refuse a database whose seqs have gaps
+        (the triggers keep new ones dense; a database from before them could differ)."""
+        rows = await self._rows(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS m FROM attestations")
+        if int(rows[0]["n"]) != int(rows[0]["m"]):
+            raise RuntimeError(
+                f"attestation seqs are not 1..{rows[0]['m']} ({rows[0]['n']} rows): this "
+                "database cannot be a transparency log as is")
 
     async def integrate(self) -> int:
         """Compute the stored hashes of entries not integrated yet; the integrated size."""
@@ -296,9 +311,8 @@ class NodeLog:
             state = await self._rows("SELECT integrated FROM log_state WHERE id = 1")
             start = int(state[0]["integrated"])
             rows = await self._rows(
-                "SELECT e.idx, a.envelope FROM log_entries e JOIN attestations a"
-                " ON a.seq = e.seq WHERE e.idx >= ? ORDER BY e.idx LIMIT ?",
-                (start, INTEGRATE_BATCH))
+                "SELECT seq - 1 AS idx, envelope FROM attestations WHERE seq > ?"
+                " ORDER BY seq LIMIT ?", (start, INTEGRATE_BATCH))
             if not rows:
                 return start
             known = await self._hashes(subtree_hash_indexes(0, start)) if start else {}
@@ -379,8 +393,7 @@ class NodeLog:
 
     async def _bundle(self, n: int, width: int) -> bytes:
         rows = await self._rows(
-            "SELECT e.idx, a.envelope FROM log_entries e JOIN attestations a ON a.seq = e.seq"
-            " WHERE e.idx >= ? AND e.idx < ? ORDER BY e.idx",
+            "SELECT envelope FROM attestations WHERE seq > ? AND seq <= ? ORDER BY seq",
             (n * TILE_WIDTH, n * TILE_WIDTH + width))
         if len(rows) != width:
             raise RuntimeError(f"entry bundle {n}: {len(rows)} entries, expected {width}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rebuilder.db import NewAttestation, Store
-from rebuilder.tlog import LogSettings, NodeLog
+from rebuilder.tlog import LogEntryTooLarge, LogSettings, NodeLog
 from verifier.keys import generate_private_key
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
@@ -56,7 +56,7 @@ async def test_every_stored_envelope_is_logged_in_order(tmp_path: Path) -> None:
 async def test_too_large_envelope_is_refused_with_the_build(tmp_path: Path) -> None:
     store, _, _ = await _open(tmp_path)
     big = NewAttestation("ab" * 32, b"x" * 70000, "revocation", None, None, None, ())
-    with pytest.raises(sqlite3.IntegrityError, match="too large for a log entry"):
+    with pytest.raises(LogEntryTooLarge, match="at most 65535"):
         await store.add_attestation(big)
     assert await store.attestation("ab" * 32) is None  # rolled back with it
     await store.close()
@@ -114,14 +114,14 @@ async def test_restart_reuses_the_signed_checkpoint_and_rewrites_files(tmp_path:
     await store.close()
 
 
-async def test_envelopes_stored_before_the_log_are_logged_by_the_migration(
-        tmp_path: Path) -> None:
+async def test_envelopes_stored_before_the_log_are_in_it(tmp_path: Path) -> None:
     store, _, _ = await _open(tmp_path)
     await store.add_attestations_bulk([_att(i) for i in range(3)])
     async with store.transaction() as db:  # as a database from before the log (schema 2)
-        await db.execute("DROP TRIGGER log_append")
-        for t in ("log_cosignatures", "log_checkpoints", "log_state", "log_hashes",
-                  "log_entries"):
+        for t in ("log_no_rewrite", "log_no_delete"):
+            await db.execute(f"DROP TRIGGER {t}")
+        await db.execute("DROP VIEW log_entries")
+        for t in ("log_cosignatures", "log_checkpoints", "log_state", "log_hashes"):
             await db.execute(f"DROP TABLE {t}")
         await db.execute("UPDATE schema_version SET version = 2")
     await store.add_attestation(_att(3))
@@ -129,8 +129,29 @@ async def test_envelopes_stored_before_the_log_are_logged_by_the_migration(
     store, node_log, _ = await _open(tmp_path)
     rows = await store._all("SELECT idx, seq FROM log_entries ORDER BY idx")
     assert [(r["idx"], r["seq"]) for r in rows] == [(0, 1), (1, 2), (2, 3), (3, 4)]
-    await store.add_attestation(_att(4))  # and the trigger logs from now on
-    assert await node_log.size() == 5
+    signed = await node_log.checkpoint()
+    assert signed is not None and signed.checkpoint.size == 4
+    await store.close()
+
+
+async def test_the_log_cannot_be_rewritten_or_get_gaps(tmp_path: Path) -> None:
+    """Attacks on the append-only property through the database: rewriting is refused by a
+    trigger; a gap (a row inserted past the end by hand) is never checkpointed over."""
+    store, node_log, _ = await _open(tmp_path)
+    await store.add_attestations_bulk([_att(i) for i in range(3)])
+    for sql in ["DELETE FROM attestations WHERE seq = 2",
+                "UPDATE attestations SET envelope = x'00' WHERE seq = 2",
+                "UPDATE attestations SET seq = 9 WHERE seq = 3"]:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            async with store.transaction() as db:
+                await db.execute(sql)
+    assert (await node_log.checkpoint()) is not None
+    async with store.transaction() as db:
+        await db.execute("INSERT INTO attestations (seq, envelope_sha256, envelope, kind,"
+                         " created_at) VALUES (10, 'ff', x'00', 'revocation', 'now')")
+    with pytest.raises(RuntimeError, match="missing"):
+        await node_log.checkpoint()
+    assert node_log.latest is not None and node_log.latest.checkpoint.size == 3
     await store.close()
 
 
