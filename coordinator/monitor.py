@@ -50,7 +50,9 @@ log = logging.getLogger("coordinator.monitor")
 LOG_INCONSISTENCY_TOPIC = "rq/v1/events/log-inconsistency"
 MAX_CHECKPOINT_BYTES = 64 * 1024
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + 0xFFFF)
-MAX_BUNDLES_PER_ROUND = 400  # ~100,000 entries per node per round; the rest next round
+# A log further ahead than this (~1,000,000 entries) than the monitor's last verified size is
+# not read (logged; the mirror can only advance to a signed checkpoint, in one step).
+MAX_BUNDLES_PER_ROUND = 4096
 FETCH_TIMEOUT_S = 30.0
 DEFAULT_GRACE_S = 120.0  # how long an envelope may be received but not yet checkpointed
 
@@ -195,9 +197,9 @@ class Monitor:
         first_bundle, last = size // TILE_WIDTH, cp.size
         n_bundles = (last - 1) // TILE_WIDTH - first_bundle + 1
         if n_bundles > MAX_BUNDLES_PER_ROUND:
-            log.info("monitor: %s's log is %d bundles ahead; reading it over several rounds",
-                     r.id, n_bundles)
-            return False  # too far behind to catch up in one round: see the log's size grow
+            log.warning("monitor: %s's log is %d entry bundles ahead of what the monitor "
+                        "verified (limit %d); not read", r.id, n_bundles, MAX_BUNDLES_PER_ROUND)
+            return False
         known = await self._hashes(r.id, subtree_hash_indexes(0, size)) if size else {}
         new_hashes: list[tuple[str, int, bytes]] = []
         new_entries: list[tuple[str, int, str, str, float]] = []
