@@ -161,7 +161,12 @@ async def get_attestations(request: web.Request) -> web.Response:
     app = request.app
     bodies = await app[STORE].envelopes_for_digest(m.group(1))
     views = await rebuilder_views(app)
-    body = _envelopes_response({"digest": digest}, bodies, {"rebuilders": _short(views)})
+    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
+        from coordinator.witness_setup import proofs_for
+
+        tail["proofs"] = await proofs_for(app, bodies)
+    body = _envelopes_response({"digest": digest}, bodies, tail)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -171,7 +176,12 @@ async def get_package(request: web.Request) -> web.Response:
     bodies = await app[STORE].envelopes_for_package(source, version)
     views = await rebuilder_views(app)
     head = {"package": {"ecosystem": "debian", "name": source, "version": version}}
-    body = _envelopes_response(head, bodies, {"rebuilders": _short(views)})
+    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
+        from coordinator.witness_setup import proofs_for
+
+        tail["proofs"] = await proofs_for(app, bodies)
+    body = _envelopes_response(head, bodies, tail)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -390,4 +400,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     dashboard.setup(app)
+    from coordinator.witness_setup import setup_witness  # the C2SP witness (ARCHITECTURE §4.9)
+
+    setup_witness(app, config)
     return app

@@ -26,6 +26,7 @@ __all__ = [
     "Limits",
     "MqttConfig",
     "RebuilderConfig",
+    "WitnessConfig",
     "load_config",
     "parse_config",
 ]
@@ -79,6 +80,11 @@ class RebuilderConfig:
     url: str
     public_key: Ed25519PublicKey = field(compare=False, repr=False)
     keyid: KeyId = field(default=KeyId(""))  # computed from public_key when left empty
+    log_origin: str = ""  # its transparency log's origin; "" = url without scheme + "/log"
+
+    @property
+    def origin(self) -> str:
+        return self.log_origin or self.url.split("://", 1)[1].rstrip("/") + "/log"
 
     def __post_init__(self) -> None:
         if not REBUILDER_ID.fullmatch(self.id):
@@ -88,6 +94,18 @@ class RebuilderConfig:
         _check_url(self.url, f"rebuilder {self.id} url")
         if not self.keyid:
             object.__setattr__(self, "keyid", keyid(self.public_key))
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    """[witness]: the coordinator's C2SP tlog-witness (ARCHITECTURE §4.9)."""
+
+    enabled: bool = True
+    name: str = ""  # "" = public_url without scheme + "/witness"
+    key_file: Path = Path("witness.pem")  # created (0600) on first start when missing
+    state: Path = Path("witness.db")
+    prefix: str = "/witness"  # POST <prefix>/add-checkpoint
+    monitor_interval: float = 60.0  # seconds between reads of every registered log
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,11 @@ class CoordinatorConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     rebuilders: tuple[RebuilderConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    witness: WitnessConfig = field(default_factory=WitnessConfig)
+
+    @property
+    def witness_name(self) -> str:
+        return self.witness.name or self.public_url.split("://", 1)[1].rstrip("/") + "/witness"
 
     def __post_init__(self) -> None:
         ids = [r.id for r in self.rebuilders]
@@ -206,17 +229,49 @@ def _rebuilder(table: object, base: Path) -> RebuilderConfig:
         key = load_public_key(pem)
     except (OSError, BadDataError) as e:
         raise ConfigError(f"rebuilder {rid!r}: cannot load its public key: {e}") from e
+    origin = _get(table, "log_origin", str, "")
+    if origin and not _NAME.fullmatch(origin):
+        raise ConfigError(f"rebuilder {rid!r}: log_origin {origin!r} must match {_NAME.pattern}")
     return RebuilderConfig(
         id=rid,
         operator=_get(table, "operator", str, ""),
         url=_check_url(_get(table, "url", str, ""), f"rebuilder {rid} url"),
         public_key=key,
+        log_origin=origin,
+    )
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/-]{0,254}")
+
+
+def _witness(table: object, base: Path) -> WitnessConfig:
+    if not isinstance(table, dict):
+        raise ConfigError("[witness] must be a table")
+    known = {"enabled", "name", "key_file", "state", "prefix", "monitor_interval"}
+    if set(table) - known:
+        raise ConfigError(f"[witness] has unknown keys {sorted(set(table) - known)}")
+    name = _get(table, "name", str, "")
+    if name and not _NAME.fullmatch(name):
+        raise ConfigError(f"[witness] name {name!r} must match {_NAME.pattern}")
+    prefix = _get(table, "prefix", str, "/witness")
+    if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", prefix) or prefix.startswith("/v1"):
+        raise ConfigError(f"[witness] prefix {prefix!r} must be a path like /witness")
+    interval = float(_get(table, "monitor_interval", (int, float), 60))
+    if not 1 <= interval <= 86400:
+        raise ConfigError("[witness] monitor_interval must be 1-86400 seconds")
+    return WitnessConfig(
+        enabled=_get(table, "enabled", bool, True),
+        name=name,
+        key_file=_path(base, _get(table, "key_file", str, "witness.pem")),
+        state=_path(base, _get(table, "state", str, "witness.db")),
+        prefix=prefix,
+        monitor_interval=interval,
     )
 
 
 def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
     """Build a ``CoordinatorConfig`` from a parsed TOML document; ``base`` resolves paths."""
-    unknown = set(data) - {"coordinator", "mqtt", "rebuilder"}
+    unknown = set(data) - {"coordinator", "mqtt", "rebuilder", "witness"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     c = data.get("coordinator", {})
@@ -251,6 +306,7 @@ def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
         verify_workers=_get(c, "verify_workers", int, -1),
         mqtt=_mqtt(mqtt, base),
         rebuilders=tuple(_rebuilder(r, base) for r in rebuilders),
+        witness=_witness(data.get("witness", {}), base),
     )
 
 

@@ -35,7 +35,7 @@ __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "S
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -161,6 +161,22 @@ _MIGRATIONS: dict[int, str] = {
         ON CONFLICT(rebuilder, verdict) DO UPDATE SET n = n + excluded.n;
     DELETE FROM counts WHERE verdict = 'mismatch';
     CREATE INDEX IF NOT EXISTS outputs_verdict ON outputs(verdict)
+    """,
+    # 5 (branch tlog): what the log monitor found wrong
+    # (coordinator/monitor.py; ARCHITECTURE §4.9), for the dashboard and the events topic.
+    5: """
+    CREATE TABLE IF NOT EXISTS log_inconsistencies (
+        id INTEGER PRIMARY KEY,
+        rebuilder TEXT NOT NULL,
+        kind TEXT NOT NULL,               -- split-view | rollback | invalid-entry | ...
+        detail TEXT NOT NULL,             -- what was seen and what was expected
+        evidence TEXT,                    -- JSON: checkpoints, envelope digests
+        detected_at REAL NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (rebuilder, kind, detail)
+    );
+    CREATE INDEX IF NOT EXISTS log_inconsistencies_pending ON log_inconsistencies(published)
+        WHERE published = 0;
     """,
 }
 _HISTORY_KEEP = 500  # status changes kept per rebuilder
@@ -903,6 +919,52 @@ class Store:
             "disagreements": int(disagreements),
             "revocations": int(revocations),
         }
+
+    # ---- the log monitor (coordinator/monitor.py) ------------------------------------------
+
+    async def record_log_inconsistency(self, rebuilder: str, kind: str, detail: str,
+                                       evidence: dict[str, Any]) -> bool:
+        """Record what the monitor found; False when the same finding is already recorded."""
+        async with self._lock:
+            cur = await self._w.execute(
+                "INSERT OR IGNORE INTO log_inconsistencies (rebuilder, kind, detail, evidence,"
+                " detected_at) VALUES (?, ?, ?, ?, ?)",
+                (rebuilder, kind, detail, json.dumps(evidence, sort_keys=True), time.time()))
+            return cur.rowcount > 0
+
+    async def log_inconsistencies(self, *, unpublished: bool = False,
+                                  limit: int = 200) -> list[dict[str, Any]]:
+        """Newest first: ``{"id", "rebuilder", "kind", "detail", "evidence", "detected_at"}``."""
+        rows = await self._all(
+            "SELECT id, rebuilder, kind, detail, evidence, detected_at FROM log_inconsistencies"
+            " WHERE published = 0 OR ? = 0 ORDER BY id DESC LIMIT ?", (int(unpublished), limit))
+        return [{"id": r[0], "rebuilder": r[1], "kind": r[2], "detail": r[3],
+                 "evidence": json.loads(r[4]) if r[4] else None,
+                 "detected_at": rfc3339(r[5])} for r in rows]
+
+    async def mark_log_inconsistency_published(self, ids: Sequence[int]) -> None:
+        async with self._lock:
+            await self._w.executemany(
+                "UPDATE log_inconsistencies SET published = 1 WHERE id = ?", [(i,) for i in ids])
+
+    async def envelopes_of(self, rebuilder: str, after_id: int, received_before: float,
+                           limit: int = 5000) -> list[tuple[int, str, str]]:
+        """(id, digest hex, kind) of the envelopes received from ``rebuilder``, in id order."""
+        rows = await self._all(
+            "SELECT id, digest, kind FROM envelopes WHERE rebuilder = ? AND id > ?"
+            " AND received < ? ORDER BY id LIMIT ?", (rebuilder, after_id, received_before, limit))
+        return [(int(r[0]), bytes(r[1]).hex(), str(r[2])) for r in rows]
+
+    async def has_envelopes(self, digests: Sequence[str]) -> set[str]:
+        """Which of these envelope digests (hex) the coordinator has stored."""
+        found: set[str] = set()
+        for chunk in _chunks(list(digests)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self._all(
+                f"SELECT digest FROM envelopes WHERE digest IN ({marks})",  # noqa: S608  # placeholders
+                [bytes.fromhex(d) for d in chunk])
+            found |= {bytes(r[0]).hex() for r in rows}
+        return found
 
     async def count_for_rebuilder(self, rebuilder: str) -> int:
         rows = await self._all("SELECT COUNT(*) FROM envelopes WHERE rebuilder = ?", (rebuilder,))

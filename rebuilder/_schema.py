@@ -7,7 +7,11 @@ the schema; never edit one that has shipped.
 
 from __future__ import annotations
 
+import sqlite3
+
 import aiosqlite
+
+from rebuilder.tlog import LOG_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 
@@ -159,6 +163,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN source_version TEXT;    -- a binNMU's source version
     CREATE INDEX jobs_source_version ON jobs (source, source_version);
     """,
+    # 7 (branch tlog): the transparency log (rebuilder/tlog.py)
+    LOG_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,6 +196,17 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside our literals); comments dropped."""
+    """Statements of a migration script (no semicolons inside our literals); comments dropped.
+    A trigger's ``BEGIN ... END`` body stays one statement (``sqlite3.complete_statement``)."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    buf = ""
+    for piece in "\n".join(lines).split(";"):
+        buf = f"{buf};{piece}" if buf else piece
+        if sqlite3.complete_statement(buf + ";"):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

@@ -24,6 +24,7 @@ from rebuilder.db import Store
 from rebuilder.intoto import link_for, link_signer, sign_link, sslib_key
 from rebuilder.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rebuilder.metrics import render_metrics
+from rebuilder.tlog_http import add_log_routes, log_document, proofs_for
 from verifier.dsse import Envelope
 from verifier.errors import BadDataError
 from verifier.keys import keyid, load_private_key, public_key_pem
@@ -110,7 +111,7 @@ def _one_param(request: web.Request, name: str) -> str | None:
 
 async def attestations(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
-    unknown = set(request.query) - {"digest", "since", "limit"}
+    unknown = set(request.query) - {"digest", "since", "limit", "proofs"}
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {sorted(unknown)}")
     digest = _one_param(request, "digest")
@@ -123,8 +124,11 @@ async def attestations(request: web.Request) -> web.Response:
         if not m:
             raise BadRequest("digest must be sha256:<64 lowercase hex characters>")
         envs = await store.attestations_by_digest(m.group(1))
+        proofs = b""
+        if _one_param(request, "proofs") is not None:
+            proofs = b',"proofs":' + await proofs_for(request.app, envs)
         return _raw_json(b'{"digest":"' + digest.encode() + b'","attestations":'
-                         + _envelopes(envs) + b"}")
+                         + _envelopes(envs) + proofs + b"}")
     if since is None:
         raise BadRequest("give digest=sha256:<hex> or since=<cursor> (since=0 from the start)")
     if not _CURSOR.fullmatch(since):
@@ -261,7 +265,10 @@ async def package(request: web.Request) -> web.Response:
     envs = await store.attestations_for_package(name, version)
     head = json.dumps({"package": _package(name, version), "builds": builds},
                       separators=(",", ":")).encode()
-    return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + b"}")
+    proofs = b""
+    if request.query.get("proofs"):  # inclusion proofs (rebuilder/tlog_http.py)
+        proofs = b',"proofs":' + await proofs_for(request.app, envs)
+    return _raw_json(head[:-1] + b',"attestations":' + _envelopes(envs) + proofs + b"}")
 
 
 async def intoto_link(request: web.Request) -> web.Response:
@@ -335,6 +342,7 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app[NODE_KEY] = node_document(config, public_key_pem(key.public_key()),
                                   keyid(key.public_key()),
                                   {"keyid": sslib.keyid, **sslib.to_dict()})
+    app[NODE_KEY]["log"] = log_document(config, key.public_key())
     # The link signer holds the key: links are derived on request from what this node signed.
     app[LINK_SIGNER_KEY] = link_signer(key)
     del key
@@ -359,4 +367,5 @@ def create_app(config: Config, *, store: Store | None = None) -> web.Application
     app.router.add_get("/sources/{name}/{version}/metadata", intoto_link)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_log_routes(app, config, STORE_KEY)
     return app

@@ -13,12 +13,13 @@ import re
 import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from verifier.errors import ConfigError
+from verifier.tlog.note import ALG_COSIGNATURE_V1, NoteError, NoteVerifier
 
 __all__ = [
     "BuildConfig",
@@ -26,9 +27,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "DiffoscopeConfig",
+    "LogConfig",
     "MqttConfig",
     "NodeConfig",
     "RepositoryConfig",
+    "WitnessConfig",
     "load_config",
     "parse_config",
     "parse_listen",
@@ -190,6 +193,24 @@ class DiffoscopeConfig:
 
 
 @dataclass(frozen=True)
+class WitnessConfig:
+    """A witness this node submits its checkpoints to (C2SP tlog-witness)."""
+
+    name: str
+    key: str  # vkey with signature type 0x04
+    url: str  # submission prefix; POST <url>/add-checkpoint
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log] and [[witness]]: the node's transparency log (ARCHITECTURE §4.9)."""
+
+    origin: str = ""  # "" = the public URL without scheme + "/log"
+    checkpoint_interval: int = 10
+    witnesses: tuple[WitnessConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig
     mqtt: MqttConfig
@@ -197,6 +218,23 @@ class Config:
     build: BuildConfig
     diffoscope: DiffoscopeConfig
     path: Path | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def log_origin(self) -> str:
+        """The checkpoint origin (and log key name) of this node's log."""
+        if self.log.origin:
+            return self.log.origin
+        return self.node.public_url.split("://", 1)[1].rstrip("/") + "/log"
+
+    @property
+    def log_url(self) -> str:
+        """The public URL prefix the log's tiles and checkpoint are served under."""
+        return self.node.public_url.rstrip("/") + "/log"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.node.state_dir / "log"
 
     def repository(self, name: str) -> RepositoryConfig | None:
         for r in self.repositories:
@@ -310,7 +348,8 @@ def _template(value: str, where: str) -> str:
 
 def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
     """Validate a parsed TOML document; relative paths are taken from ``base_dir``."""
-    unknown = sorted(set(data) - {"node", "mqtt", "repository", "build", "diffoscope"})
+    unknown = sorted(set(data) - {"node", "mqtt", "repository", "build", "diffoscope", "log",
+                                  "witness"})
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     n = _Section("node", data.get("node"), {"id", "operator", "listen", "public_url",
@@ -430,7 +469,41 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         timeout=d.integer("timeout", 600, 5, 86400),
         max_report_mb=d.integer("max_report_mb", 20, 1, 10_000),
     )
-    return Config(node, mqtt, tuple(repos), build, diffoscope, path)
+    return Config(node, mqtt, tuple(repos), build, diffoscope, path, _log_config(data))
+
+
+_ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/-]{0,254}")
+_WITNESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/-]{0,254}")
+
+
+def _log_config(data: Mapping[str, Any]) -> LogConfig:
+    lg = _Section("log", data.get("log", {}), {"origin", "checkpoint_interval"})
+    origin = lg.text("origin", "", max_len=255)
+    if origin and not _ORIGIN.fullmatch(origin):
+        raise ConfigError(f"log.origin = {origin!r} does not match {_ORIGIN.pattern}")
+    raw = data.get("witness", [])
+    if not isinstance(raw, list) or len(raw) > 16:
+        raise ConfigError("[[witness]] must be an array of at most 16 tables")
+    witnesses: list[WitnessConfig] = []
+    for i, w in enumerate(raw):
+        ws = _Section(f"witness[{i}]", w, {"name", "key", "url"})
+        wc = WitnessConfig(
+            name=ws.text("name", pattern=_WITNESS_NAME),
+            key=ws.text("key", max_len=1024),
+            url=_http_url(ws.text("url", max_len=2048), f"witness[{i}].url"),
+        )
+        try:
+            v = NoteVerifier.from_vkey(wc.key)
+        except NoteError as e:
+            raise ConfigError(f"witness[{i}].key: {e.reason}") from e
+        if v.alg != ALG_COSIGNATURE_V1 or v.name != wc.name:
+            raise ConfigError(f"witness[{i}].key must be a type 0x04 vkey named {wc.name!r}")
+        if any(x.name == wc.name for x in witnesses):
+            raise ConfigError(f"witness[{i}].name {wc.name!r} is used twice")
+        witnesses.append(wc)
+    return LogConfig(origin=origin,
+                     checkpoint_interval=lg.integer("checkpoint_interval", 10, 1, 86400),
+                     witnesses=tuple(witnesses))
 
 
 def load_config(path: Path) -> Config:

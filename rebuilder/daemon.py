@@ -22,13 +22,17 @@ from aiohttp import web
 from rebuilder import limits
 from rebuilder.api import create_app
 from rebuilder.config import Config
+from rebuilder.cosign import WitnessClient, run_log
 from rebuilder.db import Store
 from rebuilder.locate import resolve_buildinfo
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
+from rebuilder.tlog import NodeLog
+from rebuilder.tlog_http import log_settings
 from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
+from verifier.tlog.note import NoteSigner
 
 __all__ = ["DEFAULT_GRACE_S", "DaemonError", "make_builder", "run_daemon"]
 
@@ -141,6 +145,9 @@ async def _serve(
     builder_factory: BuilderFactory,
 ) -> None:
     died: list[asyncio.Task[Any]] = []
+    # The transparency log (ARCHITECTURE §4.9): checkpoints, witnesses, MQTT announcement.
+    node_log = await NodeLog.open(store, log_settings(config),
+                                  NoteSigner(config.log_origin, key))
     async def status() -> dict[str, Any]:
         counts = await store.counts()
         return {"queue": counts["queued"], "running": counts["running"],
@@ -164,6 +171,11 @@ async def _serve(
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(pool.run(), name="workers")]
     if publisher is not None:
         tasks.append(asyncio.create_task(publisher.run(), name="publisher"))
+    witnesses = [WitnessClient(w, session) for w in config.log.witnesses]
+    tasks.append(asyncio.create_task(run_log(
+        node_log, witnesses, float(config.log.checkpoint_interval),
+        (lambda s: publisher.publish_checkpoint(s.served())) if publisher else None,
+    ), name="log"))
     watcher.start()
     try:
         stopper = asyncio.create_task(stop.wait(), name="stop")

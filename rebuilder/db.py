@@ -29,6 +29,7 @@ import aiosqlite
 
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
 from rebuilder.outcome import BuildJob, ReleaseRef
+from rebuilder.tlog import check_log_entry
 from verifier.statement import Digest
 
 __all__ = [
@@ -478,6 +479,8 @@ class Store:
         """Many attestations (no build) in one transaction with ``executemany`` (imports,
         benchmarks). Sequence numbers are assigned under the write lock, in order."""
         now = now_iso()
+        for a in items:
+            check_log_entry(a.envelope)  # the stored envelopes are the log (rebuilder/tlog.py)
         async with self.transaction() as db:
             async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM attestations") as cur:
                 row = await cur.fetchone()
@@ -506,6 +509,7 @@ class Store:
     async def _insert_attestation(
         db: aiosqlite.Connection, a: NewAttestation, build_id: int | None
     ) -> int:
+        check_log_entry(a.envelope)  # the stored envelopes are the log (rebuilder/tlog.py)
         cur = await db.execute(
             "INSERT INTO attestations (envelope_sha256, envelope, kind, source, version, arch,"
             " build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

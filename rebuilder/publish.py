@@ -47,6 +47,7 @@ __all__ = [
     "Publisher",
     "attestation_message",
     "attestation_topic",
+    "checkpoint_topic",
     "flush_once",
     "status_body",
     "status_topic",
@@ -92,6 +93,10 @@ def status_body(state: str, session: str, **fields: Any) -> dict[str, Any]:
                             "time": format_time(datetime.now(UTC))}
     body.update(fields)
     return body
+
+
+def checkpoint_topic(node_id: str) -> str:
+    return f"rq/v1/checkpoints/{node_id}"
 
 
 def _client(config: Config, client_id: str, will_payload: bytes | None) -> aiomqtt.Client:
@@ -173,11 +178,18 @@ class Publisher:
         self.connected = False
         self._key: Ed25519PrivateKey | None = None
         self._session_id = secrets.token_hex(8)
+        self._checkpoint: bytes | None = None  # latest served checkpoint note (rebuilder.tlog)
+        self._checkpoint_sent: bytes | None = None
 
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._key is None:
             self._key = load_private_key(self.config.node.signing_key)
         return self._key
+
+    def publish_checkpoint(self, note: bytes) -> None:
+        """Publish this checkpoint (retained) as soon as connected; a newer one replaces it."""
+        self._checkpoint = note
+        self._wake.set()
 
     def wake(self) -> None:
         self.drained.clear()
@@ -215,6 +227,11 @@ class Publisher:
         while True:
             self._wake.clear()
             sent = await self._drain(client)
+            if self._checkpoint is not None and self._checkpoint != self._checkpoint_sent:
+                note = self._checkpoint
+                await client.publish(checkpoint_topic(self.config.node.id), note, qos=1,
+                                     retain=True)
+                self._checkpoint_sent = note
             now = asyncio.get_running_loop().time()
             if sent or now - last_status >= STATUS_INTERVAL_S:
                 await self._publish_status(client, "online")

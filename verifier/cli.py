@@ -34,9 +34,12 @@ from verifier.sources import (
     check_many_via_coordinator,
     check_online,
     group_by_key,
-    load_attestations,
     open_fetcher,
 )
+from verifier.tlog.bundle import collect, read_bundles, write_bundle
+from verifier.tlog.online import check_online_with_proofs
+from verifier.tlog.require import require_inclusion
+from verifier.tlog.state import LogState, default_state_path
 
 __all__ = ["main", "parse_hook_input"]
 
@@ -120,8 +123,16 @@ async def check_artifacts(
     now = datetime.now(UTC)
     if attestation_dirs:
         # Attribute the pool to rebuilders once; every artifact's decision re-verifies its part.
-        grouped, _ = group_by_key(load_attestations(attestation_dirs), policy)
-        return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
+        # Bundle lines may carry inclusion proofs ([log] require_inclusion, verifier.tlog).
+        pool, proofs = read_bundles(attestation_dirs)
+        grouped, _ = group_by_key(pool, policy)
+        if not policy.log.require_inclusion:
+            return [Checked(p, decide(a, policy, grouped, now)) for p, a in artifacts]
+        with LogState.locked(policy.log.state_file or default_state_path()) as state:
+            evidence = require_inclusion(policy, grouped, proofs, state)
+            return [Checked(p, decide(a, policy, evidence, now)) for p, a in artifacts]
+    if policy.log.require_inclusion:
+        return await _check_all_with_proofs(artifacts, policy, coordinator, config, now)
     limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
     async with open_fetcher() as fetcher:
         if coordinator:  # one round trip for up to BATCH_SIZE artifacts
@@ -137,6 +148,24 @@ async def check_artifacts(
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(p, a), name=f"check {p}") for p, a in artifacts]
     return [t.result() for t in tasks]
+
+
+async def _check_all_with_proofs(
+    artifacts: Sequence[tuple[Path, Artifact]],
+    policy: Policy,
+    coordinator: str | None,
+    config: ClientConfig,
+    now: datetime,
+) -> list[Checked]:
+    """Online, with inclusion proofs and the log state held locked for the whole run."""
+    out: list[Checked] = []
+    with LogState.locked(policy.log.state_file or default_state_path()) as state:
+        async with open_fetcher() as fetcher:
+            for path, artifact in artifacts:
+                r = await check_online_with_proofs(artifact, policy, fetcher, now, state,
+                                                   config, coordinator)
+                out.append(Checked(path, r))
+    return out
 
 
 def printable(text: str) -> str:
@@ -233,6 +262,14 @@ def _parser() -> argparse.ArgumentParser:
     layout.add_argument(
         "--expires-days", type=int, default=365, help="days until it expires (default 365)"
     )
+    bundle = sub.add_parser(
+        "bundle", help="write <artifact>.intoto.jsonl: envelopes with inclusion proofs")
+    bundle.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help=f"default {DEFAULT_POLICY_PATH}"
+    )
+    bundle.add_argument("--out", type=Path, required=True, metavar="DIR")
+    bundle.add_argument("--timeout", type=float, default=10.0)
+    bundle.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT")
     return parser
 
 
@@ -256,6 +293,28 @@ def _intoto_layout(args: argparse.Namespace) -> int:
     print(f"next: in-toto-sign -f {args.out} --gpg <your OpenPGP keyid>, then list that keyid"
           " in APT::Intoto::Keyids (docs/verifier.md)")
     return EXIT_ACCEPTED
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    """``verifier bundle``: fetch each artifact's envelopes and proofs from the trusted
+    rebuilders and write them next to each other in ``--out`` for offline checks."""
+    policy = load_policy(args.policy)
+    config = ClientConfig(timeout=args.timeout)
+
+    async def run() -> int:
+        args.out.mkdir(parents=True, exist_ok=True)
+        async with open_fetcher() as fetcher:
+            for path in args.artifacts:
+                items, problems = await collect(_artifact(path), policy, fetcher, config)
+                for p in problems:
+                    print(f"verifier: {printable(p)}", file=sys.stderr)
+                out = args.out / f"{path.name}.intoto.jsonl"
+                n = write_bundle(out, items)
+                proved = sum(1 for _, proof in items if proof is not None)
+                print(f"{out}: {n} envelope(s), {proved} with an inclusion proof")
+        return EXIT_ACCEPTED
+
+    return asyncio.run(run())
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -392,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from verifier.audit import run_audit
 
             return run_audit(args)
+        if args.command == "bundle":
+            return _bundle(args)
         data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
         if len(data) > MAX_HOOK_INPUT:
             raise BadDataError("apt hook input", f"over {MAX_HOOK_INPUT} bytes")

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from verifier.errors import BadDataError, ConfigError
 from verifier.keys import Ed25519PublicKey, KeyId, keyid, load_public_key
 from verifier.statement import Digest
+from verifier.tlog.inclusion import LogPolicy
 
 __all__ = [
     "DEFAULT_DECISION_LOG",
@@ -49,6 +50,9 @@ _TOP_KEYS = frozenset(
         "reject_on_mismatch",
         "max_age_days",
         "rebuilder",
+        "log",  # [log], [[witness]], witness_threshold: verifier/tlog/inclusion.py (branch tlog)
+        "witness",
+        "witness_threshold",
         "distrust",
         "mode",
         "scope",
@@ -310,6 +314,7 @@ class Policy:
     scope: Scope | None = None  # None: every package is checked
     decision_log: Path = DEFAULT_DECISION_LOG  # the APT hook's append-only record
     source: str = field(default="<policy>", compare=False)
+    log: LogPolicy = field(default_factory=LogPolicy)
 
     def __post_init__(self) -> None:
         _int(self.threshold, "threshold", 1)
@@ -386,6 +391,8 @@ class Policy:
             decision_log=_path(d.get("decision_log", str(DEFAULT_DECISION_LOG)), "decision_log",
                                base_dir),
             source=source,
+            log=LogPolicy.from_dict(d.get("log", {}), d.get("witness", []),
+                                    d.get("witness_threshold", 0), base_dir),
         )
 
     @classmethod

@@ -156,7 +156,7 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def _back_to_version_2(db: sqlite3.Connection) -> None:
