@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from verifier.debian import DebIdentity
-from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope
+from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope, Signature
 from verifier.errors import BadDataError
 from verifier.policy import Policy, TrustedRebuilder
 from verifier.statement import (
@@ -162,6 +162,7 @@ def _plural(n: int, word: str) -> str:
 class _Attestation:
     envelope: Envelope
     statement: RebuildStatement
+    signature: Signature  # the one that verified under the rebuilder's key
     digest: Digest | None = None  # the other digest, for a disagreement
     report_url: str | None = None
     why: str = ""  # for a contradiction
@@ -176,6 +177,7 @@ class _Findings:
         "disagreements",
         "failures",
         "junk",
+        "legacy_revocations",
         "missing",
         "revocations",
     )
@@ -186,11 +188,14 @@ class _Findings:
         self.contradictions: list[_Attestation] = []
         self.failures: list[str] = []
         self.missing: list[str] = []
-        self.revocations: dict[str, str] = {}  # envelope digest -> reason
+        self.revocations: dict[str, str] = {}  # payload digest -> reason (v2)
+        self.legacy_revocations: dict[str, str] = {}  # as-signed envelope digest -> reason (v1)
         self.junk: list[str] = []  # unsigned or unusable data, with why
 
 
-def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Findings) -> None:
+def _classify(
+    artifact: Artifact, env: Envelope, sig: Signature, stmt: RebuildStatement, f: _Findings
+) -> None:
     """Step (b) and the identity half of (c): how this signed statement relates to the file."""
     ident = artifact.identity
     name = ident.subject_name
@@ -205,6 +210,7 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
                 _Attestation(
                     env,
                     stmt,
+                    sig,
                     why=(
                         f"it signed sha256 {_short(artifact.sha256)} as {s.name} built from"
                         f" source {stmt.package}, but the artifact's control data makes it"
@@ -214,10 +220,10 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
             )
         elif any(s.sha256 != artifact.sha256 for s in named):
             f.contradictions.append(
-                _Attestation(env, stmt, why=f"one statement names {name} with two digests")
+                _Attestation(env, stmt, sig, why=f"one statement names {name} with two digests")
             )
         else:
-            f.agreements.append(_Attestation(env, stmt))
+            f.agreements.append(_Attestation(env, stmt, sig))
         return
     if not built_by:
         return  # another package, architecture or version: says nothing about this file
@@ -227,6 +233,7 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
             _Attestation(
                 env,
                 stmt,
+                sig,
                 digest=named[0].sha256,
                 report_url=verdict.report_url if verdict else None,
             )
@@ -246,9 +253,11 @@ def _read(
     f = _Findings()
     # The same envelope twice counts, and costs, once; one envelope needs no bookkeeping.
     seen: set[Envelope] | None = None
+    statements: set[bytes] | None = None  # payloads verified so far: one statement counts once
     if len(envelopes) > 1:
         envelopes = list(dict.fromkeys(envelopes))
         seen = set()
+        statements = set()
     for raw in envelopes:
         if len(raw) > MAX_ENVELOPE_BYTES:
             f.junk.append(
@@ -265,12 +274,17 @@ def _read(
                 continue
             seen.add(env)
         # The keyid hint orders the signatures; one Ed25519 verification in the normal case.
-        if not env.verify(rebuilder.public_key, rebuilder.keyid):
+        sig = env.verified_signature(rebuilder.public_key, rebuilder.keyid)
+        if sig is None:
             f.junk.append(
                 f"an envelope's signature does not verify under keyid {_short(rebuilder.keyid)}:"
                 " the payload was modified or signed by another key"
             )
             continue
+        if statements is not None:  # the same signed statement with other hints or signatures
+            if env.payload in statements:
+                continue
+            statements.add(env.payload)
         # The statement is parsed only now that its signature has verified.
         try:
             stmt = parse_statement(env.payload)
@@ -278,10 +292,26 @@ def _read(
             f.junk.append(f"a signed statement is malformed ({e.reason})")
             continue
         if isinstance(stmt, RevocationStatement):
-            f.revocations[stmt.revoked] = stmt.reason
+            kind = f.legacy_revocations if stmt.legacy else f.revocations
+            kind[stmt.revoked] = stmt.reason
         else:
-            _classify(artifact, env, stmt, f)
+            _classify(artifact, env, sig, stmt, f)
     return f
+
+
+def _revocation_of(a: _Attestation, rebuilder: TrustedRebuilder, f: _Findings) -> str | None:
+    """The reason of a revocation naming this attestation, or None."""
+    if f.revocations:
+        reason = f.revocations.get(a.envelope.payload_digest())
+        if reason is not None:
+            return reason
+    if f.legacy_revocations:
+        signed = a.envelope.as_signed(a.signature, rebuilder.keyid)
+        for digest in (signed.digest(), a.envelope.digest()):
+            reason = f.legacy_revocations.get(digest)
+            if reason is not None:
+                return reason
+    return None
 
 
 def assess(
@@ -313,13 +343,15 @@ def assess(
 
     f = _read(artifact, rebuilder, evidence)
 
-    # Revocations (§4.3) remove whatever they name, by the envelope's canonical sha256.
+    # Revocations (§4.3) remove whatever they name: v2 by the sha256 of the signed payload, so no
+    # hint, extra signature or base64 spelling outside the signature revives a statement; v1 by
+    # the digest of the envelope as the rebuilder signed it (its one signature, its keyid).
     revoked: list[str] = []
-    if f.revocations:
+    if f.revocations or f.legacy_revocations:
         for bucket in (f.agreements, f.disagreements, f.contradictions):
             kept = []
             for a in bucket:
-                reason = f.revocations.get(a.envelope.digest())
+                reason = _revocation_of(a, rebuilder, f)
                 if reason is None:
                     kept.append(a)
                 elif bucket is not f.contradictions:

@@ -184,11 +184,31 @@ class Envelope:
         """Lowercase hex sha256 of the canonical serialization; what a revocation names."""
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
+    def payload_digest(self) -> str:
+        """Lowercase hex sha256 of the signed payload bytes: what a revocation (v2) names.
+
+        Unlike ``digest`` it ignores everything outside the signature's reach (keyid hints,
+        extra signatures, the base64 spelling), so it names the statement itself.
+        """
+        return hashlib.sha256(self.payload).hexdigest()
+
+    def as_signed(self, sig: Signature, kid: KeyId) -> Envelope:
+        """This envelope as its signer published it: only ``sig``, with ``kid`` as its hint."""
+        if len(self.signatures) == 1 and self.signatures[0] == Signature(sig.sig, kid):
+            return self
+        return Envelope(self.payload_type, self.payload, (Signature(sig.sig, kid),))
+
     def verify(self, key: Ed25519PublicKey, kid: KeyId | None = None) -> bool:
         """True when some signature verifies under ``key`` over PAE(payloadType, payload).
 
         A signature whose keyid hint names ``kid`` is tried first; the hint never decides.
         """
+        return self.verified_signature(key, kid) is not None
+
+    def verified_signature(
+        self, key: Ed25519PublicKey, kid: KeyId | None = None
+    ) -> Signature | None:
+        """The first signature that verifies under ``key`` (see ``verify``), or None."""
         message = pae(self.payload_type, self.payload)
         if len(self.signatures) == 1:  # the usual case: nothing to order
             ordered: Sequence[Signature] = self.signatures
@@ -200,8 +220,8 @@ class Envelope:
                 key.verify(s.sig, message)
             except InvalidSignature:
                 continue
-            return True
-        return False
+            return s
+        return None
 
     def verify_any(self, keys: Mapping[KeyId, Ed25519PublicKey]) -> KeyId | None:
         """The first trusted keyid whose key verifies a signature, or None."""

@@ -6,7 +6,10 @@ Two statement kinds travel in DSSE envelopes:
   buildinfo, with a verdict per output. Its subjects are what *this* rebuilder built; a failed
   build has no subject and a failure reason.
 - ``RevocationStatement``: the rebuilder withdraws one of its attestations, named by the sha256 of
-  the envelope (``Envelope.digest()``).
+  the signed statement bytes (``Envelope.payload_digest()``, predicate ``revocation/v2``). An
+  older ``revocation/v1`` names the envelope as the rebuilder published it
+  (``Envelope.digest()`` of its one signature with the rebuilder's keyid); ``legacy`` is then
+  true, and the decision matches it against the as-signed form of every envelope it verifies.
 
 ``parse_statement(payload)`` validates strictly and keeps the raw dict, so unknown fields
 inside the signed payload survive a round trip and are otherwise ignored.
@@ -32,6 +35,7 @@ __all__ = [
     "BUILD_TYPE",
     "PROVENANCE_PREDICATE_TYPE",
     "REVOCATION_PREDICATE_TYPE",
+    "REVOCATION_V1_PREDICATE_TYPE",
     "STATEMENT_TYPE",
     "Digest",
     "OutputVerdict",
@@ -49,7 +53,8 @@ __all__ = [
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"
+REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v2"  # names a payload sha256
+REVOCATION_V1_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"  # names an envelope sha256
 BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
 
 Digest = NewType("Digest", str)  # lowercase hex sha256
@@ -423,24 +428,32 @@ class RebuildStatement:
 
 @dataclass(slots=True)
 class RevocationStatement:
-    """A rebuilder withdraws the attestation whose envelope sha256 is ``revoked``."""
+    """A rebuilder withdraws one of its attestations.
+
+    ``revoked`` is the sha256 of the revoked statement's payload bytes (v2), or, when
+    ``legacy`` is true (a v1 revocation), the sha256 of the revoked envelope as it was signed.
+    """
 
     revoked: Digest
     reason: str
     builder_id: str
     revoked_on: datetime
+    legacy: bool = False
     raw: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        validate_sha256(self.revoked, "revoked envelope digest")
+        validate_sha256(self.revoked, "revoked statement digest")
         _text(self.reason, "revocation reason")
         _text(self.builder_id, "builder id", 2048)
 
     def to_dict(self) -> dict[str, Any]:
+        subject = "attestation" if self.legacy else "statement"
         return {
             "_type": STATEMENT_TYPE,
-            "subject": [{"name": "attestation", "digest": {"sha256": self.revoked}}],
-            "predicateType": REVOCATION_PREDICATE_TYPE,
+            "subject": [{"name": subject, "digest": {"sha256": self.revoked}}],
+            "predicateType": (
+                REVOCATION_V1_PREDICATE_TYPE if self.legacy else REVOCATION_PREDICATE_TYPE
+            ),
             "predicate": {
                 "reason": self.reason,
                 "builder": {"id": self.builder_id},
@@ -452,7 +465,7 @@ class RevocationStatement:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RevocationStatement:
+    def from_dict(cls, d: dict[str, Any], legacy: bool = False) -> RevocationStatement:
         subjects = _list(d.get("subject"), "subject")
         if len(subjects) != 1:
             raise BadDataError("statement", "a revocation names exactly one attestation")
@@ -462,6 +475,7 @@ class RevocationStatement:
             reason=_text(pred.get("reason"), "revocation reason"),
             builder_id=_text(_obj(pred.get("builder"), "builder").get("id"), "builder id", 2048),
             revoked_on=parse_time(pred.get("revokedOn"), "revokedOn"),
+            legacy=legacy,
             raw=d,
         )
 
@@ -479,4 +493,6 @@ def parse_statement(payload: bytes) -> Statement:
         return RebuildStatement.from_dict(d)
     if ptype == REVOCATION_PREDICATE_TYPE:
         return RevocationStatement.from_dict(d)
+    if ptype == REVOCATION_V1_PREDICATE_TYPE:
+        return RevocationStatement.from_dict(d, legacy=True)
     raise BadDataError("statement", f"predicateType {ptype!r} is not one repro-quorum knows")

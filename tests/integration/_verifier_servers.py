@@ -41,7 +41,7 @@ def _select(envelopes: Sequence[bytes], digest: str) -> list[dict[str, Any]]:
         stmt = parse_statement(env.payload)
         if isinstance(stmt, RebuildStatement) and any(s.sha256 == digest for s in stmt.subjects):
             chosen.append(raw)
-            names.add(env.digest())
+            names.update((env.digest(), env.payload_digest()))  # a v1 or a v2 revocation
     for raw, env in parsed:
         stmt = parse_statement(env.payload)
         if isinstance(stmt, RevocationStatement) and stmt.revoked in names:
