@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -137,15 +138,49 @@ def test_disagreement_json_shape() -> None:
     assert json.loads(json.dumps(d.to_dict()))["detected_at"] == "1970-01-01T00:00:00Z"
 
 
+def _old_database(path: Path, version: int, items: list[Accepted]) -> None:
+    """A database as a coordinator of schema ``version`` wrote it, holding ``items``."""
+    from coordinator.store import _MIGRATIONS
+
+    with sqlite3.connect(path) as db:
+        for v in range(1, version + 1):
+            db.executescript(_MIGRATIONS[v])
+        db.execute("INSERT INTO rebuilders(id) VALUES ('rb-alpha')")
+        for i, a in enumerate(items, 1):
+            db.execute(
+                "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version,"
+                " architecture, verdict, invocation, failure, finished, received, body)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (i, bytes.fromhex(a.digest), a.rebuilder, a.kind, a.source, a.version,
+                 a.architecture, a.verdict, a.invocation, a.failure, a.finished, 0.0, a.body),
+            )
+            for name, digest in a.subjects:
+                db.execute(
+                    "INSERT INTO subjects VALUES (?,?,?,?,?,?)",
+                    (i, a.rebuilder, a.source, a.version, name, bytes.fromhex(digest)),
+                )
+            if a.revoked is not None:
+                db.execute(
+                    "INSERT INTO revocations VALUES (?,?,?,?)",
+                    (i, a.rebuilder, bytes.fromhex(a.revoked), a.reason),
+                )
+            if a.verdict is not None:
+                db.execute(
+                    "INSERT INTO counts VALUES (?,?,1) ON CONFLICT DO UPDATE SET n = n + 1",
+                    (a.rebuilder, a.verdict),
+                )
+        db.execute(f"PRAGMA user_version = {version}")
+
+
 async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "c.db")
-    await s.ensure_rebuilders(["rb-alpha"])
-    await s.store_batch([accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
-                         accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")}))])
-    await s.close()
-    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 1 database was
-        db.execute("DROP TABLE packages")
-        db.execute("PRAGMA user_version = 1")
+    _old_database(
+        tmp_path / "c.db",
+        1,
+        [
+            accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
+            accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")})),
+        ],
+    )
     s = await Store.open(tmp_path / "c.db")
     try:
         found = await s.search_packages("hello", 10)
@@ -153,7 +188,37 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_migration_keeps_one_envelope_per_statement_and_reads_v1_revocations(
+    tmp_path: Path,
+) -> None:
+    """Stored before payload digests: the same statement under two hints was two rows, and a
+    v1 revocation named one of them; after the migration it is one row, still revoked."""
+    from tests.unit.verifier._mutations import mutate
+
+    env = A.rebuild("hello", "1.0-1", {DEB: sha("h")})
+    twin = Envelope.from_bytes(mutate(env.to_bytes(), "hint-changed"))
+    pub = A.key.public_key()
+    as_received = check_envelope(twin.to_bytes(), A.id, pub, keyid(pub))
+    assert isinstance(as_received, Accepted)
+    # what an older coordinator stored: the envelope exactly as received
+    twin_row = dataclasses.replace(
+        as_received, body=twin.to_bytes(), digest=twin.digest(), payload_digest=""
+    )
+    old = [accepted(A, env), twin_row, accepted(A, A.revoke(env, legacy=True))]
+    _old_database(tmp_path / "c.db", 2, old)
+    s = await Store.open(tmp_path / "c.db")
+    try:
+        assert (await s.totals())["envelopes"] == 2  # the statement once, and its revocation
+        assert await s.counts() == {"rb-alpha": {"reproduced": 1}}
+        results = await s.package_results("hello", "1.0-1")
+        assert [r["revoked"] for r in results if r["kind"] == "rebuild"] == [True]
+        again = await s.store_batch([accepted(A, twin)])
+        assert (len(again.stored), again.duplicates) == (0, 1)
+    finally:
+        await s.close()
 
 
 async def test_cancelled_store_stays_cancelled(store: Store) -> None:
