@@ -443,14 +443,19 @@ class Store:
                 conflicted.extend((r[0], r[1], r[2]) for r in await cur.fetchall())
         fresh: list[Disagreement] = []
         for source, version, name in conflicted:
+            # Revoked statements are withdrawn: they no longer disagree with anything.
             async with self._w.execute(
-                "SELECT s.rebuilder, s.sha256, e.digest FROM subjects s"
+                "SELECT s.rebuilder, s.sha256, e.digest FROM subjects s"  # noqa: S608  # a constant fragment
                 " JOIN envelopes e ON e.id = s.envelope_id"
-                " WHERE s.source = ? AND s.version = ? AND s.name = ? ORDER BY s.envelope_id",
+                " WHERE s.source = ? AND s.version = ? AND s.name = ?"
+                " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE " + _REVOKES.format(e="e")
+                + ") ORDER BY s.envelope_id",
                 (source, version, name),
             ) as cur:
                 rows = await cur.fetchall()
-            digests: dict[str, str] = {}
+            if len({sha for _, sha, _ in rows}) < 2:
+                continue
+            digests: dict[str, str] = {}  # each rebuilder once: its latest digest
             conflicts: list[dict[str, str]] = []
             pairs: set[tuple[str, bytes]] = set()
             for rebuilder, sha, env in rows:
@@ -632,11 +637,12 @@ class Store:
         for source, version, _ in pkgs:
             verdicts: dict[str, str] = {}
             for rebuilder, verdict in await self._all(
-                "SELECT rebuilder, verdict FROM envelopes WHERE source = ? AND version = ?"
-                " AND verdict IS NOT NULL ORDER BY id",
+                "SELECT rebuilder, verdict FROM envelopes e WHERE source = ? AND version = ?"  # noqa: S608  # a constant fragment
+                " AND verdict IS NOT NULL AND NOT EXISTS (SELECT 1 FROM revocations r WHERE "
+                + _REVOKES.format(e="e") + ") ORDER BY id",
                 (source, version),
             ):
-                verdicts[rebuilder] = verdict  # the latest attestation of each rebuilder wins
+                verdicts[rebuilder] = verdict  # the latest unrevoked one of each rebuilder wins
             out.append({"source": source, "version": version, "verdicts": verdicts})
         return out
 

@@ -60,3 +60,19 @@ def test_log_links() -> None:
     assert _log_url("http://n", "b-7") == "http://n/v1/builds/b-7/log"
     assert _log_url("http://n", "../../etc") is None
     assert _log_url(None, "b-7") is None
+
+
+def test_published_digest_counts_each_rebuilder_once() -> None:
+    """Five statements from one rebuilder claiming another published digest do not outvote two
+    honest rebuilders (before, each statement was one vote)."""
+    liar = [
+        {**entry("rb-liar", OTHER, env=f"e{i}"),
+         "outputs": [{**entry("rb-liar", OTHER)["outputs"][0], "repository": OTHER}]}
+        for i in range(5)
+    ]
+    table = artifact_table(
+        [*liar, entry("rb-a", PUB), entry("rb-b", PUB)], ["rb-liar", "rb-a", "rb-b"]
+    )
+    assert table[0]["upstream"] == PUB
+    assert table[0]["agreeing"] == ["rb-a", "rb-b"]
+    assert table[0]["upstream_disputed"]

@@ -245,3 +245,13 @@ async def test_cancelled_store_stays_cancelled(store: Store) -> None:
     result = await store.store_batch([accepted(alpha, last)])
     assert len(result.stored) == 1
     assert (await store.totals())["envelopes"] % 20 == 1
+
+
+async def test_revoked_statements_leave_the_package_views_and_disagreements(store: Store) -> None:
+    good = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("good")}))
+    bad_env = B.rebuild("hello", "1.0-1", {DEB: sha("evil")}, upstream={DEB: sha("good")})
+    await store.store_batch([good, accepted(B, B.revoke(bad_env))])
+    result = await store.store_batch([accepted(B, bad_env)])  # revoked before it arrived
+    assert result.new_disagreements == []
+    found = await store.search_packages("hello", 10)
+    assert found[0]["verdicts"] == {"rb-alpha": "reproduced"}
