@@ -321,8 +321,29 @@ def assess(
     evidence: Sequence[bytes] | Unreachable | BadResponse | None,
     now: datetime,
 ) -> RebuilderResult:
-    """One rebuilder's status from its own evidence alone (``None``: it was not queried)."""
+    """One rebuilder's status from its own evidence alone (``None``: it was not queried).
 
+    Whatever that evidence holds, the answer is a status: an exception raised while reading it
+    (a defect a hostile answer found) makes this rebuilder ``invalid``, never the decision fail.
+    """
+    try:
+        return _assess(artifact, rebuilder, policy, evidence, now)
+    except Exception as e:  # one source must never fail the decision for the others
+        return RebuilderResult(
+            rebuilder.id,
+            rebuilder.operator,
+            Status.INVALID,
+            f"its answer could not be read ({type(e).__name__}: {str(e)[:200]})",
+        )
+
+
+def _assess(
+    artifact: Artifact,
+    rebuilder: TrustedRebuilder,
+    policy: Policy,
+    evidence: Sequence[bytes] | Unreachable | BadResponse | None,
+    now: datetime,
+) -> RebuilderResult:
     def result(
         status: Status, detail: str, digest: Digest | None = None, report_url: str | None = None
     ) -> RebuilderResult:

@@ -13,6 +13,8 @@ import base64
 import binascii
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,15 +60,46 @@ def _reject_constant(name: str) -> Any:
     raise BadDataError("json", f"non-standard constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: the same Infinity the constant would be
+        raise BadDataError("json", f"number {text[:32]} is out of range (Infinity)")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_surrogates(value: Any) -> None:
+    """A ``\\ud800`` escape decodes to a lone surrogate, text that is not Unicode (and not
+    UTF-8 when written back). Iterative: the value may be nested as deep as the parser allows."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                raise BadDataError("json", "a string holds a lone surrogate (\\ud800-\\udfff)")
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
 # One decoder for every call: json.loads with hooks would build a new one each time. Its
 # scanner is called directly: ``decode`` adds two regex passes for surrounding whitespace.
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
 _SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
 _JSON_WS = " \t\n\r"
 
 
 def strict_json_loads(data: bytes | str, what: str) -> Any:
-    """Parse JSON refusing duplicate keys and NaN/Infinity, as a ``BadDataError`` on failure."""
+    """Parse JSON refusing duplicate keys, NaN/Infinity (also as 1e999) and lone surrogates,
+    as a ``BadDataError`` on failure."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         start = 0
@@ -78,6 +111,8 @@ def strict_json_loads(data: bytes | str, what: str) -> Any:
             raise json.JSONDecodeError("Expecting value", text, e.value) from None
         if end != len(text) and text[end:].strip(_JSON_WS):
             raise json.JSONDecodeError("Extra data", text, end)
+        if "\\u" in text:  # only an escape can make a lone surrogate: UTF-8 cannot hold one
+            _reject_surrogates(value)
         return value
     except UnicodeDecodeError as e:
         raise BadDataError(what, "not UTF-8") from e

@@ -175,10 +175,13 @@ def group_by_key(pool: Iterable[bytes], policy: Policy) -> tuple[dict[str, list[
         seen.add(raw)
         try:
             env = Envelope.from_bytes(raw)
+            kid = env.verify_any(keys)
         except BadDataError as e:
             dropped.append(f"malformed envelope ignored ({e.reason})")
             continue
-        kid = env.verify_any(keys)
+        except Exception as e:  # whatever one envelope holds, it is only dropped
+            dropped.append(f"an unreadable envelope was ignored ({type(e).__name__})")
+            continue
         if kid is None:
             dropped.append("an envelope verifies under no trusted key and was ignored")
             continue
@@ -218,9 +221,22 @@ def envelopes_in(body: bytes, url: str, config: ClientConfig) -> list[bytes]:
         raise BadDataError(
             "response", f"{url} sent {len(items)} attestations, limit {config.max_envelopes}"
         )
-    # The signature covers the base64-decoded payload, so re-serializing the JSON object is
-    # lossless for verification; the decision parses these bytes strictly.
-    return [json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in items]
+    # The signature covers the base64-decoded payload, so re-serializing the envelope is
+    # lossless for verification; the decision parses these bytes strictly. A well-formed one
+    # becomes its canonical bytes (its other fields are never looked at, however deep they
+    # nest); a malformed one is passed on as it came, for the decision to say why it is unusable.
+    return [_envelope_bytes(e) for e in items]
+
+
+def _envelope_bytes(item: object) -> bytes:
+    try:
+        return Envelope.from_dict(item).to_bytes()
+    except BadDataError:
+        pass
+    try:
+        return json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError):
+        return b'"an envelope nested too deeply to read"'  # refused by the decision as junk
 
 
 async def _query(
@@ -287,7 +303,11 @@ async def check_online(
     tasks: list[asyncio.Task[None]] = []
 
     async def one(r: TrustedRebuilder) -> None:
-        evidence = await ask(fetcher, r.base_url, artifact, config)
+        evidence: list[bytes] | Unreachable | BadResponse
+        try:
+            evidence = await ask(fetcher, r.base_url, artifact, config)
+        except Exception as e:  # one source never fails the others (nor the TaskGroup)
+            evidence = BadResponse(f"its answer could not be read ({type(e).__name__}: {e})")
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
@@ -317,7 +337,11 @@ async def check_via_coordinator(
     """One round trip to a coordinator, then the same checks as offline: it is a convenience,
     never a trust anchor (it can withhold attestations, never forge them)."""
     config = config or ClientConfig()
-    answer = await ask(fetcher, coordinator_url, artifact, config)
+    answer: list[bytes] | Unreachable | BadResponse
+    try:
+        answer = await ask(fetcher, coordinator_url, artifact, config)
+    except Exception as e:  # as for a rebuilder: an unusable answer, not a crash
+        answer = BadResponse(f"its answer could not be read ({type(e).__name__}: {e})")
     evidence: dict[str, Sequence[bytes] | Unreachable | BadResponse]
     if isinstance(answer, (Unreachable, BadResponse)):
         kind = type(answer)

@@ -128,7 +128,10 @@ def parse_time(value: object, where: str) -> datetime:
         raise _bad(f"{where} {value!r} is not an RFC 3339 time") from e
     if t.tzinfo is None:
         raise _bad(f"{where} {value!r} has no time zone")
-    return t
+    try:
+        return t.astimezone(UTC)  # compared and printed in UTC; year 1 at +01:00 cannot be
+    except OverflowError as e:
+        raise _bad(f"{where} {value!r} is out of range") from e
 
 
 def _sha256_of(descriptor: object, where: str) -> Digest:
