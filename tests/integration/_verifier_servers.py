@@ -139,6 +139,11 @@ def serving_in_thread(behaviours: Sequence[Behaviour]) -> Iterator[list[str]]:
             if not ready.done():
                 ready.set_exception(e)
             raise
+        finally:  # handlers of stalled requests outlive the runner: end them here
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
