@@ -247,9 +247,16 @@ def _classify(
 
 
 def _read(
-    artifact: Artifact, rebuilder: TrustedRebuilder, envelopes: Sequence[bytes]
+    artifact: Artifact,
+    rebuilder: TrustedRebuilder,
+    envelopes: Sequence[bytes],
+    latest: datetime,
 ) -> _Findings:
-    """Step (a) for every envelope: verify under this rebuilder's key, then parse."""
+    """Step (a) for every envelope: verify under this rebuilder's key, then parse.
+
+    A rebuild that finished after ``latest`` (now plus the allowed clock skew) is refused:
+    a date in the future would otherwise dodge ``max_age_days``.
+    """
     f = _Findings()
     # The same envelope twice counts, and costs, once; one envelope needs no bookkeeping.
     seen: set[Envelope] | None = None
@@ -294,6 +301,12 @@ def _read(
         if isinstance(stmt, RevocationStatement):
             kind = f.legacy_revocations if stmt.legacy else f.revocations
             kind[stmt.revoked] = stmt.reason
+        elif stmt.finished_on > latest:
+            f.junk.append(
+                f"an attestation is future-dated: it finished {format_time(stmt.finished_on)},"
+                f" later than now plus the allowed clock skew ({format_time(latest)});"
+                " the rebuilder's clock or statement is wrong"
+            )
         else:
             _classify(artifact, env, sig, stmt, f)
     return f
@@ -362,7 +375,9 @@ def _assess(
     if not evidence:
         return result(Status.NO_ATTESTATION, f"no attestation for {artifact.identity.subject_name}")
 
-    f = _read(artifact, rebuilder, evidence)
+    f = _read(
+        artifact, rebuilder, evidence, now + timedelta(minutes=policy.max_clock_skew_minutes)
+    )
 
     # Revocations (§4.3) remove whatever they name: v2 by the sha256 of the signed payload, so no
     # hint, extra signature or base64 spelling outside the signature revives a statement; v1 by

@@ -134,6 +134,13 @@ def parse_time(value: object, where: str) -> datetime:
         raise _bad(f"{where} {value!r} is out of range") from e
 
 
+def _check_times(started: datetime, finished: datetime) -> None:
+    if started > finished:
+        raise _bad(
+            f"startedOn {format_time(started)} is after finishedOn {format_time(finished)}"
+        )
+
+
 def _sha256_of(descriptor: object, where: str) -> Digest:
     return _digest_field(descriptor, where, f"{where}.digest.sha256")
 
@@ -310,6 +317,7 @@ class RebuildStatement:
         _text(self.builder_id, "builder id", 2048)
         _text(self.invocation_id, "invocationId", 256)
         validate_sha256(self.buildinfo_sha256, "buildinfo digest")
+        _check_times(self.started_on, self.finished_on)
 
     @property
     def failed(self) -> bool:
@@ -417,6 +425,7 @@ class RebuildStatement:
         st.builder_version = _text(version.get("repro-quorum", ""), "version", 64)
         st.started_on = parse_time(meta.get("startedOn"), "startedOn")
         st.finished_on = parse_time(meta.get("finishedOn"), "finishedOn")
+        _check_times(st.started_on, st.finished_on)
         st.invocation_id = _text(meta.get("invocationId"), "invocationId", 256)
         st.buildinfo_uri = _text(binfo.get("uri"), "buildinfo uri", 2048)
         st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
