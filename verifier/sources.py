@@ -19,9 +19,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
-
-import aiohttp
 
 from verifier.decision import (
     Artifact,
@@ -38,6 +37,9 @@ from verifier.dsse import Envelope, strict_json_loads
 from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.keys import Ed25519PublicKey, KeyId
 from verifier.policy import Policy, TrustedRebuilder
+
+if TYPE_CHECKING:  # aiohttp is imported on first use: `import verifier` stays light (offline)
+    import aiohttp
 
 __all__ = [
     "AiohttpFetcher",
@@ -118,6 +120,8 @@ class AiohttpFetcher(FetcherInterface):
 
 @contextlib.asynccontextmanager
 async def open_fetcher(limit_per_host: int = 4) -> AsyncIterator[AiohttpFetcher]:
+    import aiohttp  # here, not at the top: most of `import verifier`'s time, needed online only
+
     connector = aiohttp.TCPConnector(limit=64, limit_per_host=limit_per_host)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
         yield AiohttpFetcher(session)
