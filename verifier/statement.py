@@ -67,14 +67,17 @@ _VERDICTS: frozenset[str] = frozenset(
 MAX_SUBJECTS = 1000
 MAX_NAME = 255
 MAX_TEXT = 4096
+MAX_DEPENDENCIES = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Debian package names, versions and architectures (Policy §5.6.1, §5.6.12), plus file names.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
 
 
-# The parsed classes' __post_init__ validates what Python code constructs; ``from_dict`` checks
-# each field once with the helpers below and builds through ``_new``, skipping a second pass.
-_new = object.__new__
+# One validation path: every field is checked in ``__post_init__``, whoever builds the object.
+# ``from_dict`` only walks the JSON to the values (checking the shape it must walk through) and
+# builds through the constructor, so a statement a node can construct is one a verifier parses
+# and the other way round; each field is still checked once.
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not Unicode text; refused in JSON too (dsse.py)
 
 
 def _bad(reason: str) -> BadDataError:
@@ -96,6 +99,8 @@ def _name(value: object, where: str) -> str:
 def _text(value: object, where: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise _bad(f"{where} must be a string of at most {limit} characters")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _bad(f"{where} holds a lone surrogate, which is not text")
     return value
 
 
@@ -134,30 +139,37 @@ def parse_time(value: object, where: str) -> datetime:
         raise _bad(f"{where} {value!r} is out of range") from e
 
 
+def _time(value: object, where: str) -> datetime:
+    """A time given as a value: aware, and representable in UTC (it is written in UTC)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise _bad(f"{where} must be a datetime with a time zone")
+    if value.tzinfo is not UTC:
+        try:
+            value.astimezone(UTC)
+        except OverflowError as e:
+            raise _bad(f"{where} {value.isoformat()} is out of range") from e
+    return value
+
+
 def _check_times(started: datetime, finished: datetime) -> None:
+    _time(started, "startedOn")
+    _time(finished, "finishedOn")
     if started > finished:
         raise _bad(
             f"startedOn {format_time(started)} is after finishedOn {format_time(finished)}"
         )
 
 
-def _sha256_of(descriptor: object, where: str) -> Digest:
-    return _digest_field(descriptor, where, f"{where}.digest.sha256")
-
-
-def _digest_field(descriptor: object, where: str, digest_where: str) -> Digest:
-    """``descriptor["digest"]["sha256"]``, checked; ``digest_where`` names a bad value."""
+def _digest_raw(descriptor: object, where: str) -> Any:
+    """``descriptor["digest"]["sha256"]`` as found; the constructor checks the value."""
     digest = _obj(descriptor, where).get("digest")
-    if not isinstance(digest, dict):  # the message is built only when needed
+    if not isinstance(digest, dict):
         raise _bad(f"{where}.digest must be an object")
-    value = digest.get("sha256")
-    if not isinstance(value, str):
-        raise _bad(f"{where}.digest.sha256 is not a lowercase hex sha256")
-    return validate_sha256(value, digest_where)
+    return digest.get("sha256")
 
 
-def _opt_sha256(o: object, where: str) -> Digest | None:
-    return None if o is None else validate_sha256(_obj(o, where).get("sha256"), where)
+def _opt_raw(o: object, where: str) -> Any:
+    return None if o is None else _obj(o, where).get("sha256")
 
 
 @dataclass(slots=True)
@@ -171,23 +183,15 @@ class PackageIdentity:
 
     def __post_init__(self) -> None:
         if self.ecosystem != "debian":
-            raise BadDataError("statement", f"ecosystem {self.ecosystem!r} is not 'debian'")
+            raise _bad(f"ecosystem {self.ecosystem!r} is not 'debian'")
         _name(self.name, "package name")
         _name(self.version, "package version")
         _name(self.architecture, "package architecture")
 
     @classmethod
     def from_dict(cls, d: object) -> PackageIdentity:
-        o = _obj(d, "package")
-        eco = o.get("ecosystem")
-        if eco != "debian":
-            raise _bad(f"ecosystem {eco!r} is not 'debian'")
-        p = _new(cls)
-        p.ecosystem = "debian"
-        p.name = _name(o.get("name"), "package name")
-        p.version = _name(o.get("version"), "package version")
-        p.architecture = _name(o.get("architecture"), "package architecture")
-        return p
+        o: Any = _obj(d, "package")  # values as found: the constructor checks them
+        return cls(o.get("ecosystem"), o.get("name"), o.get("version"), o.get("architecture"))
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -233,7 +237,7 @@ class OutputVerdict:
     def __post_init__(self) -> None:
         _name(self.name, "verdict name")
         if not isinstance(self.verdict, str) or self.verdict not in _VERDICTS:
-            raise BadDataError("statement", f"verdict {self.verdict!r} is not one of {_VERDICTS}")
+            raise _bad(f"verdict {self.verdict!r} is not one of {_VERDICTS}")
         if self.rebuilt is not None:
             validate_sha256(self.rebuilt, "verdict rebuilt")
         if self.buildinfo is not None:
@@ -266,25 +270,23 @@ class OutputVerdict:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutputVerdict:
         name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
-        ann = _obj(d.get("annotations"), "verdict annotations")
-        verdict = ann.get("verdict")
-        if not isinstance(verdict, str) or verdict not in _VERDICTS:
-            raise _bad(f"verdict {verdict!r} is not one of {_VERDICTS}")
-        v = _new(cls)
-        v.name = _name(name, "verdict name")
-        v.verdict = verdict  # type: ignore[assignment]  # checked just above
-        v.rebuilt = _digest_field(d, "verdict", "verdict rebuilt") if "digest" in d else None
-        v.buildinfo = _opt_sha256(ann.get("buildinfo"), "verdict buildinfo")
-        v.repository = _opt_sha256(ann.get("repository"), "verdict repository")
-        v.report_sha256 = v.report_url = None
+        ann: Any = _obj(d.get("annotations"), "verdict annotations")
+        report_url = report_sha256 = None
         report = ann.get("report")
         if report is not None:
             r = _obj(report, "verdict report")
-            url = r.get("uri")
-            v.report_url = None if url is None else _text(url, "report url", 2048)
+            report_url = r.get("uri")
             if "digest" in r:
-                v.report_sha256 = _digest_field(r, "verdict report", "verdict report_sha256")
-        return v
+                report_sha256 = _digest_raw(r, "verdict report")
+        return cls(  # positional: a keyword call costs more, on every verification
+            name,
+            ann.get("verdict"),
+            _digest_raw(d, "verdict") if "digest" in d else None,
+            _opt_raw(ann.get("buildinfo"), "verdict buildinfo"),
+            _opt_raw(ann.get("repository"), "verdict repository"),
+            report_sha256,
+            report_url,
+        )
 
 
 @dataclass(slots=True)
@@ -308,16 +310,39 @@ class RebuildStatement:
     raw: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        # Every field, for a statement built by a node or parsed by a verifier alike.
+        if not isinstance(self.package, PackageIdentity):
+            raise _bad("package must be a PackageIdentity")
         if len(self.subjects) > MAX_SUBJECTS:
-            raise BadDataError("statement", f"{len(self.subjects)} subjects, limit {MAX_SUBJECTS}")
-        if self.failure is not None and self.subjects:
-            raise BadDataError("statement", "a failed build must have no subject")
-        if self.failure is None and not self.subjects:
-            raise BadDataError("statement", "no subject and no failure reason")
+            raise _bad(f"{len(self.subjects)} subjects, limit {MAX_SUBJECTS}")
+        for s in self.subjects:
+            if not isinstance(s, Subject):
+                raise _bad("subjects must be Subject values")
+        if len(self.verdicts) > 2 * MAX_SUBJECTS:
+            raise _bad(f"{len(self.verdicts)} verdicts, limit {2 * MAX_SUBJECTS}")
+        for v in self.verdicts:
+            if not isinstance(v, OutputVerdict):
+                raise _bad("verdicts must be OutputVerdict values")
+        if self.failure is not None:
+            _text(self.failure, "failure reason")
+            if self.subjects:
+                raise _bad("a failed build must have no subject")
+        elif not self.subjects:
+            raise _bad("no subject and no failure reason")
         _text(self.builder_id, "builder id", 2048)
+        _text(self.builder_version, "version", 64)
         _text(self.invocation_id, "invocationId", 256)
+        _text(self.buildinfo_uri, "buildinfo uri", 2048)
         validate_sha256(self.buildinfo_sha256, "buildinfo digest")
+        _text(self.repository, "repository", 2048)
         _check_times(self.started_on, self.finished_on)
+        if not isinstance(self.internal_parameters, (dict, Mapping)):  # dict: the fast path
+            raise _bad("internalParameters must be an object")
+        if len(self.resolved_dependencies) > MAX_DEPENDENCIES:
+            raise _bad(f"resolvedDependencies must be a list of at most {MAX_DEPENDENCIES} items")
+        for o in self.resolved_dependencies:
+            if not isinstance(o, (dict, Mapping)):
+                raise _bad("dependency must be an object")
 
     @property
     def failed(self) -> bool:
@@ -377,23 +402,20 @@ class RebuildStatement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RebuildStatement:
-        # Every verification parses one of these: each field is checked once, here, and the
-        # object is built without __post_init__ checking it all again.
+        # Walk to the values; the constructors (Subject, OutputVerdict, this one) check them.
         pred = _obj(d.get("predicate"), "predicate")
-        bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
+        bdef: Any = _obj(pred.get("buildDefinition"), "buildDefinition")
         if bdef.get("buildType") != BUILD_TYPE:
             raise _bad(f"buildType {bdef.get('buildType')!r}, expected {BUILD_TYPE}")
-        ext = _obj(bdef.get("externalParameters"), "externalParameters")
+        ext: Any = _obj(bdef.get("externalParameters"), "externalParameters")
         run = _obj(pred.get("runDetails"), "runDetails")
-        builder = _obj(run.get("builder"), "runDetails.builder")
-        meta = _obj(run.get("metadata"), "runDetails.metadata")
+        builder: Any = _obj(run.get("builder"), "runDetails.builder")
+        meta: Any = _obj(run.get("metadata"), "runDetails.metadata")
 
-        subjects = []
-        for o in _list(d.get("subject"), "subject"):
-            subject = _new(Subject)
-            subject.name = _name(_obj(o, "subject").get("name"), "subject name")
-            subject.sha256 = _digest_field(o, "subject", "subject digest")
-            subjects.append(subject)
+        subjects = tuple(
+            Subject(_obj(o, "subject").get("name"), _digest_raw(o, "subject"))  # type: ignore[arg-type]  # checked by Subject
+            for o in _list(d.get("subject"), "subject")
+        )
 
         verdicts: list[OutputVerdict] = []
         failure: str | None = None
@@ -403,39 +425,31 @@ class RebuildStatement:
             if isinstance(bp_name, str) and bp_name.startswith("verdict:"):
                 verdicts.append(OutputVerdict.from_dict(o))
             elif bp_name == "failure":
-                ann = _obj(o.get("annotations"), "failure annotations")
-                failure = _text(ann.get("reason"), "failure reason")
+                failure = _obj(o.get("annotations"), "failure annotations").get("reason")
+                if failure is None:
+                    raise _bad("failure reason must be a string of at most 4096 characters")
             # other byproducts are kept in raw and ignored
-        if failure is not None and subjects:
-            raise _bad("a failed build must have no subject")
-        if failure is None and not subjects:
-            raise _bad("no subject and no failure reason")
 
-        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", 10_000)
-        for o in deps:
-            _obj(o, "dependency")
-        internal = _obj(bdef.get("internalParameters", {}), "internalParameters")
-        binfo = _obj(ext.get("buildinfo"), "buildinfo")
+        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", MAX_DEPENDENCIES)
+        binfo: Any = _obj(ext.get("buildinfo"), "buildinfo")
         version = _obj(builder.get("version", {}), "builder version")
-
-        st = _new(cls)
-        st.package = PackageIdentity.from_dict(ext.get("package"))
-        st.subjects = tuple(subjects)
-        st.builder_id = _text(builder.get("id"), "builder id", 2048)
-        st.builder_version = _text(version.get("repro-quorum", ""), "version", 64)
-        st.started_on = parse_time(meta.get("startedOn"), "startedOn")
-        st.finished_on = parse_time(meta.get("finishedOn"), "finishedOn")
-        _check_times(st.started_on, st.finished_on)
-        st.invocation_id = _text(meta.get("invocationId"), "invocationId", 256)
-        st.buildinfo_uri = _text(binfo.get("uri"), "buildinfo uri", 2048)
-        st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
-        st.repository = _text(ext.get("repository"), "repository", 2048)
-        st.verdicts = tuple(verdicts)
-        st.failure = failure
-        st.internal_parameters = internal
-        st.resolved_dependencies = tuple(deps)
-        st.raw = d
-        return st
+        return cls(  # positional, in field order: a keyword call costs more
+            PackageIdentity.from_dict(ext.get("package")),
+            subjects,
+            builder.get("id"),
+            parse_time(meta.get("startedOn"), "startedOn"),
+            parse_time(meta.get("finishedOn"), "finishedOn"),
+            meta.get("invocationId"),
+            binfo.get("uri"),
+            _digest_raw(binfo, "buildinfo"),
+            ext.get("repository"),
+            tuple(verdicts),
+            failure,
+            version.get("repro-quorum", ""),
+            _obj(bdef.get("internalParameters", {}), "internalParameters"),
+            tuple(deps),
+            d,
+        )
 
 
 @dataclass(slots=True)
@@ -457,6 +471,7 @@ class RevocationStatement:
         validate_sha256(self.revoked, "revoked statement digest")
         _text(self.reason, "revocation reason")
         _text(self.builder_id, "builder id", 2048)
+        _time(self.revoked_on, "revokedOn")
 
     def to_dict(self) -> dict[str, Any]:
         subject = "attestation" if self.legacy else "statement"
@@ -481,11 +496,12 @@ class RevocationStatement:
         subjects = _list(d.get("subject"), "subject")
         if len(subjects) != 1:
             raise BadDataError("statement", "a revocation names exactly one attestation")
-        pred = _obj(d.get("predicate"), "predicate")
+        pred: Any = _obj(d.get("predicate"), "predicate")
+        builder: Any = _obj(pred.get("builder"), "builder")
         return cls(
-            revoked=_sha256_of(subjects[0], "subject"),
-            reason=_text(pred.get("reason"), "revocation reason"),
-            builder_id=_text(_obj(pred.get("builder"), "builder").get("id"), "builder id", 2048),
+            revoked=_digest_raw(subjects[0], "subject"),
+            reason=pred.get("reason"),
+            builder_id=builder.get("id"),
             revoked_on=parse_time(pred.get("revokedOn"), "revokedOn"),
             legacy=legacy,
             raw=d,
