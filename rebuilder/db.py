@@ -30,6 +30,7 @@ import aiosqlite
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
 from rebuilder.outcome import BuildJob
 from verifier.dsse import Envelope
+from verifier.errors import BadDataError
 from verifier.statement import Digest
 
 __all__ = [
@@ -133,8 +134,15 @@ class NewAttestation:
     revokes: str | None = None  # what a revocation names: the revoked payload_sha256 (v2)
     payload_sha256: str = ""  # sha256 of the signed payload; derived from ``envelope`` if empty
 
-    def statement_digest(self) -> str:
-        return self.payload_sha256 or Envelope.from_bytes(self.envelope).payload_digest()
+    def statement_digest(self) -> str | None:
+        """The payload sha256 (one attestation per statement); None for bytes that are not an
+        envelope at all (only tests store such), which then share no uniqueness."""
+        if self.payload_sha256:
+            return self.payload_sha256
+        try:
+            return Envelope.from_bytes(self.envelope).payload_digest()
+        except BadDataError:
+            return None
 
 
 def _named_by(rows: Iterable[sqlite3.Row]) -> list[str]:
