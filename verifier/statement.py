@@ -133,6 +133,8 @@ def parse_time(value: object, where: str) -> datetime:
         raise _bad(f"{where} {value!r} is not an RFC 3339 time") from e
     if t.tzinfo is None:
         raise _bad(f"{where} {value!r} has no time zone")
+    if t.tzinfo is UTC:  # the usual "Z"
+        return t
     try:
         return t.astimezone(UTC)  # compared and printed in UTC; year 1 at +01:00 cannot be
     except OverflowError as e:
@@ -152,8 +154,12 @@ def _time(value: object, where: str) -> datetime:
 
 
 def _check_times(started: datetime, finished: datetime) -> None:
-    _time(started, "startedOn")
-    _time(finished, "finishedOn")
+    if not (
+        isinstance(started, datetime) and started.tzinfo is UTC
+        and isinstance(finished, datetime) and finished.tzinfo is UTC
+    ):  # the usual case (parsed times are UTC) is checked without the two calls
+        _time(started, "startedOn")
+        _time(finished, "finishedOn")
     if started > finished:
         raise _bad(
             f"startedOn {format_time(started)} is after finishedOn {format_time(finished)}"
@@ -412,10 +418,10 @@ class RebuildStatement:
         builder: Any = _obj(run.get("builder"), "runDetails.builder")
         meta: Any = _obj(run.get("metadata"), "runDetails.metadata")
 
-        subjects = tuple(
+        subjects = tuple([
             Subject(_obj(o, "subject").get("name"), _digest_raw(o, "subject"))  # type: ignore[arg-type]  # checked by Subject
             for o in _list(d.get("subject"), "subject")
-        )
+        ])
 
         verdicts: list[OutputVerdict] = []
         failure: str | None = None
