@@ -75,6 +75,7 @@ def generate(args: tuple[str, str, int, int]) -> list[Accepted]:
                 invocation=f"{rebuilder}/{i}/1",
                 subjects=((deb, digest),),
                 outputs=(OutputRow(deb, "reproduced", digest, digest, digest, None),),
+                payload_digest=hashlib.sha256(payload).hexdigest(),
             )
         )
     return out

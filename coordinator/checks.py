@@ -78,8 +78,8 @@ class Accepted:
     """A verified envelope and the fields the coordinator indexes it by."""
 
     rebuilder: str
-    digest: str  # hex sha256 of the canonical serialization (Envelope.digest())
-    body: bytes  # canonical serialization, as stored and served
+    digest: str  # hex sha256 of the canonical serialization (Envelope.digest()) of ``body``
+    body: bytes  # the envelope as signed (its one verified signature), canonical; stored, served
     kind: Kind
     source: str | None = None
     version: str | None = None
@@ -91,9 +91,11 @@ class Accepted:
     subjects: tuple[tuple[str, str], ...] = ()  # (name, hex sha256)
     outputs: tuple[OutputRow, ...] = ()
     failure: str | None = None
-    revoked: str | None = None  # for a revocation: the revoked envelope's digest
+    revoked: str | None = None  # for a revocation: the revoked statement's payload sha256 (v2)
     reason: str | None = None  # for a revocation
     repository: str | None = None  # externalParameters.repository: "<url> <suite>"
+    payload_digest: str = ""  # hex sha256 of the signed payload: one row per (rebuilder, this)
+    legacy: bool = False  # a v1 revocation: ``revoked`` names an as-signed envelope digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +105,14 @@ class Dropped:
     detail: str
 
 
-def _verify(env: Envelope, rebuilder_id: str, key: Ed25519PublicKey, kid: KeyId) -> Dropped | None:
-    if env.verify(key, kid):
-        return None
+def _verify(
+    env: Envelope, rebuilder_id: str, key: Ed25519PublicKey, kid: KeyId
+) -> Envelope | Dropped:
+    """The envelope as signed (only the signature that verifies, ``kid`` as its hint), or why
+    not: extra signatures and rewritten hints are dropped before anything is stored."""
+    sig = env.verified_signature(key, kid)
+    if sig is not None:
+        return env.as_signed(sig, kid)
     # The keyid is only a hint, so it never makes a signature valid; it does tell an operator
     # whether someone signed with another key or modified a payload signed with the right one.
     if any(s.keyid == kid for s in env.signatures):
@@ -130,6 +137,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
         return Dropped(rebuilder_id, "bad-statement", str(e))
     body = env.to_bytes()
     digest = hashlib.sha256(body).hexdigest()  # Envelope.digest(), without serializing twice
+    payload_digest = env.payload_digest()
     if isinstance(statement, RevocationStatement):
         return Accepted(
             rebuilder=rebuilder_id,
@@ -139,6 +147,8 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
             finished=_rfc3339(statement.revoked_on),
             revoked=statement.revoked,
             reason=statement.reason,
+            payload_digest=payload_digest,
+            legacy=statement.legacy,
         )
     assert isinstance(statement, RebuildStatement)
     verdict = statement.verdict  # failed | tampered | unreproducible | reproduced
@@ -161,6 +171,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
         ),
         failure=statement.failure,
         repository=statement.repository,
+        payload_digest=payload_digest,
     )
 
 
@@ -184,7 +195,8 @@ def check_envelope(
         env = Envelope.from_bytes(data)
     except BadDataError as e:
         return Dropped(rebuilder_id, "malformed", str(e))
-    return _verify(env, rebuilder_id, key, kid) or _summarize(rebuilder_id, env)
+    signed = _verify(env, rebuilder_id, key, kid)
+    return signed if isinstance(signed, Dropped) else _summarize(rebuilder_id, signed)
 
 
 def check_envelope_dict(
@@ -201,7 +213,8 @@ def check_envelope_dict(
         return Dropped(rebuilder_id, "malformed", str(e))
     if len(env.payload) > max_bytes:
         return Dropped(rebuilder_id, "oversized", f"payload over {max_bytes} bytes")
-    return _verify(env, rebuilder_id, key, kid) or _summarize(rebuilder_id, env)
+    signed = _verify(env, rebuilder_id, key, kid)
+    return signed if isinstance(signed, Dropped) else _summarize(rebuilder_id, signed)
 
 
 Keys = dict[str, tuple[Ed25519PublicKey, KeyId]]

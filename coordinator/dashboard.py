@@ -265,7 +265,11 @@ async def package_history(request: web.Request) -> web.Response:
 def artifact_table(
     results: list[dict[str, Any]], rebuilders: list[str]
 ) -> list[dict[str, Any]]:
-    """Per artifact: the published digest and each rebuilder's latest unrevoked output."""
+    """Per artifact: the published digest and each rebuilder's latest unrevoked output.
+
+    Each rebuilder counts once (its latest unrevoked statement), however many it signed: five
+    statements from one rebuilder do not outvote two from others on the published digest.
+    """
     artifacts: dict[str, dict[str, Any]] = {}
     for entry in results:  # oldest first: later attestations replace earlier ones
         if entry["revoked"] or entry["kind"] != "rebuild":
@@ -274,8 +278,6 @@ def artifact_table(
             a = artifacts.setdefault(
                 o["name"], {"name": o["name"], "upstream": {}, "by": {}}
             )
-            if o["repository"]:
-                a["upstream"][o["repository"]] = a["upstream"].get(o["repository"], 0) + 1
             a["by"][entry["rebuilder"]] = {
                 **o,
                 "class": output_class(o["verdict"], o["rebuilt"], o["buildinfo"], o["repository"]),
@@ -285,6 +287,9 @@ def artifact_table(
     table = []
     for name in sorted(artifacts):
         a = artifacts[name]
+        for o in a["by"].values():
+            if o["repository"]:
+                a["upstream"][o["repository"]] = a["upstream"].get(o["repository"], 0) + 1
         # Rebuilders report what the repository published; normally they all agree on it.
         upstream = max(a["upstream"], key=a["upstream"].get) if a["upstream"] else None
         agreeing = sorted(

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,7 +266,8 @@ def write_policy(state: Path, nodes: list[Node]) -> Path:
             "",
             "[[rebuilder]]",
             f'id = "{n.id}"',
-            f"operator = {json.dumps(n.operator)}",
+            # a policy names operators by id (verifier.md): "Alpha University" -> alpha-university
+            f"operator = {json.dumps(re.sub(r'[^a-z0-9]+', '-', n.operator.lower()).strip('-'))}",
             f'url = "{n.url}"',
             f'public_key_file = "coordinator/keys/{n.id}.pub"',
         ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +31,14 @@ import aiosqlite
 
 from coordinator.checks import Accepted
 from coordinator.verdicts import envelope_class
+from verifier.dsse import Envelope
+from verifier.errors import BadDataError
 
 __all__ = ["SCHEMA_VERSION", "BatchResult", "Disagreement", "RebuilderState", "Store"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _CHUNK = 400  # host parameters per IN (...) list, well under SQLite's limit
 
 _MIGRATIONS: dict[int, str] = {
@@ -178,8 +181,76 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS log_inconsistencies_pending ON log_inconsistencies(published)
         WHERE published = 0;
     """,
+    # 6 (branch trust): one envelope per (rebuilder, signed statement), whatever hints or extra
+    # signatures arrive with it; revocations name the statement (v2) or, older ones (v1, the
+    # rows already stored), the envelope as signed. ``_backfill_payload_digests`` fills the
+    # column and drops the duplicates it reveals before the unique index is made.
+    6: """
+    ALTER TABLE envelopes ADD COLUMN payload_digest BLOB;
+    ALTER TABLE revocations ADD COLUMN legacy INTEGER NOT NULL DEFAULT 1;
+    """,
 }
 _HISTORY_KEEP = 500  # status changes kept per rebuilder
+_MIGRATION_STEPS: dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {}
+
+
+async def _backfill_payload_digests(conn: aiosqlite.Connection) -> None:
+    """Migration 6, after its SQL: payload digests of stored envelopes, duplicates removed."""
+    async with conn.execute("SELECT id, body FROM envelopes") as cur:
+        rows = await cur.fetchall()
+    keep: dict[tuple[str, bytes], int] = {}
+    updates, dropped = [], []
+    async with conn.execute("SELECT id, rebuilder FROM envelopes") as cur:
+        owner = {int(r[0]): str(r[1]) for r in await cur.fetchall()}
+    for eid, body in rows:
+        try:
+            payload = Envelope.from_bytes(bytes(body)).payload
+        except BadDataError:  # stored only after checks; never expected
+            payload = bytes(body)
+        digest = hashlib.sha256(payload).digest()
+        key = (owner[int(eid)], digest)
+        if key in keep:
+            dropped.append((int(eid),))
+        else:
+            keep[key] = int(eid)
+            updates.append((digest, int(eid)))
+    await conn.executemany("UPDATE envelopes SET payload_digest = ? WHERE id = ?", updates)
+    for table in ("subjects", "outputs", "revocations"):
+        await conn.executemany(f"DELETE FROM {table} WHERE envelope_id = ?", dropped)  # noqa: S608  # our table names
+    await conn.executemany("DELETE FROM envelopes WHERE id = ?", dropped)
+    await conn.execute("DELETE FROM counts")
+    await conn.execute(
+        "INSERT INTO counts(rebuilder, verdict, n) SELECT rebuilder, verdict, COUNT(*)"
+        " FROM envelopes WHERE verdict IS NOT NULL GROUP BY rebuilder, verdict"
+    )
+    await conn.execute("DELETE FROM class_counts")
+    await conn.execute(
+        "INSERT INTO class_counts(rebuilder, class, n) SELECT rebuilder, class, COUNT(*)"
+        " FROM envelopes WHERE class IS NOT NULL GROUP BY rebuilder, class"
+    )
+    await conn.execute(
+        "CREATE UNIQUE INDEX envelopes_statement ON envelopes(rebuilder, payload_digest)"
+    )
+    await conn.execute("CREATE INDEX envelopes_payload ON envelopes(payload_digest)")
+
+
+_MIGRATION_STEPS[6] = _backfill_payload_digests
+
+
+# Revocation ``r`` withdraws envelope ``{e}``: signed by the same rebuilder and naming its
+# statement (v2), or, for a v1 revocation, its envelope as signed (docs/formats.md).
+_REVOKES = (
+    "r.revoked IN ({e}.payload_digest, {e}.digest) AND r.rebuilder = {e}.rebuilder"
+    " AND CASE r.legacy WHEN 0 THEN r.revoked = {e}.payload_digest"
+    " ELSE r.revoked = {e}.digest END"
+)
+
+
+def _payload_digest(a: Accepted) -> str:
+    """The signed payload's sha256 (``checks`` sets it; computed here for older callers)."""
+    if a.payload_digest:
+        return a.payload_digest
+    return Envelope.from_bytes(a.body).payload_digest()
 
 
 def rfc3339(t: float | None) -> str | None:
@@ -288,32 +359,35 @@ class Store:
         """
         now = time.time() if now is None else now
         result = BatchResult()
-        unique: dict[str, Accepted] = {}
+        # One row per rebuilder and signed statement: another envelope of the same payload
+        # (rewritten hints, extra signatures) is a duplicate, never a second attestation.
+        unique: dict[tuple[str, str], Accepted] = {}
         for a in items:
-            unique.setdefault(a.digest, a)
+            unique.setdefault((a.rebuilder, _payload_digest(a)), a)
         result.duplicates = len(items) - len(unique)
         async with self._lock:
             return await self._store_locked(unique, now, cursor, result)
 
     async def _store_locked(
         self,
-        unique: dict[str, Accepted],
+        unique: dict[tuple[str, str], Accepted],
         now: float,
         cursor: tuple[str, str] | None,
         result: BatchResult,
     ) -> BatchResult:
         try:
             await self._w.execute("BEGIN IMMEDIATE")
-            existing: set[bytes] = set()
-            keys = [bytes.fromhex(d) for d in unique]
+            existing: set[tuple[str, bytes]] = set()
+            keys = [bytes.fromhex(d) for _, d in unique]
             for chunk in _chunks(keys):
                 marks = ",".join("?" * len(chunk))
                 async with self._w.execute(
-                    f"SELECT digest FROM envelopes WHERE digest IN ({marks})",  # noqa: S608  # only ? marks
+                    "SELECT rebuilder, payload_digest FROM envelopes"  # noqa: S608  # only ? marks
+                    f" WHERE payload_digest IN ({marks})",
                     tuple(chunk),
                 ) as cur:
-                    existing.update(row[0] for row in await cur.fetchall())
-            new = [a for a in unique.values() if bytes.fromhex(a.digest) not in existing]
+                    existing.update((row[0], row[1]) for row in await cur.fetchall())
+            new = [a for (r, d), a in unique.items() if (r, bytes.fromhex(d)) not in existing]
             result.duplicates += len(unique) - len(new)
             if new:
                 await self._insert(new, now, result)
@@ -374,6 +448,7 @@ class Store:
                     a.body,
                     cls,
                     suite,
+                    bytes.fromhex(_payload_digest(a)),
                 )
             )
             for name, sha in a.subjects:
@@ -386,15 +461,15 @@ class Store:
                 )
             if a.revoked is not None:
                 revocation_rows.append(
-                    (eid, a.rebuilder, bytes.fromhex(a.revoked), a.reason or "")
+                    (eid, a.rebuilder, bytes.fromhex(a.revoked), a.reason or "", int(a.legacy))
                 )
             if a.verdict is not None:
                 counts[(a.rebuilder, a.verdict)] += 1
             seen_rebuilders[a.rebuilder] = now
         await self._w.executemany(
             "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version, architecture,"
-            " verdict, invocation, failure, finished, received, body, class, suite)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " verdict, invocation, failure, finished, received, body, class, suite,"
+            " payload_digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             env_rows,
         )
         if subject_rows:
@@ -411,8 +486,8 @@ class Store:
             )
         if revocation_rows:
             await self._w.executemany(
-                "INSERT INTO revocations(envelope_id, rebuilder, revoked, reason)"
-                " VALUES (?,?,?,?)",
+                "INSERT INTO revocations(envelope_id, rebuilder, revoked, reason, legacy)"
+                " VALUES (?,?,?,?,?)",
                 revocation_rows,
             )
         latest: dict[tuple[str, str], int] = {}
@@ -463,14 +538,19 @@ class Store:
                 conflicted.extend((r[0], r[1], r[2]) for r in await cur.fetchall())
         fresh: list[Disagreement] = []
         for source, version, name in conflicted:
+            # Revoked statements are withdrawn: they no longer disagree with anything.
             async with self._w.execute(
-                "SELECT s.rebuilder, s.sha256, e.digest FROM subjects s"
+                "SELECT s.rebuilder, s.sha256, e.digest FROM subjects s"  # noqa: S608  # a constant fragment
                 " JOIN envelopes e ON e.id = s.envelope_id"
-                " WHERE s.source = ? AND s.version = ? AND s.name = ? ORDER BY s.envelope_id",
+                " WHERE s.source = ? AND s.version = ? AND s.name = ?"
+                " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE " + _REVOKES.format(e="e")
+                + ") ORDER BY s.envelope_id",
                 (source, version, name),
             ) as cur:
                 rows = await cur.fetchall()
-            digests: dict[str, str] = {}
+            if len({sha for _, sha, _ in rows}) < 2:
+                continue
+            digests: dict[str, str] = {}  # each rebuilder once: its latest digest
             conflicts: list[dict[str, str]] = []
             pairs: set[tuple[str, bytes]] = set()
             for rebuilder, sha, env in rows:
@@ -586,43 +666,38 @@ class Store:
         of the database.
         """
         rows = await self._all(
-            "WITH hits AS (SELECT DISTINCT e.id, e.digest FROM subjects s"
-            " JOIN envelopes e ON e.id = s.envelope_id WHERE s.sha256 = ?)"
+            "WITH hits AS (SELECT DISTINCT e.id, e.rebuilder, e.digest, e.payload_digest"  # noqa: S608  # a constant fragment
+            " FROM subjects s JOIN envelopes e ON e.id = s.envelope_id WHERE s.sha256 = ?)"
             " SELECT 0, e.id, e.body FROM hits h JOIN envelopes e ON e.id = h.id"
             " UNION"
-            " SELECT 1, e.id, e.body FROM hits h JOIN revocations r ON r.revoked = h.digest"
-            " JOIN envelopes e ON e.id = r.envelope_id"
+            " SELECT 1, e.id, e.body FROM hits h JOIN revocations r ON " + _REVOKES.format(e="h")
+            + " JOIN envelopes e ON e.id = r.envelope_id"
             " ORDER BY 1, 2",
             (bytes.fromhex(sha256_hex),),
         )
         return [r[2] for r in rows]
 
-    async def _revocations_of(self, digests: Sequence[bytes]) -> list[bytes]:
-        out: list[bytes] = []
-        for chunk in _chunks(list(digests)):
-            marks = ",".join("?" * len(chunk))
-            rows = await self._all(
-                "SELECT DISTINCT e.id, e.body FROM revocations r"  # noqa: S608  # only ? marks
-                f" JOIN envelopes e ON e.id = r.envelope_id WHERE r.revoked IN ({marks})"
-                " ORDER BY e.id",
-                tuple(chunk),
-            )
-            out.extend(r[1] for r in rows)
-        return out
-
     async def envelopes_for_package(self, source: str, version: str) -> list[bytes]:
         rows = await self._all(
-            "SELECT digest, body FROM envelopes WHERE source = ? AND version = ? ORDER BY id",
+            "SELECT body FROM envelopes WHERE source = ? AND version = ? ORDER BY id",
             (source, version),
         )
-        return [r[1] for r in rows] + await self._revocations_of([r[0] for r in rows])
+        revocations = await self._all(
+            "SELECT DISTINCT re.id, re.body FROM envelopes e"  # noqa: S608  # a constant fragment
+            " JOIN revocations r ON " + _REVOKES.format(e="e")
+            + " JOIN envelopes re ON re.id = r.envelope_id"
+            " WHERE e.source = ? AND e.version = ? ORDER BY re.id",
+            (source, version),
+        )
+        return [r[0] for r in rows] + [r[1] for r in revocations]
 
     async def package_results(self, source: str, version: str) -> list[dict[str, Any]]:
         """Per envelope of that package: rebuilder, verdict, outputs, revoked or not."""
         rows = await self._all(
-            "SELECT e.id, e.digest, e.rebuilder, e.kind, e.architecture, e.verdict, e.invocation,"
-            " e.finished, e.failure, (SELECT r.reason FROM revocations r WHERE r.revoked = e.digest"
-            " AND r.rebuilder = e.rebuilder ORDER BY r.envelope_id LIMIT 1), e.class, e.suite"
+            "SELECT e.id, e.digest, e.rebuilder, e.kind, e.architecture, e.verdict, e.invocation,"  # noqa: S608  # a constant fragment
+            " e.finished, e.failure, (SELECT r.reason FROM revocations r WHERE "
+            + _REVOKES.format(e="e")
+            + " ORDER BY r.envelope_id LIMIT 1), e.class, e.suite"
             " FROM envelopes e WHERE e.source = ? AND e.version = ? ORDER BY e.id",
             (source, version),
         )
@@ -687,8 +762,8 @@ class Store:
         params: list[Any] = [pattern]
         if verdict or suite or architecture:
             cond = ["e.source = p.source", "e.version = p.version", "e.class IS NOT NULL",
-                    "NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
-                    " AND r.rebuilder = e.rebuilder)"]
+                    "NOT EXISTS (SELECT 1 FROM revocations r WHERE " + _REVOKES.format(e="e")  # noqa: S608  # constant fragments
+                    + ")"]
             for column, value in (("class", verdict), ("suite", suite),
                                   ("architecture", architecture)):
                 if value:
@@ -714,10 +789,10 @@ class Store:
         suites: set[str] = set()
         architectures: set[str] = set()
         for rebuilder, verdict, cls, suite, arch in await self._all(
-            "SELECT e.rebuilder, e.verdict, e.class, e.suite, e.architecture FROM envelopes e"
+            "SELECT e.rebuilder, e.verdict, e.class, e.suite, e.architecture FROM envelopes e"  # noqa: S608  # constant fragments
             " WHERE e.source = ? AND e.version = ? AND e.verdict IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
-            " AND r.rebuilder = e.rebuilder) ORDER BY e.id",
+            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE "  # a constant
+            + _REVOKES.format(e="e") + ") ORDER BY e.id",
             (source, version),
         ):
             verdicts[rebuilder] = verdict  # the latest attestation of each rebuilder wins
@@ -759,9 +834,9 @@ class Store:
     async def tampered_packages(self, limit: int = 20) -> list[tuple[str, str]]:
         """(source, version) with an unrevoked tampered attestation, most recent first."""
         rows = await self._all(
-            "SELECT e.source, e.version, MAX(e.id) FROM envelopes e WHERE e.class = 'tampered'"
-            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.revoked = e.digest"
-            " AND r.rebuilder = e.rebuilder) GROUP BY e.source, e.version"
+            "SELECT e.source, e.version, MAX(e.id) FROM envelopes e WHERE e.class = 'tampered'"  # noqa: S608  # constant fragments
+            " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE "  # a constant
+            + _REVOKES.format(e="e") + ") GROUP BY e.source, e.version"
             " ORDER BY MAX(e.id) DESC LIMIT ?",
             (limit,),
         )
@@ -772,9 +847,9 @@ class Store:
     ) -> list[dict[str, Any]]:
         """One rebuilder's attestations, newest first, with revocation reasons."""
         rows = await self._all(
-            "SELECT e.digest, e.kind, e.source, e.version, e.architecture, e.class, e.failure,"
-            " e.finished, e.suite, (SELECT r.reason FROM revocations r WHERE r.revoked = e.digest"
-            " AND r.rebuilder = e.rebuilder ORDER BY r.envelope_id LIMIT 1),"
+            "SELECT e.digest, e.kind, e.source, e.version, e.architecture, e.class, e.failure,"  # noqa: S608  # constant fragments
+            " e.finished, e.suite, (SELECT r.reason FROM revocations r WHERE "
+            + _REVOKES.format(e="e") + " ORDER BY r.envelope_id LIMIT 1),"
             " (SELECT r.reason FROM revocations r WHERE r.envelope_id = e.id),"
             " (SELECT hex(r.revoked) FROM revocations r WHERE r.envelope_id = e.id)"
             " FROM envelopes e WHERE e.rebuilder = ? ORDER BY e.id DESC LIMIT ? OFFSET ?",
@@ -816,8 +891,8 @@ class Store:
             marks = ",".join("?" * len(chunk))
             for digest, reason in await self._all(
                 "SELECT e.digest, r.reason FROM envelopes e JOIN revocations r"  # noqa: S608
-                " ON r.revoked = e.digest AND r.rebuilder = e.rebuilder"
-                f" WHERE e.digest IN ({marks})",
+                " ON " + _REVOKES.format(e="e")
+                + f" WHERE e.digest IN ({marks})",
                 tuple(chunk),
             ):
                 out.setdefault(digest.hex(), reason)
@@ -888,7 +963,7 @@ class Store:
             " o.name, o.rebuilt, o.buildinfo, o.repository, o.report_url"
             " FROM outputs o JOIN envelopes e ON e.id = o.envelope_id"
             f" WHERE {where} AND NOT EXISTS (SELECT 1 FROM revocations r"
-            " WHERE r.revoked = e.digest AND r.rebuilder = e.rebuilder)"
+            " WHERE " + _REVOKES.format(e="e") + ")"
             " ORDER BY e.id DESC LIMIT ?",
             [*params, limit],
         )
@@ -987,6 +1062,9 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             for statement in _MIGRATIONS[target].split(";"):
                 if statement.strip():
                     await conn.execute(statement)
+            step = _MIGRATION_STEPS.get(target)
+            if step is not None:
+                await step(conn)
             await conn.execute(f"PRAGMA user_version = {int(target)}")
             await conn.execute("COMMIT")
         except BaseException:

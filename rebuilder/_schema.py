@@ -7,7 +7,9 @@ the schema; never edit one that has shipped.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
@@ -15,12 +17,38 @@ from rebuilder.tlog import LOG_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 
+# A migration is an SQL script, or, when it must compute what SQL cannot, an async function.
+Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+
 
 class SchemaError(Exception):
     """The database was written by a newer version, or is not a rebuilder state database."""
 
 
-MIGRATIONS: tuple[str, ...] = (
+async def _payload_digests(db: aiosqlite.Connection) -> None:
+    """8 (branch trust): the sha256 of each attestation's signed payload, what a revocation
+    (v2) names; one attestation per payload (a later duplicate keeps NULL)."""
+    import base64
+    import json
+
+    await db.execute("ALTER TABLE attestations ADD COLUMN payload_sha256 TEXT")
+    async with db.execute("SELECT seq, envelope FROM attestations ORDER BY seq") as cur:
+        rows = await cur.fetchall()
+    seen: set[str] = set()
+    updates = []
+    for seq, envelope in rows:
+        payload = base64.b64decode(json.loads(bytes(envelope))["payload"])
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            updates.append((digest, seq))
+    await db.executemany("UPDATE attestations SET payload_sha256 = ? WHERE seq = ?", updates)
+    await db.execute(
+        "CREATE UNIQUE INDEX attestations_payload ON attestations (payload_sha256)"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema
     """
     CREATE TABLE jobs (
@@ -165,6 +193,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 7 (branch tlog): the transparency log (rebuilder/tlog.py)
     LOG_MIGRATION,
+    # 8 (branch trust): attestations.payload_sha256, unique; `revokes` then names it (v2)
+    _payload_digests,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -186,8 +216,12 @@ async def _migrate(db: aiosqlite.Connection) -> None:
                 f"{SCHEMA_VERSION}; upgrade repro-quorum"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in _split_sql(MIGRATIONS[version - 1]):
-                await db.execute(statement)
+            step = MIGRATIONS[version - 1]
+            if isinstance(step, str):
+                for statement in _split_sql(step):
+                    await db.execute(statement)
+            else:
+                await step(db)
             await db.execute("UPDATE schema_version SET version = ?", (version,))
     except BaseException:
         await db.execute("ROLLBACK")

@@ -156,12 +156,12 @@ async def _build_json(request: web.Request, job_id: int) -> dict[str, Any] | Non
     base = config.node.public_url
     build = await store.latest_build(job_id)
     outputs: list[dict[str, Any]] = []
-    verdict = failure = finished_at = duration = envelope = None
+    verdict = failure = finished_at = duration = envelope = statement = None
     log_url = None
     if build is not None and job.state in ("done", "failed"):
         verdict, failure = build["verdict"], build["failure"]
         finished_at, duration = build["finished_at"], build["duration_s"]
-        envelope = build["envelope_sha256"]
+        envelope, statement = build["envelope_sha256"], build["payload_sha256"]
         if build["log_path"]:
             log_url = f"{base}/v1/builds/{job_id}/log"
         for o in await store.outputs(build["id"]):
@@ -187,6 +187,7 @@ async def _build_json(request: web.Request, job_id: int) -> dict[str, Any] | Non
         "log_url": log_url,
         "outputs": outputs,
         "envelope_sha256": envelope,
+        "statement_sha256": statement,
     }
 
 

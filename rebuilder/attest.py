@@ -16,6 +16,7 @@ from datetime import datetime
 
 from rebuilder.outcome import RebuildOutcome
 from verifier.dsse import Envelope, sign
+from verifier.errors import BadDataError
 from verifier.keys import Ed25519PrivateKey
 from verifier.statement import (
     Digest,
@@ -23,6 +24,7 @@ from verifier.statement import (
     RebuildStatement,
     RevocationStatement,
     Subject,
+    parse_statement,
 )
 
 __all__ = [
@@ -63,12 +65,32 @@ def rebuild_statement(
     repository: str,
     reports: Mapping[str, ReportRef],
 ) -> RebuildStatement:
-    """The statement of one finished attempt; ``reports`` maps output names to their report."""
+    """The statement of one finished attempt; ``reports`` maps output names to their report.
+
+    Every value goes through the verifier's own checks (the constructors). When the outcome
+    breaks one (a hostile file name, say), the attempt is stated as a failure naming the rule,
+    never signed as something verifiers refuse; ``BadDataError`` if even that cannot be made.
+    """
+    try:
+        return _statement(outcome, identity, invocation_id, repository, reports, None)
+    except BadDataError as e:
+        why = f"the result could not be attested: {e.reason}"
+        return _statement(outcome, identity, invocation_id, repository, reports, why)
+
+
+def _statement(
+    outcome: RebuildOutcome,
+    identity: NodeIdentity,
+    invocation_id: str,
+    repository: str,
+    reports: Mapping[str, ReportRef],
+    attest_error: str | None,
+) -> RebuildStatement:
     job = outcome.job
     verdicts: list[OutputVerdict] = []
     subjects: list[Subject] = []
     failure = outcome.failure
-    if failure is None:
+    if failure is None and attest_error is None:
         for out in outcome.outputs:
             report = reports.get(out.name)
             verdicts.append(
@@ -86,7 +108,9 @@ def rebuild_statement(
                 subjects.append(Subject(out.name, out.rebuilt))
         if not subjects:
             failure = "the build finished but produced none of the published files"
-    if failure is not None:
+    if attest_error is not None:
+        failure, subjects, verdicts = _clip(f"internal: {attest_error}"), [], []
+    elif failure is not None:
         stage = outcome.failure_stage or "internal"
         failure = _clip(f"{stage}: {failure}")
         subjects = []
@@ -121,4 +145,7 @@ def revocation_statement(
 
 
 def sign_statement(payload: bytes, key: Ed25519PrivateKey) -> Envelope:
+    """Sign ``payload`` once the verifier's own parser accepts it (``BadDataError`` if not):
+    the node never signs a statement every verifier would refuse."""
+    parse_statement(payload)
     return sign(payload, key)

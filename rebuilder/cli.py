@@ -369,7 +369,8 @@ async def _revoke(args: argparse.Namespace, config: Config) -> int:
 
     target = args.envelope_sha256.lower()
     if not _HEX64.fullmatch(target):
-        raise CliError("ENVELOPE_SHA256 must be 64 hex characters (see GET /v1/builds/<id>)")
+        raise CliError("DIGEST must be 64 hex characters: the statement_sha256 or"
+                       " envelope_sha256 of GET /v1/builds/<id>")
     if not args.reason.strip() or len(args.reason) > 4000:
         raise CliError("--reason must be non-empty text of at most 4000 characters")
     key = load_private_key(config.node.signing_key)
@@ -380,16 +381,18 @@ async def _revoke(args: argparse.Namespace, config: Config) -> int:
             raise CliError(f"this node stored no attestation {target}")
         if row.kind == "revocation":
             raise CliError(f"{target} is itself a revocation; revocations cannot be revoked")
-        if await store.revocations_of([target]):
+        # A revocation (v2) names the signed statement, whatever envelope carries it.
+        statement_sha256 = Envelope.from_bytes(row.envelope).payload_digest()
+        if await store.revocations_of([statement_sha256, row.envelope_sha256]):
             raise CliError(f"{target} is already revoked")
         pkg = await store.attestation_package(target)
-        statement = revocation_statement(target, args.reason, node_identity(config),
+        statement = revocation_statement(statement_sha256, args.reason, node_identity(config),
                                          datetime.now(UTC))
         envelope = sign_statement(statement.to_bytes(), key)
         seq = await store.add_attestation(NewAttestation(
             envelope_sha256=envelope.digest(), envelope=envelope.to_bytes(), kind="revocation",
             source=pkg[0] if pkg else None, version=pkg[1] if pkg else None,
-            arch=pkg[2] if pkg else None, subjects=(), revokes=target,
+            arch=pkg[2] if pkg else None, subjects=(), revokes=statement_sha256,
         ))
         print(f"revoked {target}: revocation {envelope.digest()} stored (seq {seq})")
         if args.publish_now:
@@ -486,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = with_config("status", "queue, running builds, latest results, outbox backlog")
     st.add_argument("--json", action="store_true")
     rv = with_config("revoke", "sign and store a revocation of one of this node's attestations")
-    rv.add_argument("envelope_sha256", metavar="ENVELOPE_SHA256")
+    rv.add_argument("envelope_sha256", metavar="DIGEST",
+                    help="statement_sha256 (or envelope_sha256) of the attestation, as"
+                    " GET /v1/builds/<id> shows them")
     rv.add_argument("--reason", required=True)
     rv.add_argument("--publish-now", action="store_true",
                     help="publish the outbox to the broker now instead of leaving it to the daemon")

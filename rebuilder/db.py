@@ -30,6 +30,8 @@ import aiosqlite
 from rebuilder._schema import SCHEMA_VERSION, SchemaError, _migrate
 from rebuilder.outcome import BuildJob, ReleaseRef
 from rebuilder.tlog import check_log_entry
+from verifier.dsse import Envelope
+from verifier.errors import BadDataError
 from verifier.statement import Digest
 
 __all__ = [
@@ -137,7 +139,23 @@ class NewAttestation:
     version: str | None
     arch: str | None
     subjects: tuple[tuple[str, str], ...]  # (name, sha256)
-    revokes: str | None = None
+    revokes: str | None = None  # what a revocation names: the revoked payload_sha256 (v2)
+    payload_sha256: str = ""  # sha256 of the signed payload; derived from ``envelope`` if empty
+
+    def statement_digest(self) -> str | None:
+        """The payload sha256 (one attestation per statement); None for bytes that are not an
+        envelope at all (only tests store such), which then share no uniqueness."""
+        if self.payload_sha256:
+            return self.payload_sha256
+        try:
+            return Envelope.from_bytes(self.envelope).payload_digest()
+        except BadDataError:
+            return None
+
+
+def _named_by(rows: Iterable[sqlite3.Row]) -> list[str]:
+    """Every digest a revocation of these attestations may name: v2 payload, v1 envelope."""
+    return [d for r in rows for d in (r["payload_sha256"], r["envelope_sha256"]) if d]
 
 
 def _published_json(published: dict[str, tuple[Digest, str]]) -> str:
@@ -494,9 +512,11 @@ class Store:
             seqs = range(first, first + len(items))
             await db.executemany(
                 "INSERT INTO attestations (seq, envelope_sha256, envelope, kind, source, version,"
-                " arch, build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                " arch, build_id, revokes, created_at, payload_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 [(seq, a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch,
-                  a.revokes, now) for seq, a in zip(seqs, items, strict=True)],
+                  a.revokes, now, a.statement_digest())
+                 for seq, a in zip(seqs, items, strict=True)],
             )
             await db.executemany(
                 "INSERT INTO subjects (seq, name, sha256) VALUES (?, ?, ?)",
@@ -512,9 +532,10 @@ class Store:
         check_log_entry(a.envelope)  # the stored envelopes are the log (rebuilder/tlog.py)
         cur = await db.execute(
             "INSERT INTO attestations (envelope_sha256, envelope, kind, source, version, arch,"
-            " build_id, revokes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " build_id, revokes, created_at, payload_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (a.envelope_sha256, a.envelope, a.kind, a.source, a.version, a.arch, build_id,
-             a.revokes, now_iso()),
+             a.revokes, now_iso(), a.statement_digest()),
         )
         seq = cur.lastrowid
         assert seq is not None
@@ -530,16 +551,18 @@ class Store:
     async def attestations_by_digest(self, sha256: str, limit: int = 1000) -> list[bytes]:
         """Envelopes with a subject of that digest, then revocations of those envelopes."""
         rows = await self._all(
-            "SELECT a.seq, a.envelope_sha256, a.envelope FROM subjects s"
+            "SELECT a.seq, a.envelope_sha256, a.payload_sha256, a.envelope FROM subjects s"
             " JOIN attestations a ON a.seq = s.seq"
             " WHERE s.sha256 = ? AND a.kind != 'revocation' ORDER BY a.seq LIMIT ?",
             (sha256, limit),
         )
         out = [bytes(r["envelope"]) for r in rows]
-        out += await self.revocations_of([r["envelope_sha256"] for r in rows])
+        out += await self.revocations_of(_named_by(rows))
         return out
 
     async def revocations_of(self, envelope_digests: Sequence[str]) -> list[bytes]:
+        """Revocations naming any of these digests: a statement's payload_sha256 (v2) or an
+        envelope_sha256 (v1, the node's own canonical envelope)."""
         out: list[bytes] = []
         for i in range(0, len(envelope_digests), 500):
             chunk = envelope_digests[i:i + 500]
@@ -562,12 +585,12 @@ class Store:
 
     async def attestations_for_package(self, source: str, version: str) -> list[bytes]:
         rows = await self._all(
-            "SELECT envelope_sha256, envelope FROM attestations WHERE source = ? AND version = ?"
-            " AND kind != 'revocation' ORDER BY seq LIMIT 1000",
+            "SELECT envelope_sha256, payload_sha256, envelope FROM attestations"
+            " WHERE source = ? AND version = ? AND kind != 'revocation' ORDER BY seq LIMIT 1000",
             (source, version),
         )
         out = [bytes(r["envelope"]) for r in rows]
-        out += await self.revocations_of([r["envelope_sha256"] for r in rows])
+        out += await self.revocations_of(_named_by(rows))
         return out
 
     async def unrevoked_rebuilds_for_deb(
@@ -586,17 +609,20 @@ class Store:
         return [bytes(r["envelope"]) for r in rows]
 
     async def attestation(self, envelope_sha256: str) -> AttestationRow | None:
+        """The attestation with that envelope_sha256 or payload (statement) sha256."""
         r = await self._one(
             "SELECT seq, envelope_sha256, envelope, kind FROM attestations"
-            " WHERE envelope_sha256 = ?", (envelope_sha256,),
+            " WHERE envelope_sha256 = ? OR payload_sha256 = ? ORDER BY seq LIMIT 1",
+            (envelope_sha256, envelope_sha256),
         )
         return AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"]) \
             if r else None
 
     async def attestation_package(self, envelope_sha256: str) -> tuple[str, str, str] | None:
         r = await self._one(
-            "SELECT source, version, arch FROM attestations WHERE envelope_sha256 = ?",
-            (envelope_sha256,),
+            "SELECT source, version, arch FROM attestations"
+            " WHERE envelope_sha256 = ? OR payload_sha256 = ? ORDER BY seq LIMIT 1",
+            (envelope_sha256, envelope_sha256),
         )
         return (r["source"], r["version"], r["arch"]) if r else None
 
@@ -604,7 +630,7 @@ class Store:
 
     async def latest_build(self, job_id: int) -> sqlite3.Row | None:
         return await self._one(
-            "SELECT b.*, a.envelope_sha256 FROM builds b"
+            "SELECT b.*, a.envelope_sha256, a.payload_sha256 FROM builds b"
             " LEFT JOIN attestations a ON a.build_id = b.id"
             " WHERE b.job_id = ? ORDER BY b.id DESC LIMIT 1", (job_id,),
         )

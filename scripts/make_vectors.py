@@ -157,12 +157,16 @@ def rebuild(
     )
 
 
-def revocation(rebuilder: str, revoked: Envelope, reason: str) -> RevocationStatement:
+def revocation(
+    rebuilder: str, revoked: Envelope, reason: str, legacy: bool = False
+) -> RevocationStatement:
+    """A revocation (v2: names the payload sha256; ``legacy``: v1, names the envelope sha256)."""
     return RevocationStatement(
-        revoked=Digest(revoked.digest()),
+        revoked=Digest(revoked.digest() if legacy else revoked.payload_digest()),
         reason=reason,
         builder_id=f"https://{rebuilder}.repro-quorum.invalid/",
         revoked_on=NOW - timedelta(days=1),
+        legacy=legacy,
     )
 
 
@@ -305,6 +309,17 @@ def generate() -> Vectors:
         ),
     )
     put(
+        "revocation-v1-rb-beta",
+        envelope_json(
+            sign(
+                revocation(
+                    "rb-beta", revoked_target, "built on a compromised host", legacy=True
+                ).to_bytes(),
+                private_key("rb-beta"),
+            )
+        ),
+    )
+    put(
         "revocation-of-rb-beta-by-rb-alpha",
         envelope_json(
             sign(
@@ -436,6 +451,14 @@ def generate() -> Vectors:
             "revoked_attestation",
             "rb-beta revoked its attestation",
             {"rb-alpha": [a], "rb-beta": [b, "attestations/revocation-rb-beta.json"], **quiet},
+            False,
+            {"rb-beta": "no_attestation"},
+            {"rb-beta": "revoked"},
+        ),
+        case(
+            "revoked_attestation_v1",
+            "rb-beta revoked its attestation with an older (v1) revocation naming the envelope",
+            {"rb-alpha": [a], "rb-beta": [b, "attestations/revocation-v1-rb-beta.json"], **quiet},
             False,
             {"rb-beta": "no_attestation"},
             {"rb-beta": "revoked"},

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
-
-import aiohttp
+import sys
 
 __all__ = ["describe_error"]
 
@@ -23,6 +22,11 @@ def _reason(error: OSError | None) -> str:
 
 
 def describe_error(e: BaseException) -> str:
+    # aiohttp's errors can only come from aiohttp once it is loaded: never import it here
+    # (`import verifier` stays free of it, docs/verifier.md).
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return f"{type(e).__name__}: {e}".rstrip(": ")
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
         return (f"the TLS certificate of {e.host}:{e.port} is not trusted: "
                 f"{e.certificate_error}")

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from verifier.debian import DebIdentity
-from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope
+from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope, Signature
 from verifier.errors import BadDataError
 from verifier.policy import Policy, TrustedRebuilder
 from verifier.statement import (
@@ -178,6 +178,7 @@ def _plural(n: int, word: str) -> str:
 class _Attestation:
     envelope: Envelope
     statement: RebuildStatement
+    signature: Signature  # the one that verified under the rebuilder's key
     digest: Digest | None = None  # the other digest, for a disagreement
     report_url: str | None = None
     verdict: str | None = None  # the signed verdict of a disagreement
@@ -193,6 +194,7 @@ class _Findings:
         "disagreements",
         "failures",
         "junk",
+        "legacy_revocations",
         "missing",
         "revocations",
     )
@@ -203,11 +205,14 @@ class _Findings:
         self.contradictions: list[_Attestation] = []
         self.failures: list[str] = []
         self.missing: list[str] = []
-        self.revocations: dict[str, str] = {}  # envelope digest -> reason
+        self.revocations: dict[str, str] = {}  # payload digest -> reason (v2)
+        self.legacy_revocations: dict[str, str] = {}  # as-signed envelope digest -> reason (v1)
         self.junk: list[str] = []  # unsigned or unusable data, with why
 
 
-def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Findings) -> None:
+def _classify(
+    artifact: Artifact, env: Envelope, sig: Signature, stmt: RebuildStatement, f: _Findings
+) -> None:
     """Step (b) and the identity half of (c): how this signed statement relates to the file."""
     ident = artifact.identity
     name = ident.subject_name
@@ -222,6 +227,7 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
                 _Attestation(
                     env,
                     stmt,
+                    sig,
                     why=(
                         f"it signed sha256 {_short(artifact.sha256)} as {s.name} built from"
                         f" source {stmt.package}, but the artifact's control data makes it"
@@ -231,10 +237,10 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
             )
         elif any(s.sha256 != artifact.sha256 for s in named):
             f.contradictions.append(
-                _Attestation(env, stmt, why=f"one statement names {name} with two digests")
+                _Attestation(env, stmt, sig, why=f"one statement names {name} with two digests")
             )
         else:
-            f.agreements.append(_Attestation(env, stmt))
+            f.agreements.append(_Attestation(env, stmt, sig))
         return
     if not built_by:
         return  # another package, architecture or version: says nothing about this file
@@ -244,6 +250,7 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
             _Attestation(
                 env,
                 stmt,
+                sig,
                 digest=named[0].sha256,
                 report_url=verdict.report_url if verdict else None,
                 verdict="tampered" if verdict and verdict.verdict == "tampered"
@@ -259,15 +266,24 @@ def _classify(artifact: Artifact, env: Envelope, stmt: RebuildStatement, f: _Fin
 
 
 def _read(
-    artifact: Artifact, rebuilder: TrustedRebuilder, envelopes: Sequence[bytes]
+    artifact: Artifact,
+    rebuilder: TrustedRebuilder,
+    envelopes: Sequence[bytes],
+    latest: datetime,
 ) -> _Findings:
-    """Step (a) for every envelope: verify under this rebuilder's key, then parse."""
+    """Step (a) for every envelope: verify under this rebuilder's key, then parse.
+
+    A rebuild that finished after ``latest`` (now plus the allowed clock skew) is refused:
+    a date in the future would otherwise dodge ``max_age_days``.
+    """
     f = _Findings()
     # The same envelope twice counts, and costs, once; one envelope needs no bookkeeping.
     seen: set[Envelope] | None = None
+    statements: set[bytes] | None = None  # payloads verified so far: one statement counts once
     if len(envelopes) > 1:
         envelopes = list(dict.fromkeys(envelopes))
         seen = set()
+        statements = set()
     for raw in envelopes:
         if len(raw) > MAX_ENVELOPE_BYTES:
             f.junk.append(
@@ -284,12 +300,17 @@ def _read(
                 continue
             seen.add(env)
         # The keyid hint orders the signatures; one Ed25519 verification in the normal case.
-        if not env.verify(rebuilder.public_key, rebuilder.keyid):
+        sig = env.verified_signature(rebuilder.public_key, rebuilder.keyid)
+        if sig is None:
             f.junk.append(
                 f"an envelope's signature does not verify under keyid {_short(rebuilder.keyid)}:"
                 " the payload was modified or signed by another key"
             )
             continue
+        if statements is not None:  # the same signed statement with other hints or signatures
+            if env.payload in statements:
+                continue
+            statements.add(env.payload)
         # The statement is parsed only now that its signature has verified.
         try:
             stmt = parse_statement(env.payload)
@@ -297,10 +318,32 @@ def _read(
             f.junk.append(f"a signed statement is malformed ({e.reason})")
             continue
         if isinstance(stmt, RevocationStatement):
-            f.revocations[stmt.revoked] = stmt.reason
+            kind = f.legacy_revocations if stmt.legacy else f.revocations
+            kind[stmt.revoked] = stmt.reason
+        elif stmt.finished_on > latest:
+            f.junk.append(
+                f"an attestation is future-dated: it finished {format_time(stmt.finished_on)},"
+                f" later than now plus the allowed clock skew ({format_time(latest)});"
+                " the rebuilder's clock or statement is wrong"
+            )
         else:
-            _classify(artifact, env, stmt, f)
+            _classify(artifact, env, sig, stmt, f)
     return f
+
+
+def _revocation_of(a: _Attestation, rebuilder: TrustedRebuilder, f: _Findings) -> str | None:
+    """The reason of a revocation naming this attestation, or None."""
+    if f.revocations:
+        reason = f.revocations.get(a.envelope.payload_digest())
+        if reason is not None:
+            return reason
+    if f.legacy_revocations:
+        signed = a.envelope.as_signed(a.signature, rebuilder.keyid)
+        for digest in (signed.digest(), a.envelope.digest()):
+            reason = f.legacy_revocations.get(digest)
+            if reason is not None:
+                return reason
+    return None
 
 
 def assess(
@@ -310,8 +353,29 @@ def assess(
     evidence: Sequence[bytes] | Unreachable | BadResponse | None,
     now: datetime,
 ) -> RebuilderResult:
-    """One rebuilder's status from its own evidence alone (``None``: it was not queried)."""
+    """One rebuilder's status from its own evidence alone (``None``: it was not queried).
 
+    Whatever that evidence holds, the answer is a status: an exception raised while reading it
+    (a defect a hostile answer found) makes this rebuilder ``invalid``, never the decision fail.
+    """
+    try:
+        return _assess(artifact, rebuilder, policy, evidence, now)
+    except Exception as e:  # one source must never fail the decision for the others
+        return RebuilderResult(
+            rebuilder.id,
+            rebuilder.operator,
+            Status.INVALID,
+            f"its answer could not be read ({type(e).__name__}: {str(e)[:200]})",
+        )
+
+
+def _assess(
+    artifact: Artifact,
+    rebuilder: TrustedRebuilder,
+    policy: Policy,
+    evidence: Sequence[bytes] | Unreachable | BadResponse | None,
+    now: datetime,
+) -> RebuilderResult:
     def result(
         status: Status,
         detail: str,
@@ -334,15 +398,19 @@ def assess(
     if not evidence:
         return result(Status.NO_ATTESTATION, f"no attestation for {artifact.identity.subject_name}")
 
-    f = _read(artifact, rebuilder, evidence)
+    f = _read(
+        artifact, rebuilder, evidence, now + timedelta(minutes=policy.max_clock_skew_minutes)
+    )
 
-    # Revocations (§4.3) remove whatever they name, by the envelope's canonical sha256.
+    # Revocations (§4.3) remove whatever they name: v2 by the sha256 of the signed payload, so no
+    # hint, extra signature or base64 spelling outside the signature revives a statement; v1 by
+    # the digest of the envelope as the rebuilder signed it (its one signature, its keyid).
     revoked: list[str] = []
-    if f.revocations:
+    if f.revocations or f.legacy_revocations:
         for bucket in (f.agreements, f.disagreements, f.contradictions):
             kept = []
             for a in bucket:
-                reason = f.revocations.get(a.envelope.digest())
+                reason = _revocation_of(a, rebuilder, f)
                 if reason is None:
                     kept.append(a)
                 elif bucket is not f.contradictions:

@@ -92,6 +92,9 @@ def load_public_key(pem: str | bytes) -> Ed25519PublicKey:
     data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
     if len(data) > MAX_PEM_BYTES:
         raise BadDataError("public key", f"PEM is {len(data)} bytes, limit {MAX_PEM_BYTES}")
+    blocks = data.count(b"-----BEGIN ")
+    if blocks > 1:  # the parser would silently keep the first: say which key is meant
+        raise BadDataError("public key", f"PEM holds {blocks} blocks; give exactly one key")
     try:
         key = serialization.load_pem_public_key(data.strip())
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:

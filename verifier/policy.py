@@ -41,7 +41,14 @@ DEFAULT_POLICY_PATH = Path("/etc/repro-quorum/policy.toml")
 MAX_POLICY_BYTES = 1024 * 1024
 MAX_REBUILDERS = 256
 
-_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Rebuilder and operator ids (docs/verifier.md): lowercase ASCII letters, digits, ".", "_", "-",
+# 1 to 63 characters, starting with a letter or digit. Compared exactly: "op-a", "OP-A", "op-a "
+# and "op\u2010a" (a Unicode hyphen) would otherwise be four operators.
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+ID_GRAMMAR = (
+    "lowercase ASCII letters, digits, '.', '_' and '-', 1-63 characters, first a letter or digit"
+)
+MAX_CLOCK_SKEW_MINUTES = 24 * 60
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOP_KEYS = frozenset(
     {
@@ -49,6 +56,7 @@ _TOP_KEYS = frozenset(
         "require_distinct_operators",
         "reject_on_mismatch",
         "max_age_days",
+        "max_clock_skew_minutes",
         "rebuilder",
         "log",  # [log], [[witness]], witness_threshold: verifier/tlog/inclusion.py (branch tlog)
         "witness",
@@ -131,6 +139,12 @@ def _refuse_world_writable(fd: int, path: Path) -> None:
         raise ConfigError(f"policy: {path} is writable by everyone; run chmod o-w {path}")
 
 
+def _suggest_id(text: str) -> str:
+    """A valid id close to ``text``, for the error message only (never applied silently)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-._")[:63]
+    return slug or "operator-name"
+
+
 def _int(value: object, name: str, minimum: int) -> int:
     # bool is a subclass of int: `threshold = true` must not read as 1.
     if not isinstance(value, int) or isinstance(value, bool):
@@ -158,13 +172,14 @@ class TrustedRebuilder:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.fullmatch(self.id):
-            raise ConfigError(
-                f"policy: rebuilder id {self.id!r} must match [a-z0-9][a-z0-9-]{{0,62}}"
-            )
+            raise ConfigError(f"policy: rebuilder id {self.id!r} must be {ID_GRAMMAR}")
         if not isinstance(self.operator, str) or not self.operator.strip():
             raise ConfigError(f"policy: rebuilder {self.id!r} has an empty operator")
-        if len(self.operator) > 200:
-            raise ConfigError(f"policy: rebuilder {self.id!r} operator is over 200 characters")
+        if not _ID.fullmatch(self.operator):
+            raise ConfigError(
+                f"policy: rebuilder {self.id!r} operator {self.operator!r} must be {ID_GRAMMAR}"
+                f" (operators are compared exactly), e.g. {_suggest_id(self.operator)!r}"
+            )
         if not isinstance(self.url, str):
             raise ConfigError(f"policy: rebuilder {self.id!r} url must be a string")
         parts = urlsplit(self.url)
@@ -309,6 +324,7 @@ class Policy:
     require_distinct_operators: bool = True
     reject_on_mismatch: int = 1
     max_age_days: int = 0
+    max_clock_skew_minutes: int = 10  # how far in the future a finishedOn may be
     distrust: Distrust = Distrust()
     mode: str = "enforce"  # "dry-run": the APT hook reports what it would refuse, refuses nothing
     scope: Scope | None = None  # None: every package is checked
@@ -322,6 +338,12 @@ class Policy:
         _int(self.max_age_days, "max_age_days", 0)
         if self.mode not in MODES:
             raise ConfigError(f"policy: mode {self.mode!r} must be one of {', '.join(MODES)}")
+        _int(self.max_clock_skew_minutes, "max_clock_skew_minutes", 0)
+        if self.max_clock_skew_minutes > MAX_CLOCK_SKEW_MINUTES:
+            raise ConfigError(
+                f"policy: max_clock_skew_minutes {self.max_clock_skew_minutes} is over a day"
+                f" ({MAX_CLOCK_SKEW_MINUTES}); a clock that far off should be fixed, not allowed"
+            )
         if not isinstance(self.require_distinct_operators, bool):
             raise ConfigError("policy: require_distinct_operators must be true or false")
         if not self.rebuilders:
@@ -385,6 +407,7 @@ class Policy:
             require_distinct_operators=d.get("require_distinct_operators", True),
             reject_on_mismatch=d.get("reject_on_mismatch", 1),
             max_age_days=d.get("max_age_days", 0),
+            max_clock_skew_minutes=d.get("max_clock_skew_minutes", 10),
             distrust=Distrust.from_dict(d.get("distrust", {})),
             mode=d.get("mode", "enforce"),
             scope=Scope.from_dict(d["scope"]) if "scope" in d else None,

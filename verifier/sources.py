@@ -20,10 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, S
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
-
-import aiohttp
 
 from verifier._neterrors import describe_error
 from verifier.decision import (
@@ -44,6 +42,9 @@ from verifier.dsse import Envelope, strict_json_loads
 from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.keys import Ed25519PublicKey, KeyId
 from verifier.policy import Policy, TrustedRebuilder
+
+if TYPE_CHECKING:  # aiohttp is imported on first use: `import verifier` stays light (offline)
+    import aiohttp
 
 __all__ = [
     "AiohttpFetcher",
@@ -154,6 +155,8 @@ class AiohttpFetcher(FetcherInterface):
 
 @contextlib.asynccontextmanager
 async def open_fetcher(limit_per_host: int = 4) -> AsyncIterator[AiohttpFetcher]:
+    import aiohttp  # here, not at the top: most of `import verifier`'s time, needed online only
+
     connector = aiohttp.TCPConnector(limit=64, limit_per_host=limit_per_host)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
         yield AiohttpFetcher(session)
@@ -211,10 +214,13 @@ def group_by_key(pool: Iterable[bytes], policy: Policy) -> tuple[dict[str, list[
         seen.add(raw)
         try:
             env = Envelope.from_bytes(raw)
+            kid = env.verify_any(keys)
         except BadDataError as e:
             dropped.append(f"malformed envelope ignored ({e.reason})")
             continue
-        kid = env.verify_any(keys)
+        except Exception as e:  # whatever one envelope holds, it is only dropped
+            dropped.append(f"an unreadable envelope was ignored ({type(e).__name__})")
+            continue
         if kid is None:
             dropped.append("an envelope verifies under no trusted key and was ignored")
             continue
@@ -279,9 +285,22 @@ def envelopes_in(body: bytes, url: str, config: ClientConfig) -> list[bytes]:
         raise BadDataError(
             "response", f"{url} sent {len(items)} attestations, limit {config.max_envelopes}"
         )
-    # The signature covers the base64-decoded payload, so re-serializing the JSON object is
-    # lossless for verification; the decision parses these bytes strictly.
-    return [json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in items]
+    # The signature covers the base64-decoded payload, so re-serializing the envelope is
+    # lossless for verification; the decision parses these bytes strictly. A well-formed one
+    # becomes its canonical bytes (its other fields are never looked at, however deep they
+    # nest); a malformed one is passed on as it came, for the decision to say why it is unusable.
+    return [_envelope_bytes(e) for e in items]
+
+
+def _envelope_bytes(item: object) -> bytes:
+    try:
+        return Envelope.from_dict(item).to_bytes()
+    except BadDataError:
+        pass
+    try:
+        return json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError):
+        return b'"an envelope nested too deeply to read"'  # refused by the decision as junk
 
 
 class _NotFound:
@@ -384,7 +403,11 @@ async def check_online(
     settled = asyncio.Event()
 
     async def one(r: TrustedRebuilder) -> None:
-        evidence = await ask(fetcher, r.base_url, artifact, config)
+        evidence: list[bytes] | Unreachable | BadResponse
+        try:
+            evidence = await ask(fetcher, r.base_url, artifact, config)
+        except Exception as e:  # one source never fails the others (nor the TaskGroup)
+            evidence = BadResponse(f"its answer could not be read ({type(e).__name__}: {e})")
         results[r.id] = assess(artifact, r, policy, evidence, now)
         del pending[r.id]
         if pending and is_settled(artifact, policy, results.values(), pending.values()):
@@ -427,7 +450,11 @@ async def check_via_coordinator(
     """One round trip to a coordinator, then the same checks as offline: it is a convenience,
     never a trust anchor (it can withhold attestations, never forge them)."""
     config = config or ClientConfig()
-    answer = await ask(fetcher, coordinator_url, artifact, config)
+    answer: list[bytes] | Unreachable | BadResponse
+    try:
+        answer = await ask(fetcher, coordinator_url, artifact, config)
+    except Exception as e:  # as for a rebuilder: an unusable answer, not a crash
+        answer = BadResponse(f"its answer could not be read ({type(e).__name__}: {e})")
     if isinstance(answer, (Unreachable, BadResponse)):
         return _coordinator_failed(artifact, policy, coordinator_url, answer, now)
     return decide(artifact, policy, dict(group_by_key(answer, policy)[0]), now)

@@ -6,7 +6,10 @@ Two statement kinds travel in DSSE envelopes:
   buildinfo, with a verdict per output. Its subjects are what *this* rebuilder built; a failed
   build has no subject and a failure reason.
 - ``RevocationStatement``: the rebuilder withdraws one of its attestations, named by the sha256 of
-  the envelope (``Envelope.digest()``).
+  the signed statement bytes (``Envelope.payload_digest()``, predicate ``revocation/v2``). An
+  older ``revocation/v1`` names the envelope as the rebuilder published it
+  (``Envelope.digest()`` of its one signature with the rebuilder's keyid); ``legacy`` is then
+  true, and the decision matches it against the as-signed form of every envelope it verifies.
 
 ``parse_statement(payload)`` validates strictly and keeps the raw dict, so unknown fields
 inside the signed payload survive a round trip and are otherwise ignored.
@@ -34,6 +37,7 @@ __all__ = [
     "BUILD_TYPE_V1",
     "PROVENANCE_PREDICATE_TYPE",
     "REVOCATION_PREDICATE_TYPE",
+    "REVOCATION_V1_PREDICATE_TYPE",
     "STATEMENT_TYPE",
     "Digest",
     "OutputVerdict",
@@ -51,7 +55,8 @@ __all__ = [
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"
+REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v2"  # names a payload sha256
+REVOCATION_V1_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"  # names an envelope sha256
 # v2: per-file verdicts reproduced | unreproducible | tampered | missing-rebuild, subjects only
 # for published files, unpublished rebuilt files as "unpublished:" byproducts, and no buildinfo
 # digest when the buildinfo could not be fetched. v1 statements are still read (verdicts.read_v1).
@@ -67,14 +72,17 @@ _V1_VERDICTS = frozenset({"reproduced", "mismatch", "missing-upstream", "missing
 MAX_SUBJECTS = 1000
 MAX_NAME = 255
 MAX_TEXT = 4096
+MAX_DEPENDENCIES = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Debian package names, versions and architectures (Policy §5.6.1, §5.6.12), plus file names.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
 
 
-# The parsed classes' __post_init__ validates what Python code constructs; ``from_dict`` checks
-# each field once with the helpers below and builds through ``_new``, skipping a second pass.
-_new = object.__new__
+# One validation path: every field is checked in ``__post_init__``, whoever builds the object.
+# ``from_dict`` only walks the JSON to the values (checking the shape it must walk through) and
+# builds through the constructor, so a statement a node can construct is one a verifier parses
+# and the other way round; each field is still checked once.
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not Unicode text; refused in JSON too (dsse.py)
 
 
 def _bad(reason: str) -> BadDataError:
@@ -96,6 +104,8 @@ def _name(value: object, where: str) -> str:
 def _text(value: object, where: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise _bad(f"{where} must be a string of at most {limit} characters")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _bad(f"{where} holds a lone surrogate, which is not text")
     return value
 
 
@@ -128,26 +138,49 @@ def parse_time(value: object, where: str) -> datetime:
         raise _bad(f"{where} {value!r} is not an RFC 3339 time") from e
     if t.tzinfo is None:
         raise _bad(f"{where} {value!r} has no time zone")
-    return t
+    if t.tzinfo is UTC:  # the usual "Z"
+        return t
+    try:
+        return t.astimezone(UTC)  # compared and printed in UTC; year 1 at +01:00 cannot be
+    except OverflowError as e:
+        raise _bad(f"{where} {value!r} is out of range") from e
 
 
-def _sha256_of(descriptor: object, where: str) -> Digest:
-    return _digest_field(descriptor, where, f"{where}.digest.sha256")
+def _time(value: object, where: str) -> datetime:
+    """A time given as a value: aware, and representable in UTC (it is written in UTC)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise _bad(f"{where} must be a datetime with a time zone")
+    if value.tzinfo is not UTC:
+        try:
+            value.astimezone(UTC)
+        except OverflowError as e:
+            raise _bad(f"{where} {value.isoformat()} is out of range") from e
+    return value
 
 
-def _digest_field(descriptor: object, where: str, digest_where: str) -> Digest:
-    """``descriptor["digest"]["sha256"]``, checked; ``digest_where`` names a bad value."""
+def _check_times(started: datetime, finished: datetime) -> None:
+    if not (
+        isinstance(started, datetime) and started.tzinfo is UTC
+        and isinstance(finished, datetime) and finished.tzinfo is UTC
+    ):  # the usual case (parsed times are UTC) is checked without the two calls
+        _time(started, "startedOn")
+        _time(finished, "finishedOn")
+    if started > finished:
+        raise _bad(
+            f"startedOn {format_time(started)} is after finishedOn {format_time(finished)}"
+        )
+
+
+def _digest_raw(descriptor: object, where: str) -> Any:
+    """``descriptor["digest"]["sha256"]`` as found; the constructor checks the value."""
     digest = _obj(descriptor, where).get("digest")
-    if not isinstance(digest, dict):  # the message is built only when needed
+    if not isinstance(digest, dict):
         raise _bad(f"{where}.digest must be an object")
-    value = digest.get("sha256")
-    if not isinstance(value, str):
-        raise _bad(f"{where}.digest.sha256 is not a lowercase hex sha256")
-    return validate_sha256(value, digest_where)
+    return digest.get("sha256")
 
 
-def _opt_sha256(o: object, where: str) -> Digest | None:
-    return None if o is None else validate_sha256(_obj(o, where).get("sha256"), where)
+def _opt_raw(o: object, where: str) -> Any:
+    return None if o is None else _obj(o, where).get("sha256")
 
 
 @dataclass(slots=True)
@@ -161,23 +194,15 @@ class PackageIdentity:
 
     def __post_init__(self) -> None:
         if self.ecosystem != "debian":
-            raise BadDataError("statement", f"ecosystem {self.ecosystem!r} is not 'debian'")
+            raise _bad(f"ecosystem {self.ecosystem!r} is not 'debian'")
         _name(self.name, "package name")
         _name(self.version, "package version")
         _name(self.architecture, "package architecture")
 
     @classmethod
     def from_dict(cls, d: object) -> PackageIdentity:
-        o = _obj(d, "package")
-        eco = o.get("ecosystem")
-        if eco != "debian":
-            raise _bad(f"ecosystem {eco!r} is not 'debian'")
-        p = _new(cls)
-        p.ecosystem = "debian"
-        p.name = _name(o.get("name"), "package name")
-        p.version = _name(o.get("version"), "package version")
-        p.architecture = _name(o.get("architecture"), "package architecture")
-        return p
+        o: Any = _obj(d, "package")  # values as found: the constructor checks them
+        return cls(o.get("ecosystem"), o.get("name"), o.get("version"), o.get("architecture"))
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -223,7 +248,7 @@ class OutputVerdict:
     def __post_init__(self) -> None:
         _name(self.name, "verdict name")
         if not isinstance(self.verdict, str) or self.verdict not in _VERDICTS:
-            raise BadDataError("statement", f"verdict {self.verdict!r} is not one of {_VERDICTS}")
+            raise _bad(f"verdict {self.verdict!r} is not one of {sorted(_VERDICTS)}")
         if self.rebuilt is not None:
             validate_sha256(self.rebuilt, "verdict rebuilt")
         if self.buildinfo is not None:
@@ -258,29 +283,30 @@ class OutputVerdict:
         """One ``verdict:`` byproduct; with ``v1`` in the old words (None: a v1 entry for an
         unpublished file, which is no verdict today)."""
         name = _text(d.get("name"), "byproduct name", MAX_NAME + 8).removeprefix("verdict:")
-        ann = _obj(d.get("annotations"), "verdict annotations")
+        ann: Any = _obj(d.get("annotations"), "verdict annotations")
         verdict = ann.get("verdict")
-        allowed = _V1_VERDICTS if v1 else _VERDICTS
-        if not isinstance(verdict, str) or verdict not in allowed:
-            raise _bad(f"verdict {verdict!r} is not one of {sorted(allowed)}")
-        kind = read_v1(verdict) if v1 else verdict
-        if kind is None:
-            return None
-        v = _new(cls)
-        v.name = _name(name, "verdict name")
-        v.verdict = kind  # type: ignore[assignment]  # checked just above
-        v.rebuilt = _digest_field(d, "verdict", "verdict rebuilt") if "digest" in d else None
-        v.buildinfo = _opt_sha256(ann.get("buildinfo"), "verdict buildinfo")
-        v.repository = _opt_sha256(ann.get("repository"), "verdict repository")
-        v.report_sha256 = v.report_url = None
+        if v1:
+            if not isinstance(verdict, str) or verdict not in _V1_VERDICTS:
+                raise _bad(f"verdict {verdict!r} is not one of {sorted(_V1_VERDICTS)}")
+            verdict = read_v1(verdict)
+            if verdict is None:
+                return None
+        report_url = report_sha256 = None
         report = ann.get("report")
         if report is not None:
             r = _obj(report, "verdict report")
-            url = r.get("uri")
-            v.report_url = None if url is None else _text(url, "report url", 2048)
+            report_url = r.get("uri")
             if "digest" in r:
-                v.report_sha256 = _digest_field(r, "verdict report", "verdict report_sha256")
-        return v
+                report_sha256 = _digest_raw(r, "verdict report")
+        return cls(  # positional: a keyword call costs more, on every verification
+            name,
+            verdict,
+            _digest_raw(d, "verdict") if "digest" in d else None,
+            _opt_raw(ann.get("buildinfo"), "verdict buildinfo"),
+            _opt_raw(ann.get("repository"), "verdict repository"),
+            report_sha256,
+            report_url,
+        )
 
 
 @dataclass(slots=True)
@@ -298,26 +324,55 @@ class RebuildStatement:
     repository: str
     verdicts: tuple[OutputVerdict, ...] = ()
     failure: str | None = None  # set iff the build failed; then subjects is empty
-    # rebuilt files the repository does not publish: recorded, never subjects (v2)
-    unpublished: tuple[Subject, ...] = ()
     builder_version: str = ""
     internal_parameters: Mapping[str, Any] = field(default_factory=dict)
     resolved_dependencies: Sequence[Mapping[str, Any]] = ()
     raw: Mapping[str, Any] | None = field(default=None, compare=False)
+    # rebuilt files the repository does not publish: recorded, never subjects (v2)
+    unpublished: tuple[Subject, ...] = ()
 
     def __post_init__(self) -> None:
+        # Every field, for a statement built by a node or parsed by a verifier alike.
+        if not isinstance(self.package, PackageIdentity):
+            raise _bad("package must be a PackageIdentity")
         if len(self.subjects) > MAX_SUBJECTS:
-            raise BadDataError("statement", f"{len(self.subjects)} subjects, limit {MAX_SUBJECTS}")
-        if self.failure is not None and self.subjects:
-            raise BadDataError("statement", "a failed build must have no subject")
-        if self.failure is None and not self.subjects:
-            raise BadDataError("statement", "no subject and no failure reason")
+            raise _bad(f"{len(self.subjects)} subjects, limit {MAX_SUBJECTS}")
+        for s in self.subjects:
+            if not isinstance(s, Subject):
+                raise _bad("subjects must be Subject values")
+        if len(self.verdicts) > 2 * MAX_SUBJECTS:
+            raise _bad(f"{len(self.verdicts)} verdicts, limit {2 * MAX_SUBJECTS}")
+        for v in self.verdicts:
+            if not isinstance(v, OutputVerdict):
+                raise _bad("verdicts must be OutputVerdict values")
+        if self.failure is not None:
+            _text(self.failure, "failure reason")
+            if self.subjects:
+                raise _bad("a failed build must have no subject")
+        elif not self.subjects:
+            raise _bad("no subject and no failure reason")
         _text(self.builder_id, "builder id", 2048)
+        _text(self.builder_version, "version", 64)
         _text(self.invocation_id, "invocationId", 256)
+        _text(self.buildinfo_uri, "buildinfo uri", 2048)
         if self.buildinfo_sha256 is not None:
             validate_sha256(self.buildinfo_sha256, "buildinfo digest")
         elif self.failure is None:
-            raise BadDataError("statement", "only a failed build may lack a buildinfo digest")
+            raise _bad("only a failed build may lack a buildinfo digest")
+        if len(self.unpublished) > MAX_SUBJECTS:
+            raise _bad(f"{len(self.unpublished)} unpublished files, limit {MAX_SUBJECTS}")
+        for u in self.unpublished:
+            if not isinstance(u, Subject):
+                raise _bad("unpublished files must be Subject values")
+        _text(self.repository, "repository", 2048)
+        _check_times(self.started_on, self.finished_on)
+        if not isinstance(self.internal_parameters, (dict, Mapping)):  # dict: the fast path
+            raise _bad("internalParameters must be an object")
+        if len(self.resolved_dependencies) > MAX_DEPENDENCIES:
+            raise _bad(f"resolvedDependencies must be a list of at most {MAX_DEPENDENCIES} items")
+        for o in self.resolved_dependencies:
+            if not isinstance(o, (dict, Mapping)):
+                raise _bad("dependency must be an object")
 
     @property
     def failed(self) -> bool:
@@ -390,25 +445,22 @@ class RebuildStatement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RebuildStatement:
-        # Every verification parses one of these: each field is checked once, here, and the
-        # object is built without __post_init__ checking it all again.
+        # Walk to the values; the constructors (Subject, OutputVerdict, this one) check them.
         pred = _obj(d.get("predicate"), "predicate")
-        bdef = _obj(pred.get("buildDefinition"), "buildDefinition")
+        bdef: Any = _obj(pred.get("buildDefinition"), "buildDefinition")
         build_type = bdef.get("buildType")
         if build_type != BUILD_TYPE and build_type != BUILD_TYPE_V1:
             raise _bad(f"buildType {build_type!r}, expected {BUILD_TYPE}")
         v1 = build_type == BUILD_TYPE_V1
-        ext = _obj(bdef.get("externalParameters"), "externalParameters")
+        ext: Any = _obj(bdef.get("externalParameters"), "externalParameters")
         run = _obj(pred.get("runDetails"), "runDetails")
-        builder = _obj(run.get("builder"), "runDetails.builder")
-        meta = _obj(run.get("metadata"), "runDetails.metadata")
+        builder: Any = _obj(run.get("builder"), "runDetails.builder")
+        meta: Any = _obj(run.get("metadata"), "runDetails.metadata")
 
-        subjects = []
-        for o in _list(d.get("subject"), "subject"):
-            subject = _new(Subject)
-            subject.name = _name(_obj(o, "subject").get("name"), "subject name")
-            subject.sha256 = _digest_field(o, "subject", "subject digest")
-            subjects.append(subject)
+        subjects = tuple([
+            Subject(_obj(o, "subject").get("name"), _digest_raw(o, "subject"))  # type: ignore[arg-type]  # checked by Subject
+            for o in _list(d.get("subject"), "subject")
+        ])
 
         verdicts: list[OutputVerdict] = []
         unpublished: list[Subject] = []
@@ -421,69 +473,68 @@ class RebuildStatement:
                 if verdict is not None:
                     verdicts.append(verdict)
             elif isinstance(bp_name, str) and bp_name.startswith("unpublished:") and not v1:
-                u = _new(Subject)
-                u.name = _name(bp_name.removeprefix("unpublished:"), "unpublished file name")
-                u.sha256 = _digest_field(o, "unpublished file", "unpublished file digest")
-                unpublished.append(u)
+                unpublished.append(Subject(bp_name.removeprefix("unpublished:"),  # type: ignore[arg-type]  # checked by Subject
+                                           _digest_raw(o, "unpublished file")))
             elif bp_name == "failure":
-                ann = _obj(o.get("annotations"), "failure annotations")
-                failure = _text(ann.get("reason"), "failure reason")
+                failure = _obj(o.get("annotations"), "failure annotations").get("reason")
+                if failure is None:
+                    raise _bad("failure reason must be a string of at most 4096 characters")
             # other byproducts are kept in raw and ignored
-        if failure is not None and subjects:
-            raise _bad("a failed build must have no subject")
-        if failure is None and not subjects:
-            raise _bad("no subject and no failure reason")
 
-        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", 10_000)
-        for o in deps:
-            _obj(o, "dependency")
-        internal = _obj(bdef.get("internalParameters", {}), "internalParameters")
-        binfo = _obj(ext.get("buildinfo"), "buildinfo")
+        deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", MAX_DEPENDENCIES)
+        binfo: Any = _obj(ext.get("buildinfo"), "buildinfo")
         version = _obj(builder.get("version", {}), "builder version")
-
-        st = _new(cls)
-        st.package = PackageIdentity.from_dict(ext.get("package"))
-        st.subjects = tuple(subjects)
-        st.builder_id = _text(builder.get("id"), "builder id", 2048)
-        st.builder_version = _text(version.get("repro-quorum", ""), "version", 64)
-        st.started_on = parse_time(meta.get("startedOn"), "startedOn")
-        st.finished_on = parse_time(meta.get("finishedOn"), "finishedOn")
-        st.invocation_id = _text(meta.get("invocationId"), "invocationId", 256)
-        st.buildinfo_uri = _text(binfo.get("uri"), "buildinfo uri", 2048)
-        if "digest" in binfo or failure is None or v1:
-            st.buildinfo_sha256 = _digest_field(binfo, "buildinfo", "buildinfo digest")
-        else:  # a failure before the buildinfo was fetched names no digest (v2)
-            st.buildinfo_sha256 = None
-        st.repository = _text(ext.get("repository"), "repository", 2048)
-        st.verdicts = tuple(verdicts)
-        st.failure = failure
-        st.unpublished = tuple(unpublished)
-        st.internal_parameters = internal
-        st.resolved_dependencies = tuple(deps)
-        st.raw = d
-        return st
+        return cls(  # positional, in field order: a keyword call costs more
+            PackageIdentity.from_dict(ext.get("package")),
+            subjects,
+            builder.get("id"),
+            parse_time(meta.get("startedOn"), "startedOn"),
+            parse_time(meta.get("finishedOn"), "finishedOn"),
+            meta.get("invocationId"),
+            binfo.get("uri"),
+            # a v2 failure before the buildinfo was fetched names no digest
+            _digest_raw(binfo, "buildinfo") if "digest" in binfo or failure is None or v1
+            else None,
+            ext.get("repository"),
+            tuple(verdicts),
+            failure,
+            version.get("repro-quorum", ""),
+            _obj(bdef.get("internalParameters", {}), "internalParameters"),
+            tuple(deps),
+            d,
+            tuple(unpublished),
+        )
 
 
 @dataclass(slots=True)
 class RevocationStatement:
-    """A rebuilder withdraws the attestation whose envelope sha256 is ``revoked``."""
+    """A rebuilder withdraws one of its attestations.
+
+    ``revoked`` is the sha256 of the revoked statement's payload bytes (v2), or, when
+    ``legacy`` is true (a v1 revocation), the sha256 of the revoked envelope as it was signed.
+    """
 
     revoked: Digest
     reason: str
     builder_id: str
     revoked_on: datetime
+    legacy: bool = False
     raw: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        validate_sha256(self.revoked, "revoked envelope digest")
+        validate_sha256(self.revoked, "revoked statement digest")
         _text(self.reason, "revocation reason")
         _text(self.builder_id, "builder id", 2048)
+        _time(self.revoked_on, "revokedOn")
 
     def to_dict(self) -> dict[str, Any]:
+        subject = "attestation" if self.legacy else "statement"
         return {
             "_type": STATEMENT_TYPE,
-            "subject": [{"name": "attestation", "digest": {"sha256": self.revoked}}],
-            "predicateType": REVOCATION_PREDICATE_TYPE,
+            "subject": [{"name": subject, "digest": {"sha256": self.revoked}}],
+            "predicateType": (
+                REVOCATION_V1_PREDICATE_TYPE if self.legacy else REVOCATION_PREDICATE_TYPE
+            ),
             "predicate": {
                 "reason": self.reason,
                 "builder": {"id": self.builder_id},
@@ -495,16 +546,18 @@ class RevocationStatement:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RevocationStatement:
+    def from_dict(cls, d: dict[str, Any], legacy: bool = False) -> RevocationStatement:
         subjects = _list(d.get("subject"), "subject")
         if len(subjects) != 1:
             raise BadDataError("statement", "a revocation names exactly one attestation")
-        pred = _obj(d.get("predicate"), "predicate")
+        pred: Any = _obj(d.get("predicate"), "predicate")
+        builder: Any = _obj(pred.get("builder"), "builder")
         return cls(
-            revoked=_sha256_of(subjects[0], "subject"),
-            reason=_text(pred.get("reason"), "revocation reason"),
-            builder_id=_text(_obj(pred.get("builder"), "builder").get("id"), "builder id", 2048),
+            revoked=_digest_raw(subjects[0], "subject"),
+            reason=pred.get("reason"),
+            builder_id=builder.get("id"),
             revoked_on=parse_time(pred.get("revokedOn"), "revokedOn"),
+            legacy=legacy,
             raw=d,
         )
 
@@ -522,4 +575,6 @@ def parse_statement(payload: bytes) -> Statement:
         return RebuildStatement.from_dict(d)
     if ptype == REVOCATION_PREDICATE_TYPE:
         return RevocationStatement.from_dict(d)
+    if ptype == REVOCATION_V1_PREDICATE_TYPE:
+        return RevocationStatement.from_dict(d, legacy=True)
     raise BadDataError("statement", f"predicateType {ptype!r} is not one repro-quorum knows")

@@ -42,7 +42,7 @@ def _select(envelopes: Sequence[bytes], digest: str) -> list[dict[str, Any]]:
         stmt = parse_statement(env.payload)
         if isinstance(stmt, RebuildStatement) and any(s.sha256 == digest for s in stmt.subjects):
             chosen.append(raw)
-            names.add(env.digest())
+            names.update((env.digest(), env.payload_digest()))  # a v1 or a v2 revocation
     for raw, env in parsed:
         stmt = parse_statement(env.payload)
         if isinstance(stmt, RevocationStatement) and stmt.revoked in names:
@@ -142,6 +142,11 @@ def serving_in_thread(behaviours: Sequence[Behaviour]) -> Iterator[list[str]]:
             if not ready.done():
                 ready.set_exception(e)
             raise
+        finally:  # handlers of stalled requests outlive the runner: end them here
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()

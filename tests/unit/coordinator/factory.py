@@ -111,12 +111,16 @@ class Signer:
         )
         return sign(st.to_bytes(), self.key)
 
-    def revoke(self, envelope: Envelope, reason: str = "builder was compromised") -> Envelope:
+    def revoke(
+        self, envelope: Envelope, reason: str = "builder was compromised", legacy: bool = False
+    ) -> Envelope:
+        """A revocation of ``envelope`` (v2, by payload digest; ``legacy``: v1, by envelope)."""
         st = RevocationStatement(
-            revoked=envelope.digest(),  # type: ignore[arg-type]
+            revoked=envelope.digest() if legacy else envelope.payload_digest(),  # type: ignore[arg-type]
             reason=reason,
             builder_id=f"https://rebuilders.example/{self.id}",
             revoked_on=T0,
+            legacy=legacy,
         )
         return sign(st.to_bytes(), self.key)
 

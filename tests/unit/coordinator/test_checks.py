@@ -132,7 +132,7 @@ def test_mismatch_failure_and_revocation_kinds() -> None:
     assert isinstance(f, Accepted) and (f.kind, f.verdict, f.subjects) == ("failure", "failed", ())
     rv = check_envelope(ALPHA.revoke(mismatch).to_bytes(), "rb-alpha", pub, kid)
     assert isinstance(rv, Accepted) and rv.kind == "revocation"
-    assert rv.revoked == mismatch.digest() and rv.verdict is None
+    assert rv.revoked == mismatch.payload_digest() and rv.verdict is None
 
 
 

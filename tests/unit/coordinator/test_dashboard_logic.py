@@ -84,3 +84,19 @@ def test_chart_one_bar_per_day_outcomes_only() -> None:
     assert bars[0]["share"] is None and bars[0]["height"] == 0
     assert bars[1]["share"] == 0.75 and bars[1]["height"] == 45 and bars[1]["outcomes"] == 4
     assert bars[2]["share"] is None  # configuration errors are no build outcome
+
+
+def test_published_digest_counts_each_rebuilder_once() -> None:
+    """Five statements from one rebuilder claiming another published digest do not outvote two
+    honest rebuilders (before, each statement was one vote)."""
+    liar = [
+        {**entry("rb-liar", OTHER, env=f"e{i}"),
+         "outputs": [{**entry("rb-liar", OTHER)["outputs"][0], "repository": OTHER}]}
+        for i in range(5)
+    ]
+    table = artifact_table(
+        [*liar, entry("rb-a", PUB), entry("rb-b", PUB)], ["rb-liar", "rb-a", "rb-b"]
+    )
+    assert table[0]["upstream"] == PUB
+    assert table[0]["agreeing"] == ["rb-a", "rb-b"]
+    assert table[0]["upstream_disputed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -139,16 +140,49 @@ def test_disagreement_json_shape() -> None:
     assert json.loads(json.dumps(d.to_dict()))["detected_at"] == "1970-01-01T00:00:00Z"
 
 
+def _old_database(path: Path, version: int, items: list[Accepted]) -> None:
+    """A database as a coordinator of schema ``version`` wrote it, holding ``items``."""
+    from coordinator.store import _MIGRATIONS
+
+    with sqlite3.connect(path) as db:
+        for v in range(1, version + 1):
+            db.executescript(_MIGRATIONS[v])
+        db.execute("INSERT INTO rebuilders(id) VALUES ('rb-alpha')")
+        for i, a in enumerate(items, 1):
+            db.execute(
+                "INSERT INTO envelopes(id, digest, rebuilder, kind, source, version,"
+                " architecture, verdict, invocation, failure, finished, received, body)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (i, bytes.fromhex(a.digest), a.rebuilder, a.kind, a.source, a.version,
+                 a.architecture, a.verdict, a.invocation, a.failure, a.finished, 0.0, a.body),
+            )
+            for name, digest in a.subjects:
+                db.execute(
+                    "INSERT INTO subjects VALUES (?,?,?,?,?,?)",
+                    (i, a.rebuilder, a.source, a.version, name, bytes.fromhex(digest)),
+                )
+            if a.revoked is not None:
+                db.execute(
+                    "INSERT INTO revocations VALUES (?,?,?,?)",
+                    (i, a.rebuilder, bytes.fromhex(a.revoked), a.reason),
+                )
+            if a.verdict is not None:
+                db.execute(
+                    "INSERT INTO counts VALUES (?,?,1) ON CONFLICT DO UPDATE SET n = n + 1",
+                    (a.rebuilder, a.verdict),
+                )
+        db.execute(f"PRAGMA user_version = {version}")
+
+
 async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "c.db")
-    await s.ensure_rebuilders(["rb-alpha"])
-    await s.store_batch([accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
-                         accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")}))])
-    await s.close()
-    with sqlite3.connect(tmp_path / "c.db") as db:  # as a version 1 database was
-        _back_to_version_2(db)
-        db.execute("DROP TABLE packages")
-        db.execute("PRAGMA user_version = 1")
+    _old_database(
+        tmp_path / "c.db",
+        1,
+        [
+            accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("h")})),
+            accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")})),
+        ],
+    )
     s = await Store.open(tmp_path / "c.db")
     try:
         found = await s.search_packages("hello", 10)
@@ -156,17 +190,26 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
 
 
-def _back_to_version_2(db: sqlite3.Connection) -> None:
-    for index in ("envelopes_tampered", "envelopes_rebuilder"):
-        db.execute(f"DROP INDEX {index}")
-    for column in ("class", "suite"):
-        db.execute(f"ALTER TABLE envelopes DROP COLUMN {column}")
-    db.execute("DROP TABLE class_counts")
-    db.execute("DROP TABLE status_history")
-    db.execute("PRAGMA user_version = 2")
+def _back_to_version(db: sqlite3.Connection, version: int) -> None:
+    """Undo the schema of the versions after ``version`` (their data stays as written)."""
+    if version < 6:  # one envelope per statement
+        for index in ("envelopes_statement", "envelopes_payload"):
+            db.execute(f"DROP INDEX IF EXISTS {index}")
+        db.execute("ALTER TABLE envelopes DROP COLUMN payload_digest")
+        db.execute("ALTER TABLE revocations DROP COLUMN legacy")
+    if version < 5:  # the log monitor's findings
+        db.execute("DROP TABLE IF EXISTS log_inconsistencies")
+    if version < 3:  # the dashboard's classes and history
+        for index in ("envelopes_tampered", "envelopes_rebuilder"):
+            db.execute(f"DROP INDEX {index}")
+        for column in ("class", "suite"):
+            db.execute(f"ALTER TABLE envelopes DROP COLUMN {column}")
+        db.execute("DROP TABLE class_counts")
+        db.execute("DROP TABLE status_history")
+    db.execute(f"PRAGMA user_version = {version}")
 
 
 async def test_migration_from_version_2_classes_stored_envelopes(tmp_path: Path) -> None:
@@ -185,7 +228,7 @@ async def test_migration_from_version_2_classes_stored_envelopes(tmp_path: Path)
     before = await s.class_counts()
     await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        _back_to_version_2(db)
+        _back_to_version(db, 2)
     s = await Store.open(tmp_path / "c.db")
     try:
         assert await s.class_counts() == before == {
@@ -297,7 +340,7 @@ async def test_migration_to_version_4_reads_mismatch_as_unreproducible(tmp_path:
         db.execute("UPDATE outputs SET verdict = 'mismatch'")
         db.execute("UPDATE counts SET verdict = 'mismatch'")
         db.execute("INSERT INTO counts VALUES ('rb-alpha', 'unreproducible', 1)")
-        db.execute("PRAGMA user_version = 3")
+        _back_to_version(db, 3)
     s = await Store.open(tmp_path / "c.db")
     try:
         assert (await s.counts())["rb-alpha"] == {"unreproducible": 3}
@@ -305,3 +348,11 @@ async def test_migration_to_version_4_reads_mismatch_as_unreproducible(tmp_path:
         assert {p["verdicts"]["rb-alpha"] for p in found} == {"unreproducible"}
     finally:
         await s.close()
+async def test_revoked_statements_leave_the_package_views_and_disagreements(store: Store) -> None:
+    good = accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("good")}))
+    bad_env = B.rebuild("hello", "1.0-1", {DEB: sha("evil")}, upstream={DEB: sha("good")})
+    await store.store_batch([good, accepted(B, B.revoke(bad_env))])
+    result = await store.store_batch([accepted(B, bad_env)])  # revoked before it arrived
+    assert result.new_disagreements == []
+    found = await store.search_packages("hello", 10)
+    assert found[0]["verdicts"] == {"rb-alpha": "reproduced"}

@@ -129,6 +129,8 @@ async def test_build_and_report_with_csp(node: Any) -> None:
     assert status == 200
     assert b["status"] == "done" and b["verdict"] == "unreproducible"
     assert b["envelope_sha256"] == evil.envelope_sha256
+    # the digest a revocation names: the signed statement's
+    assert len(b["statement_sha256"]) == 64 and b["statement_sha256"] != evil.envelope_sha256
     assert b["package"]["name"] == "evil"
     out = b["outputs"][0]
     assert out["verdict"] == "unreproducible"

@@ -97,7 +97,9 @@ def test_status_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert next(e.digest() for e in envs) == target
         revocation = parse_statement(envs[1].payload)
         assert isinstance(revocation, RevocationStatement)
-        assert revocation.revoked == target and revocation.reason == "toolchain was compromised"
+        # v2: it names the signed statement, not the envelope
+        assert revocation.revoked == envs[0].payload_digest() and not revocation.legacy
+        assert revocation.reason == "toolchain was compromised"
         assert envs[1].verify(load_private_key(cfg.node.signing_key).public_key())
         assert (await store.counts())["backlog"] == 2  # the daemon publishes it
         await store.close()
@@ -106,6 +108,28 @@ def test_status_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     rev = next(line for line in out.splitlines() if line.startswith("revoked")).split()[3]
     assert main(["revoke", "--config", conf, rev, "--reason", "x"]) == 3
     assert "cannot be revoked" in capsys.readouterr().err
+
+
+def test_revoke_by_statement_digest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GET /v1/builds/<id> shows statement_sha256; revoking by it is the same revocation."""
+    cfg = make_node(tmp_path)
+    conf = str(cfg.path)
+    target = asyncio.run(_one_build(cfg))
+
+    async def statement_of() -> str:
+        store = await Store.open(cfg.node.db_path, readonly=True)
+        try:
+            row = await store.attestation(target)
+            assert row is not None
+            return Envelope.from_bytes(row.envelope).payload_digest()
+        finally:
+            await store.close()
+
+    statement = asyncio.run(statement_of())
+    capsys.readouterr()
+    assert main(["revoke", "--config", conf, statement, "--reason", "bad host"]) == 0
+    assert main(["revoke", "--config", conf, target, "--reason", "again"]) == 3
+    assert "already revoked" in capsys.readouterr().err
 
 
 def test_keyinfo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from rebuilder.db import SCHEMA_VERSION, NewAttestation, SchemaError, Store
 from rebuilder.queue import MAX_ATTEMPTS, JobRunner, WorkerPool
 from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced
+from verifier.dsse import sign
 from verifier.keys import load_private_key
 
 
@@ -73,7 +74,8 @@ async def test_finish_build_is_atomic_and_signed_once(tmp_path: Path) -> None:
     # A failing write inside the transaction leaves nothing behind.
     with pytest.raises(sqlite3.IntegrityError):
         await store.add_attestation(NewAttestation(
-            envelope_sha256=result.envelope_sha256, envelope=b"{}", kind="revocation",
+            envelope_sha256=result.envelope_sha256, envelope=sign(b"{}", key).to_bytes(),
+            kind="revocation",
             source=None, version=None, arch=None, subjects=(("x", "0" * 64),),
         ))
     assert (await store.counts())["last_seq"] == 1

@@ -112,7 +112,7 @@ BAD_POLICIES = {
         "threshold = 1\n" + entry("rb-a").replace("http://127.0.0.1:8401/rb-a", "ftp://x"),
         "not an http(s) URL",
     ),
-    "bad_id": ("threshold = 1\n" + entry("RB A", key=pem("rb-a")), "must match"),
+    "bad_id": ("threshold = 1\n" + entry("RB A", key=pem("rb-a")), "must be lowercase ASCII"),
     "unknown_top_level_key": (
         "threshold = 1\ntreshold = 2\n" + entry("rb-a"),
         "unknown top-level keys treshold",

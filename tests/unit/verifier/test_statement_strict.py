@@ -124,7 +124,7 @@ MALFORMED = {
     ),
     "subject digest not a string": (
         _set(lambda d: _subject(d)["digest"], "sha256", 7),
-        "subject.digest.sha256",
+        "subject digest",
     ),
     "subject name with a slash": (_set(_subject, "name", "../etc/passwd"), "subject name"),
     "subject name not a string": (_set(_subject, "name", ["x"]), "subject name"),
