@@ -473,7 +473,7 @@ class RebuildStatement:
                 if verdict is not None:
                     verdicts.append(verdict)
             elif isinstance(bp_name, str) and bp_name.startswith("unpublished:") and not v1:
-                unpublished.append(Subject(bp_name.removeprefix("unpublished:"),  # type: ignore[arg-type]  # checked by Subject
+                unpublished.append(Subject(bp_name.removeprefix("unpublished:"),
                                            _digest_raw(o, "unpublished file")))
             elif bp_name == "failure":
                 failure = _obj(o.get("annotations"), "failure annotations").get("reason")
