@@ -41,10 +41,11 @@ def acl(rebuilder_ids: list[str], coordinator_users: list[str]) -> str:
     out = ["# repro-quorum demo: the ACL of the Ansible role mqtt_broker."]
     for rid in sorted(rebuilder_ids):
         out += ["", f"user {rid}", f"topic write rq/v1/attestations/{rid}",
-                f"topic write rq/v1/status/{rid}"]
+                f"topic write rq/v1/status/{rid}", f"topic write rq/v1/checkpoints/{rid}"]
     for user in sorted(coordinator_users):
         out += ["", f"user {user}", "topic read rq/v1/attestations/+",
-                "topic read rq/v1/status/+", "topic write rq/v1/events/#"]
+                "topic read rq/v1/status/+", "topic read rq/v1/checkpoints/+",
+                "topic write rq/v1/events/#"]
     return "\n".join(out) + "\n"
 
 

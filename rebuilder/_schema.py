@@ -37,7 +37,10 @@ async def _payload_digests(db: aiosqlite.Connection) -> None:
     seen: set[str] = set()
     updates = []
     for seq, envelope in rows:
-        payload = base64.b64decode(json.loads(bytes(envelope))["payload"])
+        try:
+            payload = base64.b64decode(json.loads(bytes(envelope))["payload"])
+        except (ValueError, KeyError, TypeError):  # not an envelope: nothing it could name
+            continue
         digest = hashlib.sha256(payload).hexdigest()
         if digest not in seen:
             seen.add(digest)

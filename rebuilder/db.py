@@ -602,7 +602,8 @@ class Store:
         rows = await self._all(
             "SELECT DISTINCT a.seq, a.envelope FROM subjects s JOIN attestations a ON a.seq = s.seq"
             " WHERE s.name >= ? AND s.name < ? AND a.kind = 'rebuild' AND NOT EXISTS"
-            " (SELECT 1 FROM attestations r WHERE r.revokes = a.envelope_sha256)"
+            " (SELECT 1 FROM attestations r WHERE r.kind = 'revocation'"
+            "  AND r.revokes IN (a.payload_sha256, a.envelope_sha256))"
             " ORDER BY a.seq DESC LIMIT ?",
             (prefix, prefix[:-1] + "`", limit),
         )
@@ -648,7 +649,8 @@ class Store:
         return await self._all(
             "SELECT b.*, j.source, j.version, j.arch, a.envelope_sha256,"
             " (SELECT r.envelope_sha256 FROM attestations r WHERE r.kind = 'revocation'"
-            "  AND r.revokes = a.envelope_sha256 ORDER BY r.seq LIMIT 1) AS revoked_by"
+            "  AND r.revokes IN (a.payload_sha256, a.envelope_sha256) ORDER BY r.seq LIMIT 1)"
+            " AS revoked_by"
             " FROM builds b JOIN jobs j ON j.id = b.job_id"
             " LEFT JOIN attestations a ON a.build_id = b.id"
             " ORDER BY b.id DESC LIMIT ?", (limit,),

@@ -30,11 +30,26 @@ def test_status_shows_envelope_digests_and_revocation_reasons(
     assert main(["status", "--config", conf]) == 0
     out = capsys.readouterr().out
     assert f"envelope {target} REVOKED" in out
-    assert f"revoked {target}: toolchain was compromised" in out
+    # the revocation names the signed statement (v2), not the envelope
+    statement = asyncio.run(_statement_digest(cfg, target))
+    assert f"revoked {statement}: toolchain was compromised" in out
 
     assert main(["status", "--config", conf, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["latest"][0]["envelope_sha256"] == target
     assert status["latest"][0]["revoked_by"]
-    assert status["revocations"][0]["revokes"] == target
+    assert status["revocations"][0]["revokes"] == statement
     assert status["revocations"][0]["reason"] == "toolchain was compromised"
+
+
+async def _statement_digest(cfg: object, envelope_sha256: str) -> str:
+    from rebuilder.db import Store
+    from verifier.dsse import Envelope
+
+    store = await Store.open(cfg.node.db_path, readonly=True)  # type: ignore[attr-defined]
+    try:
+        row = await store.attestation(envelope_sha256)
+        assert row is not None
+        return Envelope.from_bytes(row.envelope).payload_digest()
+    finally:
+        await store.close()

@@ -117,14 +117,18 @@ async def test_restart_reuses_the_signed_checkpoint_and_rewrites_files(tmp_path:
 async def test_envelopes_stored_before_the_log_are_in_it(tmp_path: Path) -> None:
     store, _, _ = await _open(tmp_path)
     await store.add_attestations_bulk([_att(i) for i in range(3)])
-    async with store.transaction() as db:  # as a database from before the log (schema 2)
+    async with store.transaction() as db:  # as a database from before the log (schema 6)
         for t in ("log_no_rewrite", "log_no_delete"):
             await db.execute(f"DROP TRIGGER {t}")
         await db.execute("DROP VIEW log_entries")
         for t in ("log_cosignatures", "log_checkpoints", "log_state", "log_hashes"):
             await db.execute(f"DROP TABLE {t}")
-        await db.execute("UPDATE schema_version SET version = 2")
-    await store.add_attestation(_att(3))
+        await db.execute("DROP INDEX attestations_payload")  # 8: after the log
+        await db.execute("ALTER TABLE attestations DROP COLUMN payload_sha256")
+        await db.execute("UPDATE schema_version SET version = 6")
+        a = _att(3)  # stored by a node of that schema
+        await db.execute("INSERT INTO attestations (envelope_sha256, envelope, kind, created_at)"
+                         " VALUES (?, ?, ?, 'now')", (a.envelope_sha256, a.envelope, a.kind))
     await store.close()
     store, node_log, _ = await _open(tmp_path)
     rows = await store._all("SELECT idx, seq FROM log_entries ORDER BY idx")
