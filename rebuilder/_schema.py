@@ -102,6 +102,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN dsc_url TEXT;
     ALTER TABLE jobs ADD COLUMN dsc_sha256 TEXT;
     """,
+    # 3 (branch crash): interruptions (crashes, builds killed from outside) are counted apart
+    # from attempts, so the give-up rule never counts finished attempts; why the last one was
+    # interrupted, for the signed failure that gives up
+    """
+    ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN interrupted_because TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -31,7 +32,7 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, sandbox
+from rebuilder import compare, environment, recovery, sandbox
 from rebuilder.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
@@ -43,7 +44,14 @@ from rebuilder.buildinfo import (
     version_noepoch,
 )
 from rebuilder.fetch import fetch_bytes, fetch_file
-from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
+from rebuilder.outcome import (
+    BuildJob,
+    Interrupted,
+    OutputResult,
+    RebuildOutcome,
+    Stage,
+    StateDiskFull,
+)
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
 
@@ -73,6 +81,7 @@ class BuildSettings:
     cache_dir: Path | None = None  # chroot cache (the node's state_dir/cache); None: per job
     hidden_paths: tuple[Path, ...] = ()  # state dir, signing key: covered if ever visible
     fetch_timeout: float = 600.0
+    min_free_mb: int = 0  # node.min_free_mb: a build failing below it blames the full disk
 
     def __post_init__(self) -> None:
         if self.environment not in ("host", "mmdebstrap"):
@@ -94,12 +103,14 @@ class BuildSettings:
 
 
 class StageError(Exception):
-    """A step of the pipeline failed for this package (not a bug of ours)."""
+    """A step of the pipeline failed for this package (not a bug of ours); ``limit`` names the
+    node's limit that stopped it, if one did."""
 
-    def __init__(self, stage: Stage, message: str) -> None:
+    def __init__(self, stage: Stage, message: str, limit: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
         self.message = message
+        self.limit = limit
 
 
 @dataclass
@@ -143,6 +154,9 @@ async def run_rebuild(
         except asyncio.CancelledError:
             run.say("cancelled")
             raise
+        except Interrupted as e:  # not a verdict: the daemon retries the job
+            run.say(f"interrupted: {e.reason}")
+            raise
         except Exception as e:  # a bug or a broken host must still give an outcome and a log
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
@@ -160,6 +174,7 @@ async def run_rebuild(
         outputs=() if failure else tuple(run.outputs),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
+        limit=failure.limit if failure else None,
         log_path=log_path,
         environment=settings.environment,
         internal_parameters=run.internal,
@@ -463,16 +478,41 @@ async def _sandboxed(
     tree: Path,
     what: str,
 ) -> None:
+    oom_before = recovery.oom_kills()
     result = await sandbox.run_sandboxed(argv, cfg, run.log, limits, watch_dir=tree)
     run.log.seek(0, os.SEEK_END)
-    if result.limit == "timeout":
-        raise StageError("build", f"{what} exceeded the time limit of {limits.timeout:.0f}s")
-    if result.limit == "disk":
-        raise StageError(
-            "build", f"{what} exceeded the disk limit of {run.settings.max_disk_mb} MiB"
-        )
+    # the disk limit is polled; a build may have passed it between two looks
+    if (result.limit is None and result.returncode != 0 and limits.max_disk_bytes is not None
+            and await asyncio.to_thread(sandbox.directory_size, tree) > limits.max_disk_bytes):
+        result = dataclasses.replace(result, returncode=None, limit="disk")
+    if result.limit is not None:
+        raise StageError("build", f"{what} exceeded {_limit_text(result.limit, run, limits)}",
+                         limit=result.limit)
     if result.returncode != 0:
+        why = recovery.killed_from_outside(result.returncode, oom_before, recovery.oom_kills())
+        if why is not None:
+            raise Interrupted(f"{what}: {why}")
+        free = await asyncio.to_thread(recovery.free_bytes, tree)
+        if free < max(recovery.MiB, run.settings.min_free_mb * _MB):
+            raise StateDiskFull(f"the state filesystem filled up during {what}"
+                                f" ({free // _MB} MiB free)", counted=True)
         raise StageError("build", f"{what} exited with status {result.returncode} (see the log)")
+
+
+def _limit_text(limit: str, run: _Run, limits: sandbox.Limits) -> str:
+    """'the <limit> limit of <bound>' for a name the sandbox reports in ``SandboxResult.limit``
+    ("timeout", "disk", and kernel limits such as "memory" or "pids")."""
+    if limit == "timeout":
+        return f"the time limit of {limits.timeout:.0f}s"
+    if limit == "disk":
+        return f"the disk limit of {run.settings.max_disk_mb} MiB"
+    size = getattr(limits, f"max_{limit}_bytes", None)
+    if isinstance(size, int):
+        return f"the {limit} limit of {size // _MB} MiB"
+    count = getattr(limits, "max_processes", None) if limit == "pids" else None
+    if isinstance(count, int):
+        return f"the {limit} limit of {count}"
+    return f"the node's {limit} limit"
 
 
 def _deb_arch(name: str) -> str | None:

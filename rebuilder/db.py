@@ -66,6 +66,10 @@ class JobRow:
     finished_at: str | None
     dsc_url: str | None = None
     dsc_sha256: str | None = None
+    # unplanned stops of this job's attempts since it was queued or requeued (crash, a build
+    # killed from outside); a graceful shutdown does not count
+    interruptions: int = 0
+    interrupted_because: str | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -144,6 +148,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         published=published, state=row["state"], attempts=row["attempts"],
         queued_at=row["queued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
+        interruptions=row["interruptions"], interrupted_because=row["interrupted_because"],
     )
 
 
@@ -286,29 +291,54 @@ class Store:
                 row = await cur.fetchone()
         return _job(row) if row else None
 
-    async def requeue_running(self, job_ids: Iterable[int] | None = None) -> int:
-        """Put ``running`` jobs (all of them, or those listed) back in the queue."""
+    async def requeue_running(self, job_ids: Iterable[int] | None = None, *,
+                              reason: str | None = None) -> int:
+        """Put ``running`` jobs (all of them, or those listed) back in the queue.
+
+        With a ``reason`` (a crash found at start-up) each counts as one interruption towards
+        ``rebuilder.queue.MAX_INTERRUPTIONS``; without (a graceful stop, a full disk) it does not.
+        """
+        counted = (1 if reason is not None else 0, reason)
         async with self.transaction() as db:
             if job_ids is None:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
+                    "UPDATE jobs SET state = 'queued', started_at = NULL,"
+                    " interruptions = interruptions + ?,"
+                    " interrupted_because = COALESCE(?, interrupted_because)"
+                    " WHERE state = 'running'", counted,
                 )
                 return cur.rowcount
             n = 0
             for jid in job_ids:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL"
-                    " WHERE state = 'running' AND id = ?", (jid,),
+                    "UPDATE jobs SET state = 'queued', started_at = NULL,"
+                    " interruptions = interruptions + ?,"
+                    " interrupted_because = COALESCE(?, interrupted_because)"
+                    " WHERE state = 'running' AND id = ?", (*counted, jid),
                 )
                 n += cur.rowcount
             return n
+
+    async def retry_interrupted(self, job_id: int, reason: str) -> JobRow:
+        """Count one interruption of the running ``job_id`` and claim its next attempt, in one
+        transaction (the attempt that was interrupted is never signed)."""
+        async with self.transaction() as db, db.execute(
+            "UPDATE jobs SET interruptions = interruptions + 1, interrupted_because = ?,"
+            " attempts = attempts + 1, started_at = ? WHERE id = ? AND state = 'running'"
+            " RETURNING *", (reason, now_iso(), job_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"job {job_id} is not running; cannot retry it")
+        return _job(row)
 
     async def requeue_finished(self, job_ids: Iterable[int] = (), all_failed: bool = False
                                ) -> list[int]:
         """Queue finished jobs again (operator's ``rebuilder requeue``); the ids re-queued.
 
         The next attempt gets a new attempt number, so a new invocation and a new attestation;
-        earlier attestations stay (append-only) until revoked.
+        earlier attestations stay (append-only) until revoked. The job starts fresh: its
+        interruption count is reset.
         """
         done: list[int] = []
         async with self.transaction() as db:
@@ -317,7 +347,8 @@ class Store:
                     job_ids = [int(r[0]) for r in await cur.fetchall()]
             for jid in job_ids:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL"
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL,"
+                    " interruptions = 0, interrupted_because = NULL"
                     " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
                 )
                 if cur.rowcount:
@@ -507,6 +538,15 @@ class Store:
             "SELECT b.*, j.source, j.version, j.arch FROM builds b JOIN jobs j ON j.id = b.job_id"
             " ORDER BY b.id DESC LIMIT ?", (limit,),
         )
+
+    async def referenced_files(self) -> set[str]:
+        """Every log and report path (relative to the state directory) a stored build names."""
+        rows = await self._all(
+            "SELECT log_path AS p FROM builds WHERE log_path IS NOT NULL"
+            " UNION SELECT report_html FROM outputs WHERE report_html IS NOT NULL"
+            " UNION SELECT report_txt FROM outputs WHERE report_txt IS NOT NULL"
+        )
+        return {str(r[0]) for r in rows}
 
     async def running_jobs(self) -> list[JobRow]:
         rows = await self._all("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")
