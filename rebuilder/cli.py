@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import sys
 import tomllib
 from dataclasses import replace
@@ -233,6 +234,12 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _status(config: Config) -> dict[str, Any]:
+    from rebuilder.recovery import DiskGuard, MiB
+
+    disk = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB).status()
+    if disk.paused and disk.free_bytes < MiB:
+        # reading may still work, but say first what the operator must fix
+        print(f"rebuilder status: not taking jobs: {disk.reason}", file=sys.stderr)
     store = await Store.open(config.node.db_path, readonly=True)
     try:
         counts = await store.counts()
@@ -249,6 +256,7 @@ async def _status(config: Config) -> dict[str, Any]:
         "failed": counts["failed"],
         "outbox_backlog": counts["backlog"],
         "attestations": counts["last_seq"],
+        "disk": disk.to_dict(),
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
                     "failure": r["failure"]} for r in recent],
@@ -263,6 +271,10 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"node {s['node']}: {s['queue']} queued, {len(s['running'])} running, "
           f"{s['done']} done, {s['failed']} failed")
     print(f"outbox backlog: {s['outbox_backlog']} unpublished of {s['attestations']} attestations")
+    disk = s["disk"]
+    print(f"state filesystem: {disk['free_bytes'] / 2**20:.0f} MiB free, floor"
+          f" {disk['min_free_bytes'] / 2**20:.0f} MiB"
+          + (f"; NOT TAKING JOBS: {disk['reason']}" if disk["paused"] else ""))
     for r in s["running"]:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")
@@ -412,6 +424,7 @@ COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    config: Config | None = None
     try:
         if args.command == "init":
             return cmd_init(args)
@@ -422,6 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except (BadDataError, UnreachableError, VerifierError) as e:
         print(f"rebuilder {args.command}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (sqlite3.Error, OSError) as e:  # a full disk, an unreadable state directory, a port
+        from rebuilder.recovery import describe_storage_error
+
+        state_dir = config.node.state_dir if config is not None else (
+            Path(args.dir) if args.command == "init" else None)
+        print(f"rebuilder {args.command}: {describe_storage_error(e, state_dir)}",
+              file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -135,7 +135,7 @@ async def _serve(
     pool = WorkerPool(runner, store, config.build.parallel, guard)
     watcher = Watcher(config.repositories, store, session, on_new_jobs=lambda _j: pool.wake())
 
-    web_runner = web.AppRunner(create_app(config, store=store), access_log=None)
+    web_runner = web.AppRunner(create_app(config, store=store, guard=guard), access_log=None)
     await web_runner.setup()
     site = web.TCPSite(web_runner, config.node.listen_host, config.node.listen_port)
     await site.start()

@@ -154,14 +154,20 @@ def _job(row: sqlite3.Row) -> JobRow:
 
 async def _connect(path: Path, readonly: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(str(path), isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA busy_timeout = 10000")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    if readonly:
-        await conn.execute("PRAGMA query_only = ON")
-    else:
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        # e.g. a full disk: the connection's thread must not outlive the error (the process
+        # would hang at exit instead of failing)
+        await conn.close()
+        raise
     return conn
 
 
@@ -188,7 +194,12 @@ class Store:
             except BaseException:
                 await write.close()
                 raise
-        read = await _connect(path, readonly=True)
+        try:
+            read = await _connect(path, readonly=True)
+        except BaseException:
+            if write is not None:
+                await write.close()
+            raise
         store = cls(write, read)
         try:
             version = await store.schema_version()
@@ -236,7 +247,9 @@ class Store:
     async def schema_version(self) -> int:
         try:
             row = await self._one("SELECT version FROM schema_version")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):  # a full disk, an I/O error: not "version 0"
+                raise
             return 0
         return int(row["version"]) if row else 0
 

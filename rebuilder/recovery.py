@@ -34,6 +34,7 @@ __all__ = [
     "DiskGuard",
     "DiskStatus",
     "clean_leftovers",
+    "describe_storage_error",
     "free_bytes",
     "is_disk_full",
     "killed_from_outside",
@@ -123,12 +124,30 @@ class DiskStatus:
                 "paused": self.paused, "reason": self.reason}
 
 
+def describe_storage_error(exc: BaseException, state_dir: Path | None) -> str:
+    """One line for an OS or database error, saying so when the state filesystem is full
+    (SQLite then often says only "disk I/O error")."""
+    text = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename \
+        else str(exc) or type(exc).__name__
+    full = is_disk_full(exc)
+    if not full and state_dir is not None:
+        with contextlib.suppress(OSError):
+            full = free_bytes(state_dir) < MiB
+    if full and state_dir is not None:
+        return (f"the filesystem holding {state_dir} is full ({text}); free space there, then"
+                " run the command again")
+    return f"{type(exc).__name__}: {text}"
+
+
 class DiskGuard:
-    """Whether the state filesystem has room for another job; logs each change once."""
+    """Whether the state filesystem has room for another job; logs each change once.
+
+    Below 1 MiB free it is always full, whatever ``min_free_bytes`` says.
+    """
 
     def __init__(self, state_dir: Path, min_free_bytes: int) -> None:
         self.state_dir = state_dir
-        self.min_free_bytes = max(0, min_free_bytes)
+        self.min_free_bytes = max(MiB, min_free_bytes)
         self._full_error: str | None = None  # a write failed: paused until a probe succeeds
         self._paused_reason: str | None = None
 
@@ -146,8 +165,9 @@ class DiskGuard:
                               f"cannot read the free space of {self.state_dir}: {e.strerror}")
         if free < self.min_free_bytes:
             return DiskStatus(free, self.min_free_bytes, True,
-                              f"the state filesystem has {free // MiB} MiB free, below"
-                              f" node.min_free_mb = {self.min_free_bytes // MiB}")
+                              f"the state filesystem has {free / MiB:.1f} MiB free, below"
+                              f" the floor of {self.min_free_bytes // MiB} MiB"
+                              " (node.min_free_mb)")
         if self._full_error is not None:
             return DiskStatus(free, self.min_free_bytes, True,
                               f"the state filesystem is full ({self._full_error})")

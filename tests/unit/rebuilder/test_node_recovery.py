@@ -3,6 +3,7 @@ killed from outside is retried, leftovers of interrupted attempts are removed.""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import pytest
 
 from rebuilder.db import Store
 from rebuilder.outcome import Interrupted, StateDiskFull
-from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner
-from rebuilder.recovery import killed_from_outside
-from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced
+from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner, WorkerPool
+from rebuilder.recovery import clean_leftovers, killed_from_outside
+from tests.state_check import unexplained
+from tests.unit.rebuilder.node_helpers import amake_node, job, mismatch, reproduced
 from verifier.keys import load_private_key
 
 
@@ -167,3 +169,69 @@ def test_killed_from_outside(returncode: int | None, oom: tuple[int | None, int 
         assert why is None
     else:
         assert why is not None and expected in why
+
+
+async def test_start_up_removes_what_no_row_explains(tmp_path: Path) -> None:
+    cfg = await amake_node(tmp_path)
+    node = cfg.node
+    store = await Store.open(node.db_path)
+    runner = JobRunner(cfg, store, load_private_key(node.signing_key),
+                       lambda j, w: _mismatch(j, w))
+    await store.add_jobs([job("a"), job("b")])
+    a = await store.claim_job()
+    assert a is not None
+    await runner.run(a)  # stored: its log and reports are explained by its build row
+    kept = sorted(str(p.relative_to(node.state_dir)) for d in (node.logs_dir, node.reports_dir)
+                  for p in d.iterdir())
+    assert kept and unexplained(node.state_dir) == []
+    b = await store.claim_job()
+    assert b is not None
+    # what a kill mid-build, or mid-store, leaves behind
+    (runner.work_dir(b) / "tree" / "debian").mkdir(parents=True)
+    (runner.work_dir(b) / "tree" / "debian" / "x.o").write_bytes(b"half")
+    (runner.work_dir(b) / "tree" / "debian").chmod(0o500)  # builds leave read-only dirs
+    (node.builds_dir / "1-7").mkdir()
+    (node.logs_dir / f"{b.id}-{b.attempts}.log").write_text("copied, never stored")
+    (node.reports_dir / f"{b.id}-{b.attempts}-0.html").write_text("copied, never stored")
+    assert unexplained(node.state_dir) == [
+        "builds/1-7", "logs/2-1.log", "reports/2-1-0.html"]  # b itself is still running
+    assert await store.requeue_running(reason="crash") == 1
+    removed = await clean_leftovers(cfg, store)
+    assert len(removed) == 4
+    assert unexplained(node.state_dir) == []
+    assert sorted(str(p.relative_to(node.state_dir)) for d in (node.logs_dir, node.reports_dir)
+                  for p in d.iterdir()) == kept
+    assert list(node.builds_dir.iterdir()) == []
+    await store.close()
+
+
+async def _mismatch(j: Any, work: Path) -> Any:
+    return mismatch(j, work / "reports")
+
+
+async def test_cancelled_attempt_leaves_no_build_dir(tmp_path: Path) -> None:
+    cfg = await amake_node(tmp_path)
+    store = await Store.open(cfg.node.db_path)
+    started = asyncio.Event()
+
+    async def slow(j: Any, work: Path) -> Any:
+        (work / "tree").mkdir()
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), slow),
+                      store, 1)
+    await store.add_jobs([job()])
+    task = asyncio.create_task(pool.run())
+    async with asyncio.timeout(10):
+        await started.wait()
+    assert (cfg.node.builds_dir / "1-1").is_dir()
+    await pool.shutdown(grace=0.1)
+    async with asyncio.timeout(10):
+        await task
+    row = await store.job(1)
+    assert row is not None and (row.state, row.interruptions) == ("queued", 0)
+    assert list(cfg.node.builds_dir.iterdir()) == []
+    assert unexplained(cfg.node.state_dir) == []
+    await store.close()
