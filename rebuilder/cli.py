@@ -237,9 +237,6 @@ async def _status(config: Config) -> dict[str, Any]:
     from rebuilder.recovery import DiskGuard, MiB
 
     disk = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB).status()
-    if disk.paused and disk.free_bytes < MiB:
-        # reading may still work, but say first what the operator must fix
-        print(f"rebuilder status: not taking jobs: {disk.reason}", file=sys.stderr)
     store = await Store.open(config.node.db_path, readonly=True)
     try:
         counts = await store.counts()

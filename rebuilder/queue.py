@@ -324,16 +324,19 @@ class WorkerPool:
                 except sqlite3.Error as e:
                     if is_disk_full(e):
                         self.guard.note_full(str(e))
-                        return False
-                    raise
+                    else:
+                        log.error("cannot re-queue the jobs a full disk stopped (%s)", e)
+                    return False
             return True
 
     async def _requeue_stopped(self) -> None:
+        """Re-queue what a full disk stopped; the caller holds ``_intake`` (or is shutting down)."""
         ids = sorted(self._to_requeue)
         for jid in ids:
             await self.store.requeue_running([jid], reason=self._to_requeue[jid])
             del self._to_requeue[jid]
-        log.info("re-queued %d job(s) stopped by the full disk: %s", len(ids), ids)
+        if ids:
+            log.info("re-queued %d job(s) stopped by the full disk: %s", len(ids), ids)
 
     async def _idle(self, seconds: float) -> None:
         self._wake.clear()
@@ -377,6 +380,10 @@ class WorkerPool:
                 self._to_requeue[job.id] = e.reason if e.counted else None
                 if self.guard is not None:
                     self.guard.note_full(e.reason)
+                # a re-queue is a tiny write that often still fits: nothing stays "running"
+                async with self._intake:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._requeue_stopped()
             except Exception:
                 log.exception("worker %d: job %d could not be stored; it stays running and is"
                               " retried on restart", index, job.id)
@@ -407,6 +414,7 @@ class WorkerPool:
                 n = await self.store.requeue_running(unfinished)
                 log.info("re-queued %d interrupted job(s): %s", n, unfinished)
             if self._to_requeue:
-                await self._requeue_stopped()
+                async with self._intake:
+                    await self._requeue_stopped()
         except sqlite3.Error as e:  # still full: the next start re-queues them
             log.error("cannot re-queue the stopped jobs (%s); the next start does", e)

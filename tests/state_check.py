@@ -1,11 +1,21 @@
 """What a node's state directory may hold: every file is explained by the config, the database
-or a job row. ``unexplained(state_dir)`` lists the rest (leftovers of interrupted attempts)."""
+or a job row. ``unexplained(state_dir)`` lists the rest (leftovers of interrupted attempts).
+``small_filesystem`` mounts a real tmpfs of a few MiB and ``fill`` fills it, for full-disk tests.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import re
+import shutil
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 _TOP = {"config.toml", "state.db", "state.db-wal", "state.db-shm", "state.db-journal", "keys",
         "cache", "builds", "logs", "reports"}
@@ -41,3 +51,41 @@ def unexplained(state_dir: Path) -> list[str]:
                 if rel not in referenced:
                     found.append(rel)
     return found
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_mb: int) -> Iterator[Path]:
+    """A real tmpfs of ``size_mb`` MiB mounted at ``path`` (root only; the test is skipped
+    otherwise), unmounted whatever the test's outcome."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small filesystem needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs",
+                           str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill(directory: Path, leave_bytes: int = 0) -> Path:
+    """Write a file in ``directory`` until its filesystem has at most ``leave_bytes`` free
+    (0: until the kernel says ENOSPC). Remove the returned file to give the space back."""
+    target = directory / f"filler-{len(list(directory.glob('filler-*')))}"
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    budget = max(0, free - leave_bytes) if leave_bytes else None
+    chunk = b"\0" * 65536
+    written = 0
+    with target.open("wb", buffering=0) as f:
+        try:
+            while budget is None or written < budget:
+                n = len(chunk) if budget is None else min(len(chunk), budget - written)
+                written += f.write(chunk[:n]) or 0
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return target

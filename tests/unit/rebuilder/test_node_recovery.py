@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rebuilder import queue, recovery
 from rebuilder.db import Store
 from rebuilder.outcome import Interrupted, StateDiskFull
 from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner, WorkerPool
-from rebuilder.recovery import clean_leftovers, killed_from_outside
+from rebuilder.recovery import DiskGuard, clean_leftovers, killed_from_outside
 from tests.state_check import unexplained
 from tests.unit.rebuilder.node_helpers import amake_node, job, mismatch, reproduced
 from verifier.keys import load_private_key
@@ -234,4 +236,61 @@ async def test_cancelled_attempt_leaves_no_build_dir(tmp_path: Path) -> None:
     assert row is not None and (row.state, row.interruptions) == ("queued", 0)
     assert list(cfg.node.builds_dir.iterdir()) == []
     assert unexplained(cfg.node.state_dir) == []
+    await store.close()
+
+
+async def test_full_disk_pauses_the_pool_instead_of_draining_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: with storing failing on ENOSPC, every queued job was claimed within
+    milliseconds and left running until a restart."""
+    monkeypatch.setattr(queue, "DISK_POLL_S", 0.05)
+    cfg = await amake_node(tmp_path)
+    store = await Store.open(cfg.node.db_path)
+    guard = DiskGuard(cfg.node.state_dir, 0)
+    claims: list[tuple[str, int]] = []
+    seen_while_full: list[dict[str, int]] = []
+
+    async def builder(j: Any, work: Path) -> Any:
+        claims.append((j.source, len(claims)))
+        if len(claims) <= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return reproduced(j)
+
+    probes: list[bool] = []
+
+    def probe(state_dir: Path) -> bool:  # the disk stays full for a few looks
+        probes.append(len(probes) >= 5)
+        return probes[-1]
+
+    monkeypatch.setattr(recovery, "_probe", probe)
+    real_check = guard.check
+
+    def check() -> Any:
+        s = real_check()
+        if s.paused:
+            seen_while_full.append({"claims": len(claims)})
+        return s
+
+    monkeypatch.setattr(guard, "check", check)
+    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder),
+                      store, 2, guard)
+    await store.add_jobs([job("a"), job("b"), job("c"), job("d")])
+    task = asyncio.create_task(pool.run())
+    try:
+        async with asyncio.timeout(20):
+            while (await store.counts())["done"] < 4:
+                await asyncio.sleep(0.02)
+    finally:
+        await pool.shutdown(grace=1)
+        await task
+    counts = await store.counts()
+    assert (counts["running"], counts["queued"], counts["last_seq"]) == (0, 0, 4)
+    assert "not taking jobs" in caplog.text and "taking jobs again" in caplog.text
+    # at most the two workers' jobs hit the full disk; the other jobs waited for space
+    assert len(claims) == 6 and len(probes) >= 6
+    assert seen_while_full and all(s["claims"] == 2 for s in seen_while_full)
+    for jid in range(1, 5):
+        row = await store.job(jid)
+        assert row is not None and row.interruptions == 0  # a full disk is not counted
     await store.close()
