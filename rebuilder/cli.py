@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -217,9 +218,15 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                   f"{len(row.published)} published binaries")
         claimed = await store.claim_job(job_id)
         assert claimed is not None
-        async with aiohttp.ClientSession() as session:
-            runner = JobRunner(config, store, key, make_builder(config, session))
-            result = await runner.run(claimed)
+        try:
+            async with aiohttp.ClientSession() as session:
+                runner = JobRunner(config, store, key, make_builder(config, session))
+                result = await runner.run(claimed)
+        except BaseException:
+            # nothing was signed (a full disk, Ctrl-C): give the job back to the daemon's queue
+            with contextlib.suppress(sqlite3.Error):
+                await store.requeue_running([claimed.id])
+            raise
     finally:
         await store.close()
     print(f"{source} {version} {arch}: {result.verdict}"
