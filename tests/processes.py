@@ -12,7 +12,14 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["become_subreaper", "descendants", "die_with_parent", "stop_processes"]
+__all__ = [
+    "become_subreaper",
+    "children",
+    "descendants",
+    "die_with_parent",
+    "reap_orphans",
+    "stop_processes",
+]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -60,6 +67,31 @@ def descendants(root: int | None = None) -> dict[int, str]:
             found[child] = names[child]
             stack.append(child)
     return found
+
+
+def children() -> set[int]:
+    """Direct children of this process, zombies included."""
+    me = os.getpid()
+    return {int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (st := _stat(int(p.name))) is not None and st[0] == me}
+
+
+def reap_orphans(keep: set[int]) -> int:
+    """Reap exited children of this process not in ``keep``: orphans re-parented to the
+    subreaper (bwrap's helpers, say) that nobody else will wait for. Returns how many."""
+    me = os.getpid()
+    reaped = 0
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) in keep:
+            continue
+        st = _stat(int(p.name))
+        if st is not None and st[0] == me and st[1] == "Z":
+            try:
+                if os.waitpid(int(p.name), os.WNOHANG)[0]:
+                    reaped += 1
+            except ChildProcessError:
+                continue
+    return reaped
 
 
 def stop_processes(pids: dict[int, str], grace: float = 5.0) -> None:
