@@ -13,7 +13,7 @@
    every verdict is the expected one, 1 otherwise).
 
 State goes into a temporary directory (or ``--state DIR``); every child process is stopped on
-exit.
+exit, on SIGTERM, and (the kernel's parent-death signal) even when the demo itself is killed.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class Children:
 
     log_dir: Path
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _watchdog: subprocess.Popen[bytes] | None = None
 
     def start(self, name: str, argv: Sequence[str], cwd: Path | None = None) -> Path:
         log = self.log_dir / f"{name}.log"
@@ -110,7 +111,23 @@ class Children:
                 start_new_session=True,  # its own group: stopping it stops its children too
             )
         self.procs.append((name, proc))
+        self._watch(f"{proc.pid}\n")
         return log
+
+    def _watch(self, line: str) -> None:
+        """Tell the watchdog about a process group ("clear": all were stopped)."""
+        if self._watchdog is None:
+            # A separate process that outlives a killed demo (SIGKILL runs no finally) and then
+            # stops every group it was told about; a parent-death signal would not reach
+            # mosquitto, which changes its user and so loses it.
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        assert self._watchdog.stdin is not None
+        with contextlib.suppress(OSError):
+            self._watchdog.stdin.write(line.encode())
+            self._watchdog.stdin.flush()
 
     def check_alive(self) -> None:
         for name, proc in self.procs:
@@ -128,6 +145,12 @@ class Children:
         for group in (first, then):
             self._stop(group)
         self.procs.clear()
+        if self._watchdog is not None:
+            self._watch("clear\n")
+            assert self._watchdog.stdin is not None
+            self._watchdog.stdin.close()
+            self._watchdog.wait(30)
+            self._watchdog = None
 
     @staticmethod
     def _stop(group: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> None:
@@ -147,6 +170,36 @@ class Children:
 
 class DemoError(Exception):
     pass
+
+
+# The watchdog's program: read process group ids until EOF (the demo exited, however it died),
+# then stop every group not cleared: SIGTERM, and SIGKILL for those still there after 10 s.
+_WATCHDOG = """
+import os, signal, sys, time
+groups = []
+for line in sys.stdin:
+    groups = [] if line.strip() == "clear" else groups + [int(line)]
+def alive(g):  # a group whose leader is a zombie (not reaped yet) counts as gone
+    try:
+        os.killpg(g, 0)
+        with open(f"/proc/{g}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for g in groups:
+        try:
+            os.killpg(g, sig)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that asyncio.run cancels demo() and its finally stops children
 
 
 def run_checked(argv: Sequence[str], what: str, log: Path) -> str:
@@ -524,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = args.state or Path(tempfile.mkdtemp(prefix="rq-demo-"))
     state.mkdir(parents=True, exist_ok=True)
     out = Out()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     out.step(f"repro-quorum demo; state and logs in {state}")
     try:
         code = asyncio.run(demo(state.resolve(), args.once, out))

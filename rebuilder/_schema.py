@@ -198,6 +198,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     LOG_MIGRATION,
     # 8 (branch trust): attestations.payload_sha256, unique; `revokes` then names it (v2)
     _payload_digests,
+    # 9 (branch crash): interruptions (crashes, builds killed from outside) are counted apart
+    # from attempts, so the give-up rule never counts finished attempts; why the last one was
+    # interrupted, for the signed failure that gives up
+    """
+    ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN interrupted_because TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,7 @@ from rebuilder.metrics import render_metrics
 from rebuilder.tlog_http import add_log_routes, log_document, proofs_for
 from verifier.dsse import Envelope
 from verifier.errors import BadDataError
+from rebuilder.recovery import DiskGuard, MiB
 from verifier.keys import keyid, load_private_key, public_key_pem
 from verifier.statement import RebuildStatement, parse_statement
 
@@ -41,6 +42,7 @@ CONFIG_KEY = web.AppKey("config", Config)
 STORE_KEY = web.AppKey("store", Store)
 NODE_KEY = web.AppKey("node", dict)
 LINK_SIGNER_KEY = web.AppKey("link_signer", object)
+GUARD_KEY = web.AppKey("disk_guard", DiskGuard)
 
 REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 DEFAULT_LIMIT = 100
@@ -311,7 +313,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = await render_metrics(request.app[STORE_KEY], request.app[CONFIG_KEY].node.id)
+    disk = await asyncio.to_thread(request.app[GUARD_KEY].status)
+    text = await render_metrics(request.app[STORE_KEY], request.app[CONFIG_KEY].node.id, disk)
     resp = web.Response(text=text)
     resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
     return resp
@@ -334,10 +337,15 @@ def node_document(
     return doc
 
 
-def create_app(config: Config, *, store: Store | None = None) -> web.Application:
-    """The API application; it opens its own read-only store unless ``store`` is given."""
+def create_app(config: Config, *, store: Store | None = None,
+               guard: DiskGuard | None = None) -> web.Application:
+    """The API application; it opens its own read-only store unless ``store`` is given.
+
+    ``guard`` is the workers' ``DiskGuard`` (so /metrics shows a pause a full disk caused);
+    without it /metrics looks at the free space alone."""
     app = web.Application(middlewares=[_errors], client_max_size=4096)
     app[CONFIG_KEY] = config
+    app[GUARD_KEY] = guard or DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB)
     key = load_private_key(config.node.signing_key)
     sslib = sslib_key(key.public_key())
     app[NODE_KEY] = node_document(config, public_key_pem(key.public_key()),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, pins, sandbox
+from rebuilder import compare, environment, pins, recovery, sandbox
 from rebuilder.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
@@ -48,7 +49,14 @@ from rebuilder.buildinfo import (
 )
 from rebuilder.fetch import fetch_bytes, fetch_file
 from rebuilder.openpgp import SourcePolicy, check_dsc_signature
-from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome, Stage
+from rebuilder.outcome import (
+    BuildJob,
+    Interrupted,
+    OutputResult,
+    RebuildOutcome,
+    Stage,
+    StateDiskFull,
+)
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
 from verifier.verdicts import job_verdict
@@ -88,6 +96,7 @@ class BuildSettings:
     fetch_timeout: float = 600.0
     # per repository name: how .dsc signatures are checked (uploader_keyring, ...)
     source_policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
+    min_free_mb: int = 0  # node.min_free_mb: a build failing below it blames the full disk
 
     def __post_init__(self) -> None:
         if self.environment not in ("host", "mmdebstrap"):
@@ -111,12 +120,14 @@ class BuildSettings:
 
 
 class StageError(Exception):
-    """A step of the pipeline failed for this package (not a bug of ours)."""
+    """A step of the pipeline failed for this package (not a bug of ours); ``limit`` names the
+    node's limit that stopped it, if one did."""
 
-    def __init__(self, stage: Stage, message: str) -> None:
+    def __init__(self, stage: Stage, message: str, limit: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
         self.message = message
+        self.limit = limit
 
 
 @dataclass
@@ -164,6 +175,9 @@ async def run_rebuild(
         except asyncio.CancelledError:
             run.say("cancelled")
             raise
+        except Interrupted as e:  # not a verdict: the daemon retries the job
+            run.say(f"interrupted: {e.reason}")
+            raise
         except Exception as e:  # a bug or a broken host must still give an outcome and a log
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
@@ -180,6 +194,7 @@ async def run_rebuild(
         unpublished=() if failure else tuple(run.unpublished),
         failure=failure.message[:4000] if failure else None,
         failure_stage=failure.stage if failure else None,
+        limit=failure.limit if failure else None,
         log_path=log_path,
         environment=settings.environment,
         internal_parameters=run.internal,
@@ -638,12 +653,25 @@ async def _sandboxed(
     tree: Path,
     what: str,
 ) -> None:
+    oom_before = recovery.oom_kills()
     result = await sandbox.run_sandboxed(argv, cfg, run.log, limits, watch_dir=tree)
     run.log.seek(0, os.SEEK_END)
+    # the disk limit is polled; a build may have passed it between two looks
+    if (result.limit is None and result.returncode != 0 and limits.max_disk_bytes is not None
+            and await asyncio.to_thread(sandbox.directory_size, tree) > limits.max_disk_bytes):
+        result = dataclasses.replace(result, returncode=None, limit="disk")
     if result.limit is not None:
         run.internal["stopped_by_limit"] = result.limit
-        raise StageError("build", f"{what} {sandbox.describe_limit(result.limit, limits)}")
+        raise StageError("build", f"{what} {sandbox.describe_limit(result.limit, limits)}",
+                         limit=result.limit)
     if result.returncode != 0:
+        why = recovery.killed_from_outside(result.returncode, oom_before, recovery.oom_kills())
+        if why is not None:
+            raise Interrupted(f"{what}: {why}")
+        free = await asyncio.to_thread(recovery.free_bytes, tree)
+        if free < max(recovery.MiB, run.settings.min_free_mb * _MB):
+            raise StateDiskFull(f"the state filesystem filled up during {what}"
+                                f" ({free // _MB} MiB free)", counted=True)
         raise StageError("build", f"{what} exited with status {result.returncode} (see the log)")
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import sqlite3
 import sys
 import tomllib
 from dataclasses import replace
@@ -248,9 +250,15 @@ async def _rebuild(args: argparse.Namespace, config: Config) -> int:
                   f"{len(row.published)} published binaries")
         claimed = await store.claim_job(job_id)
         assert claimed is not None
-        async with aiohttp.ClientSession() as session:
-            runner = JobRunner(config, store, key, make_builder(config, session))
-            result = await runner.run(claimed)
+        try:
+            async with aiohttp.ClientSession() as session:
+                runner = JobRunner(config, store, key, make_builder(config, session))
+                result = await runner.run(claimed)
+        except BaseException:
+            # nothing was signed (a full disk, Ctrl-C): give the job back to the daemon's queue
+            with contextlib.suppress(sqlite3.Error):
+                await store.requeue_running([claimed.id])
+            raise
     finally:
         await store.close()
     print(f"{source} {version} {arch}: {result.verdict}"
@@ -269,6 +277,9 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _status(config: Config) -> dict[str, Any]:
+    from rebuilder.recovery import DiskGuard, MiB
+
+    disk = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB).status()
     store = await Store.open(config.node.db_path, readonly=True)
     try:
         counts = await store.counts()
@@ -294,6 +305,7 @@ async def _status(config: Config) -> dict[str, Any]:
         "outbox_backlog": counts["backlog"],
         "attestations": counts["last_seq"],
         "verdicts": {v: verdicts.get(v, 0) for v in JOB_VERDICTS},
+        "disk": disk.to_dict(),
         "latest": [{"job": r["job_id"], "package": f"{r['source']} {r['version']} {r['arch']}",
                     "verdict": r["verdict"], "finished_at": r["finished_at"],
                     "failure": r["failure"], "envelope_sha256": r["envelope_sha256"],
@@ -339,6 +351,10 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"outbox backlog: {s['outbox_backlog']} unpublished of {s['attestations']} attestations")
     _print_limits(s["limits"])
     print("builds: " + ", ".join(f"{n} {v}" for v, n in s["verdicts"].items()))
+    disk = s["disk"]
+    print(f"state filesystem: {disk['free_bytes'] / 2**20:.0f} MiB free, floor"
+          f" {disk['min_free_bytes'] / 2**20:.0f} MiB"
+          + (f"; NOT TAKING JOBS: {disk['reason']}" if disk["paused"] else ""))
     for r in s["running"]:
         print(f"  running  job {r['job']} {r['package']} attempt {r['attempt']} "
               f"since {r['started_at']}")
@@ -523,6 +539,7 @@ COMMANDS = {"run": cmd_run, "rebuild": cmd_rebuild, "status": cmd_status,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    config: Config | None = None
     try:
         if args.command == "init":
             return cmd_init(args)
@@ -534,8 +551,16 @@ def main(argv: list[str] | None = None) -> int:
     except (BadDataError, UnreachableError, VerifierError) as e:
         print(f"rebuilder {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as e:  # a file or directory the command needs: one line, never a traceback
-        print(f"rebuilder {args.command}: {os_error_message(e)}", file=sys.stderr)
+    except (sqlite3.Error, OSError) as e:  # a full disk, an unreadable state directory, a port
+        from rebuilder.recovery import describe_storage_error, is_disk_full
+
+        state_dir = config.node.state_dir if config is not None else (
+            Path(args.dir) if args.command == "init" else None)
+        # a file or directory the command needs says which and what to do; a database error or
+        # a full disk says so
+        message = (os_error_message(e) if isinstance(e, OSError) and not is_disk_full(e)
+                   and e.filename else describe_storage_error(e, state_dir))
+        print(f"rebuilder {args.command}: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -57,6 +57,8 @@ class NodeConfig:
     public_url: str
     state_dir: Path
     signing_key: Path
+    # workers take no job while the state filesystem has less free (docs/configuration.md)
+    min_free_mb: int = 256
 
     @property
     def db_path(self) -> Path:
@@ -353,7 +355,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     n = _Section("node", data.get("node"), {"id", "operator", "listen", "public_url",
-                                            "state_dir", "signing_key"})
+                                            "state_dir", "signing_key", "min_free_mb"})
     host, port = parse_listen(n.text("listen", "127.0.0.1:8401"))
     state_dir = _path(base_dir, n.text("state_dir", "."))
     node = NodeConfig(
@@ -364,6 +366,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         public_url=_http_url(n.text("public_url", f"http://{host}:{port}"), "node.public_url"),
         state_dir=state_dir,
         signing_key=_path(base_dir, n.text("signing_key", "keys/signing.pem")),
+        min_free_mb=n.integer("min_free_mb", 256, 0, 10_000_000),
     )
     if not node.operator.strip():
         raise ConfigError("node.operator must not be empty")

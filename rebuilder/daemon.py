@@ -30,6 +30,7 @@ from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
 from rebuilder.tlog import NodeLog
 from rebuilder.tlog_http import log_settings
+from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
 from verifier.tlog.note import NoteSigner
@@ -94,6 +95,7 @@ def build_settings(config: Config) -> Any:
         cache_dir=config.node.cache_dir,
         # Never visible inside a build: the state directory (database, other builds, reports),
         # the signing key and the broker password wherever they live.
+        min_free_mb=config.node.min_free_mb,
         hidden_paths=tuple(p for p in (config.node.state_dir, config.node.signing_key,
                                        config.mqtt.password_file) if p is not None),
         source_policies={r.name: SourcePolicy(r.uploader_keyring, r.require_signed_source)
@@ -122,9 +124,11 @@ async def run_daemon(
     key = load_private_key(config.node.signing_key)
     store = await Store.open(config.node.db_path)
     try:
-        requeued = await store.requeue_running()
+        requeued = await store.requeue_running(
+            reason="the node stopped during the build (a crash, a kill or a power loss)")
         if requeued:
             log.warning("re-queued %d job(s) interrupted by a previous crash or kill", requeued)
+        await clean_leftovers(config, store)
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
             headers={"User-Agent": f"repro-quorum-rebuilder/{config.node.id}"},
@@ -156,10 +160,11 @@ async def _serve(
     publisher = Publisher(config, store, status) if config.mqtt.enabled else None
     runner = JobRunner(config, store, key, builder_factory(config, session),
                        on_stored=lambda _r: publisher.wake() if publisher else None)
-    pool = WorkerPool(runner, store, config.build.parallel)
+    guard = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB)
+    pool = WorkerPool(runner, store, config.build.parallel, guard)
     watcher = Watcher(config.repositories, store, session, on_new_jobs=lambda _j: pool.wake())
 
-    web_runner = web.AppRunner(create_app(config, store=store), access_log=None)
+    web_runner = web.AppRunner(create_app(config, store=store, guard=guard), access_log=None)
     await web_runner.setup()
     site = web.TCPSite(web_runner, config.node.listen_host, config.node.listen_port)
     await site.start()

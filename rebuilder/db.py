@@ -73,6 +73,10 @@ class JobRow:
     release: ReleaseRef | None = None
     buildinfo_pinned: bool = False
     source_version: str | None = None  # a binNMU's source version (version is the binNMU's)
+    # unplanned stops of this job's attempts since it was queued or requeued (crash, a build
+    # killed from outside); a graceful shutdown does not count
+    interruptions: int = 0
+    interrupted_because: str | None = None
 
     def to_build_job(self) -> BuildJob:
         return BuildJob(
@@ -234,19 +238,26 @@ def _job(row: sqlite3.Row) -> JobRow:
         finished_at=row["finished_at"], dsc_url=row["dsc_url"], dsc_sha256=row["dsc_sha256"],
         release=ReleaseRef.from_dict(json.loads(row["release"])) if row["release"] else None,
         buildinfo_pinned=bool(row["buildinfo_pinned"]), source_version=row["source_version"],
+        interruptions=row["interruptions"], interrupted_because=row["interrupted_because"],
     )
 
 
 async def _connect(path: Path, readonly: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(str(path), isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA busy_timeout = 10000")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    if readonly:
-        await conn.execute("PRAGMA query_only = ON")
-    else:
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        # e.g. a full disk: the connection's thread must not outlive the error (the process
+        # would hang at exit instead of failing)
+        await conn.close()
+        raise
     return conn
 
 
@@ -274,7 +285,12 @@ class Store:
             except BaseException:
                 await write.close()
                 raise
-        read = await _connect(path, readonly=True)
+        try:
+            read = await _connect(path, readonly=True)
+        except BaseException:
+            if write is not None:
+                await write.close()
+            raise
         store = cls(write, read)
         store.path = path
         try:
@@ -323,7 +339,9 @@ class Store:
     async def schema_version(self) -> int:
         try:
             row = await self._one("SELECT version FROM schema_version")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):  # a full disk, an I/O error: not "version 0"
+                raise
             return 0
         return int(row["version"]) if row else 0
 
@@ -397,29 +415,54 @@ class Store:
                 row = await cur.fetchone()
         return _job(row) if row else None
 
-    async def requeue_running(self, job_ids: Iterable[int] | None = None) -> int:
-        """Put ``running`` jobs (all of them, or those listed) back in the queue."""
+    async def requeue_running(self, job_ids: Iterable[int] | None = None, *,
+                              reason: str | None = None) -> int:
+        """Put ``running`` jobs (all of them, or those listed) back in the queue.
+
+        With a ``reason`` (a crash found at start-up) each counts as one interruption towards
+        ``rebuilder.queue.MAX_INTERRUPTIONS``; without (a graceful stop, a full disk) it does not.
+        """
+        counted = (1 if reason is not None else 0, reason)
         async with self.transaction() as db:
             if job_ids is None:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
+                    "UPDATE jobs SET state = 'queued', started_at = NULL,"
+                    " interruptions = interruptions + ?,"
+                    " interrupted_because = COALESCE(?, interrupted_because)"
+                    " WHERE state = 'running'", counted,
                 )
                 return cur.rowcount
             n = 0
             for jid in job_ids:
                 cur = await db.execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL"
-                    " WHERE state = 'running' AND id = ?", (jid,),
+                    "UPDATE jobs SET state = 'queued', started_at = NULL,"
+                    " interruptions = interruptions + ?,"
+                    " interrupted_because = COALESCE(?, interrupted_because)"
+                    " WHERE state = 'running' AND id = ?", (*counted, jid),
                 )
                 n += cur.rowcount
             return n
+
+    async def retry_interrupted(self, job_id: int, reason: str) -> JobRow:
+        """Count one interruption of the running ``job_id`` and claim its next attempt, in one
+        transaction (the attempt that was interrupted is never signed)."""
+        async with self.transaction() as db, db.execute(
+            "UPDATE jobs SET interruptions = interruptions + 1, interrupted_because = ?,"
+            " attempts = attempts + 1, started_at = ? WHERE id = ? AND state = 'running'"
+            " RETURNING *", (reason, now_iso(), job_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"job {job_id} is not running; cannot retry it")
+        return _job(row)
 
     async def requeue_finished(self, job_ids: Iterable[int] = (), all_failed: bool = False
                                ) -> list[int]:
         """Queue finished jobs again (operator's ``rebuilder requeue``); the ids re-queued.
 
         The next attempt gets a new attempt number, so a new invocation and a new attestation;
-        earlier attestations stay (append-only) until revoked.
+        earlier attestations stay (append-only) until revoked. The job starts fresh: its
+        interruption count is reset.
         """
         done: list[int] = []
         async with self.transaction() as db:
@@ -428,9 +471,10 @@ class Store:
                     job_ids = [int(r[0]) for r in await cur.fetchall()]
             for jid in job_ids:
                 cur = await db.execute(
-                    # re-queued: the buildinfo URL is resolved from the config again
+                    # re-queued: a fresh start, and the buildinfo URL resolved from the config
                     "UPDATE jobs SET state = 'queued', started_at = NULL, finished_at = NULL,"
-                    " buildinfo_pinned = 0 WHERE id = ? AND state IN ('done', 'failed')", (jid,),
+                    " buildinfo_pinned = 0, interruptions = 0, interrupted_because = NULL"
+                    " WHERE id = ? AND state IN ('done', 'failed')", (jid,),
                 )
                 if cur.rowcount:
                     done.append(jid)
@@ -663,6 +707,14 @@ class Store:
         )
         return [AttestationRow(r["seq"], r["envelope_sha256"], bytes(r["envelope"]), r["kind"])
                 for r in rows]
+    async def referenced_files(self) -> set[str]:
+        """Every log and report path (relative to the state directory) a stored build names."""
+        rows = await self._all(
+            "SELECT log_path AS p FROM builds WHERE log_path IS NOT NULL"
+            " UNION SELECT report_html FROM outputs WHERE report_html IS NOT NULL"
+            " UNION SELECT report_txt FROM outputs WHERE report_txt IS NOT NULL"
+        )
+        return {str(r[0]) for r in rows}
 
     async def running_jobs(self) -> list[JobRow]:
         rows = await self._all("SELECT * FROM jobs WHERE state = 'running' ORDER BY id")

@@ -3,8 +3,9 @@
 Everything is read from SQLite, so the figures survive restarts and the API process needs no
 shared memory with the workers. Metric names: ``rq_queue_length``, ``rq_running_builds``,
 ``rq_builds_total{verdict}``, ``rq_build_duration_seconds`` (histogram), ``rq_outbox_backlog``,
-``rq_attestations_total{kind}``, and ``rq_sandbox_limit_enforced{limit}`` (from the daemon's
-start-up check, ``rebuilder.limits``).
+``rq_attestations_total{kind}``, ``rq_sandbox_limit_enforced{limit}`` (from the daemon's
+start-up check, ``rebuilder.limits``), and from the state filesystem ``rq_state_free_bytes``,
+``rq_state_min_free_bytes`` and ``rq_intake_paused`` (1 while a full disk stops the workers).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from rebuilder import __version__, limits
 from rebuilder.db import Store
 from verifier.verdicts import JOB_VERDICTS
+from rebuilder.recovery import DiskStatus
 
 __all__ = ["DURATION_BUCKETS", "render_metrics"]
 
@@ -23,7 +25,7 @@ def _fmt(v: float) -> str:
     return repr(float(v)) if not float(v).is_integer() else str(int(v))
 
 
-async def render_metrics(store: Store, node_id: str) -> str:
+async def render_metrics(store: Store, node_id: str, disk: DiskStatus | None = None) -> str:
     counts = await store.counts()
     verdicts = await store.build_verdicts()
     kinds = await store.attestation_kinds()
@@ -62,4 +64,16 @@ async def render_metrics(store: Store, node_id: str) -> str:
     for kind in ("rebuild", "failure", "revocation"):
         lines.append(f'rq_attestations_total{{kind="{kind}"}} {kinds.get(kind, 0)}')
     lines += limits.metrics_lines(limits.current())
+    if disk is not None:
+        lines += [
+            "# HELP rq_state_free_bytes Free bytes on the state directory's filesystem.",
+            "# TYPE rq_state_free_bytes gauge",
+            f"rq_state_free_bytes {disk.free_bytes}",
+            "# HELP rq_state_min_free_bytes Below this free space the node takes no job.",
+            "# TYPE rq_state_min_free_bytes gauge",
+            f"rq_state_min_free_bytes {disk.min_free_bytes}",
+            "# HELP rq_intake_paused 1 while a full state filesystem stops the workers.",
+            "# TYPE rq_intake_paused gauge",
+            f"rq_intake_paused {int(disk.paused)}",
+        ]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,46 @@ from typing import Any, Literal
 from verifier.statement import Digest, PackageIdentity
 from verifier.verdicts import JobVerdict, OutputVerdictKind, job_verdict
 
+__all__ = [
+    "BuildJob",
+    "Interrupted",
+    "OutputResult",
+    "RebuildOutcome",
+    "Stage",
+    "StateDiskFull",
+    "Verdict",
+]
+
 Verdict = OutputVerdictKind  # reproduced | unreproducible | tampered | missing-rebuild
 Stage = Literal["fetch", "environment", "build", "compare", "internal"]
+
+
+class Interrupted(Exception):  # a state of the attempt, not an error of ours
+    """This attempt was stopped from outside the node's control: the sandbox or the command in
+    it was killed by a signal the node did not send (the OOM killer, an operator, a dying
+    host). Nothing is signed for it; the daemon retries the job as a new attempt and counts one
+    interruption (``rebuilder.queue.MAX_INTERRUPTIONS``).
+
+    A stop by one of the node's own limits is not an interruption: the pipeline turns
+    ``SandboxResult.limit`` (``"timeout"``, ``"disk"``, and whatever else the sandbox enforces,
+    e.g. ``"memory"``, ``"pids"``) into a signed failure naming the limit
+    (``RebuildOutcome.limit``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StateDiskFull(Interrupted):
+    """The node's state filesystem is full (ENOSPC, "database or disk is full", or below
+    ``node.min_free_mb``): the job goes back to the queue and the workers stop taking jobs
+    until space returns. It counts as an interruption only when ``counted`` (the disk filled up
+    during this build, which may have been the build's own doing)."""
+
+    def __init__(self, reason: str, *, counted: bool = False) -> None:
+        super().__init__(reason)
+        self.counted = counted
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,7 @@ class RebuildOutcome:
     unpublished: tuple[tuple[str, Digest], ...] = ()
     failure: str | None = None  # why the rebuild failed; then outputs is empty
     failure_stage: Stage | None = None
+    limit: str | None = None  # the node's limit that stopped the build ("timeout", "disk", ...)
     log_path: Path | None = None
     environment: Literal["host", "mmdebstrap"] = "host"
     internal_parameters: dict[str, Any] = field(default_factory=dict)

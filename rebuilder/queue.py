@@ -9,7 +9,11 @@ One attempt of one job goes:
 3. ``finish``: logs and reports are copied under the state directory, the statement is signed and
    the build row, outputs, attestation, subjects and outbox row are written in one transaction.
 
-A job still ``running`` when the node starts was interrupted: it is queued again (a new attempt).
+A job still ``running`` when the node starts was interrupted: it is queued again (a new attempt)
+and its ``interruptions`` count grows; so it does when the pipeline raises ``Interrupted`` (the
+sandbox was killed from outside), and the job is retried at once. A job interrupted
+``MAX_INTERRUPTIONS`` times is signed as failed instead. A graceful shutdown and a full disk
+re-queue without counting; ``rebuilder requeue`` starts a job afresh.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -29,18 +32,27 @@ from rebuilder import __version__
 from rebuilder.attest import NodeIdentity, ReportRef, rebuild_statement, sign_statement
 from rebuilder.config import Config
 from rebuilder.db import JobRow, NewAttestation, NewBuild, NewOutput, Store
-from rebuilder.outcome import BuildJob, RebuildOutcome
+from rebuilder.outcome import BuildJob, Interrupted, RebuildOutcome, StateDiskFull
+from rebuilder.recovery import DiskGuard, is_disk_full, remove_tree
 from verifier.debian import sha256_file
 from verifier.keys import Ed25519PrivateKey
 from verifier.statement import Digest, format_time
 
-__all__ = ["MAX_ATTEMPTS", "Builder", "JobRunner", "StoredResult", "WorkerPool", "node_identity"]
+__all__ = [
+    "MAX_INTERRUPTIONS",
+    "Builder",
+    "JobRunner",
+    "StoredResult",
+    "WorkerPool",
+    "node_identity",
+]
 
 log = logging.getLogger("rebuilder.queue")
 
 Builder = Callable[[BuildJob, Path], Awaitable[RebuildOutcome]]
-MAX_ATTEMPTS = 3  # a job interrupted this many times is recorded as failed instead of retried
+MAX_INTERRUPTIONS = 3  # a job interrupted this many times is recorded as failed, not retried
 IDLE_POLL_S = 5.0
+DISK_POLL_S = 5.0  # how often a paused pool looks for free space again
 
 
 @dataclass(frozen=True)
@@ -100,33 +112,26 @@ class JobRunner:
         return self.config.node.builds_dir / f"{job.id}-{job.attempts}"
 
     async def run(self, job: JobRow) -> StoredResult:
-        """Build a claimed job and store its outcome (the caller claimed it: state running)."""
-        build_job = job.to_build_job()
+        """Build a claimed job and store its outcome (the caller claimed it: state running).
+
+        Raises ``StateDiskFull`` (nothing signed, the job still running: the caller re-queues
+        it) when the state filesystem is full.
+        """
         t0 = time.monotonic()
-        if job.attempts > MAX_ATTEMPTS:
-            now = datetime.now(UTC)
-            outcome = RebuildOutcome(
-                job=build_job, started_on=now, finished_on=now, buildinfo_sha256=None,
-                failure=f"the node was interrupted during {job.attempts - 1} attempts; giving up",
-                failure_stage="internal", environment=self.config.build.environment,
-            )
-        else:
-            work = self.work_dir(job)
-            if work.exists():
-                await asyncio.to_thread(shutil.rmtree, work, True)
-            work.mkdir(parents=True)
-            log.info("job %d %s %s %s: attempt %d building in %s", job.id, job.source,
-                     job.version, job.arch, job.attempts, work)
-            started = datetime.now(UTC)
+        while True:
+            if job.interruptions >= MAX_INTERRUPTIONS:
+                outcome = self._give_up(job)
+                break
             try:
-                outcome = await self.builder(build_job, work)
-            except Exception as e:  # a pipeline bug must become a signed failure, not a crash
-                log.exception("job %d: the build pipeline raised", job.id)
-                outcome = RebuildOutcome(
-                    job=build_job, started_on=started, finished_on=datetime.now(UTC),
-                    buildinfo_sha256=None, failure=f"{type(e).__name__}: {e}",
-                    failure_stage="internal", environment=self.config.build.environment,
-                )
+                outcome = await self._attempt(job)
+                break
+            except StateDiskFull:
+                raise
+            except Interrupted as e:
+                log.warning("job %d %s %s %s: attempt %d interrupted (%s); retrying as a new"
+                            " attempt", job.id, job.source, job.version, job.arch, job.attempts,
+                            e.reason)
+                job = await self.store.retry_interrupted(job.id, e.reason)
         # Storing must not be torn by a shutdown: let it finish, then honour the cancellation.
         task = asyncio.ensure_future(self.finish(job, outcome, time.monotonic() - t0))
         try:
@@ -134,6 +139,60 @@ class JobRunner:
         except asyncio.CancelledError:
             await task
             raise
+        except Exception as e:
+            if is_disk_full(e):
+                await asyncio.to_thread(self._remove_copies, job)
+                raise StateDiskFull(f"storing the result failed: {e}") from e
+            raise
+        finally:
+            await asyncio.to_thread(remove_tree, self.work_dir(job))
+
+    def _give_up(self, job: JobRow) -> RebuildOutcome:
+        now = datetime.now(UTC)
+        return RebuildOutcome(
+            job=job.to_build_job(), started_on=now, finished_on=now, buildinfo_sha256=None,
+            failure=f"the build was interrupted {job.interruptions} times (last:"
+                    f" {job.interrupted_because or 'unknown'}); giving up",
+            failure_stage="internal", environment=self.config.build.environment,
+        )
+
+    async def _attempt(self, job: JobRow) -> RebuildOutcome:
+        """One attempt of the pipeline in a fresh work directory, removed if it is interrupted."""
+        work = self.work_dir(job)
+        try:
+            await asyncio.to_thread(remove_tree, work)
+            await asyncio.to_thread(work.mkdir, parents=True)
+        except OSError as e:
+            if is_disk_full(e):
+                raise StateDiskFull(f"cannot create {work}: {e.strerror}") from e
+            raise
+        log.info("job %d %s %s %s: attempt %d building in %s", job.id, job.source,
+                 job.version, job.arch, job.attempts, work)
+        started = datetime.now(UTC)
+        try:
+            return await self.builder(job.to_build_job(), work)
+        except (Interrupted, asyncio.CancelledError):
+            # nothing of an attempt that is not stored may stay behind (ARCHITECTURE §6)
+            await asyncio.shield(asyncio.to_thread(remove_tree, work))
+            raise
+        except Exception as e:
+            if is_disk_full(e):
+                await asyncio.to_thread(remove_tree, work)
+                raise StateDiskFull(f"the build pipeline: {e}") from e
+            # a pipeline bug must become a signed failure, not a crash
+            log.exception("job %d: the build pipeline raised", job.id)
+            return RebuildOutcome(
+                job=job.to_build_job(), started_on=started, finished_on=datetime.now(UTC),
+                buildinfo_sha256=None, failure=f"{type(e).__name__}: {e}",
+                failure_stage="internal", environment=self.config.build.environment,
+            )
+
+    def _remove_copies(self, job: JobRow) -> None:
+        """The log and reports ``finish`` copied for an attempt whose storing failed."""
+        node = self.config.node
+        key = f"{job.id}-{job.attempts}"
+        for p in [node.logs_dir / f"{key}.log", *node.reports_dir.glob(f"{key}-*")]:
+            remove_tree(p)
 
     async def finish(self, job: JobRow, outcome: RebuildOutcome, elapsed: float) -> StoredResult:
         node = self.config.node
@@ -202,9 +261,7 @@ class JobRunner:
             log.error("job %d: invocation %s already stored; keeping the first", job.id,
                       invocation)
             raise
-        work = self.work_dir(job)
-        if work.exists():
-            await asyncio.to_thread(shutil.rmtree, work, True)
+        await asyncio.to_thread(remove_tree, self.work_dir(job))
         result = StoredResult(job.id, job.attempts, seq, attestation.envelope_sha256, verdict,
                               statement.failure)
         if verdict == "failed":
@@ -221,15 +278,25 @@ class JobRunner:
 
 
 class WorkerPool:
-    """``parallel`` workers taking queued jobs until ``stop()``; see ``shutdown`` for the grace."""
+    """``parallel`` workers taking queued jobs until ``stop()``; see ``shutdown`` for the grace.
 
-    def __init__(self, runner: JobRunner, store: Store, parallel: int) -> None:
+    With a ``DiskGuard``, no worker takes a job while the state filesystem is full or below its
+    floor; a job whose attempt hit a full disk goes back to the queue once space returns (its
+    re-queue is a write, too), and nothing stays ``running``.
+    """
+
+    def __init__(self, runner: JobRunner, store: Store, parallel: int,
+                 guard: DiskGuard | None = None) -> None:
         self.runner = runner
         self.store = store
         self.parallel = parallel
+        self.guard = guard
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[StoredResult]] = {}
+        # hit a full disk; re-queued when space returns (with a reason: counted as interrupted)
+        self._to_requeue: dict[int, str | None] = {}
+        self._intake = asyncio.Lock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -243,26 +310,61 @@ class WorkerPool:
             for i in range(self.parallel):
                 tg.create_task(self._worker(i), name=f"worker-{i}")
 
+    async def _may_take_jobs(self) -> bool:
+        """False while the disk is full; re-queues what a full disk stopped once it is not."""
+        if self.guard is None:
+            return True
+        async with self._intake:
+            status = await asyncio.to_thread(self.guard.check)
+            if status.paused:
+                return False
+            if self._to_requeue:
+                try:
+                    await self._requeue_stopped()
+                except sqlite3.Error as e:
+                    if is_disk_full(e):
+                        self.guard.note_full(str(e))
+                    else:
+                        log.error("cannot re-queue the jobs a full disk stopped (%s)", e)
+                    return False
+            return True
+
+    async def _requeue_stopped(self) -> None:
+        """Re-queue what a full disk stopped; the caller holds ``_intake`` (or is shutting down)."""
+        ids = sorted(self._to_requeue)
+        for jid in ids:
+            await self.store.requeue_running([jid], reason=self._to_requeue[jid])
+            del self._to_requeue[jid]
+        if ids:
+            log.info("re-queued %d job(s) stopped by the full disk: %s", len(ids), ids)
+
+    async def _idle(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+
     async def _worker(self, index: int) -> None:
         while not self._stopping.is_set():
+            if not await self._may_take_jobs():
+                await self._idle_paused()
+                continue
             try:
                 job = await self.store.claim_job()
             except sqlite3.Error as e:  # e.g. the disk is full: wait, do not spin or die
+                if self.guard is not None and is_disk_full(e):
+                    self.guard.note_full(str(e))
                 log.error("worker %d: cannot claim a job (%s); retrying in %.0fs", index, e,
                           IDLE_POLL_S)
                 job = None
             if job is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_POLL_S):
-                        waiter = asyncio.ensure_future(self._wake.wait())
-                        stopper = asyncio.ensure_future(self._stopping.wait())
-                        try:
-                            await asyncio.wait({waiter, stopper},
-                                               return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            waiter.cancel()
-                            stopper.cancel()
+                await self._idle(IDLE_POLL_S)
                 continue
             task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
             self._in_flight[job.id] = task
@@ -272,11 +374,27 @@ class WorkerPool:
                 if not task.done():
                     task.cancel()
                 raise
+            except StateDiskFull as e:
+                log.error("worker %d: job %d stopped: %s; it is re-queued when space returns",
+                          index, job.id, e.reason)
+                self._to_requeue[job.id] = e.reason if e.counted else None
+                if self.guard is not None:
+                    self.guard.note_full(e.reason)
+                # a re-queue is a tiny write that often still fits: nothing stays "running"
+                async with self._intake:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._requeue_stopped()
             except Exception:
                 log.exception("worker %d: job %d could not be stored; it stays running and is"
                               " retried on restart", index, job.id)
             finally:
                 self._in_flight.pop(job.id, None)
+
+    async def _idle_paused(self) -> None:
+        # Only the stop wakes a paused worker early; new jobs wait for the disk.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DISK_POLL_S):
+                await self._stopping.wait()
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking jobs; give running builds ``grace`` seconds, then cancel and re-queue."""
@@ -291,6 +409,12 @@ class WorkerPool:
             if pending:
                 await asyncio.wait(pending)
         unfinished = [jid for jid, t in tasks.items() if t.cancelled()]
-        if unfinished:
-            n = await self.store.requeue_running(unfinished)
-            log.info("re-queued %d interrupted job(s): %s", n, unfinished)
+        try:
+            if unfinished:
+                n = await self.store.requeue_running(unfinished)
+                log.info("re-queued %d interrupted job(s): %s", n, unfinished)
+            if self._to_requeue:
+                async with self._intake:
+                    await self._requeue_stopped()
+        except sqlite3.Error as e:  # still full: the next start re-queues them
+            log.error("cannot re-queue the stopped jobs (%s); the next start does", e)

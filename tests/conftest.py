@@ -1,11 +1,51 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.processes import (
+    become_subreaper,
+    children,
+    descendants,
+    reap_orphans,
+    stop_processes,
+)
 from tests.support import Mosquitto, running_mosquitto
+
+become_subreaper()  # a test's orphaned grandchildren come back to us, not to PID 1
+LEAK_GRACE_S = 10.0  # a process a test stopped may take a moment to exit (chromium's helpers)
+
+
+def _session_helper(pid: int) -> bool:
+    """multiprocessing's resource tracker: one per session by design, it exits with it."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"multiprocessing.resource_tracker" in cmdline
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    """Every process a test started is gone when it ends, whatever its outcome; the leftovers
+    are stopped (SIGTERM, then SIGKILL) and the test fails naming them."""
+    before = set(descendants())
+    keep = before | children()  # a fixture's process that exits meanwhile is its own to reap
+    yield
+    reap_orphans(keep)
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (leaked := {p: n for p, n in descendants().items()
+                      if p not in before and not _session_helper(p)}) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    if leaked:
+        stop_processes(leaked)
+        reap_orphans(keep)
+        pytest.fail(f"the test left {len(leaked)} process(es) running: "
+                    + ", ".join(f"{n}[{p}]" for p, n in sorted(leaked.items())), pytrace=False)
 
 
 @pytest.fixture

@@ -91,8 +91,12 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        if demo.poll() is None:  # the test failed: stop the demo as Ctrl-C would, then harder
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                demo.kill()  # its children get SIGTERM from the kernel (parent-death signal)
+                demo.wait()
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_until
 
 
 @pytest.mark.slow
@@ -40,3 +43,30 @@ def test_demo_once(tmp_path: Path) -> None:
     assert (logs / "coordinator.log").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", leftovers.stdout
+
+
+def _demo_processes(state: Path) -> str:
+    return subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_demo_leaves_no_process(tmp_path: Path, sig: signal.Signals) -> None:
+    """Regression: a demo killed (or a test failing around it) left mosquitto, the nodes and
+    the coordinator running, re-parented to PID 1."""
+    state = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-u", "-m", "coordinator.demo", "--state", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        # every rebuilder node is running (their configs are named by the state path)
+        wait_until(lambda: _demo_processes(state).count("\n") >= 4, 300,
+                   "mosquitto and three rebuilder nodes")
+        demo.send_signal(sig)
+        demo.wait(60)
+        wait_until(lambda: _demo_processes(state) == "", 60, "every child of the demo to exit")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

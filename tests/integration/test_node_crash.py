@@ -23,6 +23,7 @@ import pytest
 
 from rebuilder.publish import attestation_topic, status_topic
 from rebuilder.testrepo import build_test_repository, default_packages, serve_repository
+from tests.state_check import unexplained
 from tests.support import Mosquitto, wait_until
 from tests.unit.rebuilder.node_helpers import Subscriber, amake_node
 from verifier.dsse import Envelope
@@ -131,6 +132,8 @@ async def test_sigkill_mid_build_then_restart(tmp_path: Path, mosquitto: Mosquit
         assert sum(n - 1 for n in counts.values()) <= 1, counts
         text = log.read_text()
         assert "re-queued 1 job(s) interrupted by a previous crash" in text
+        # The killed attempt's build directory (half-made outputs) is gone with the restart.
+        assert unexplained(cfg.node.state_dir) == []
 
 
 async def test_sigterm_mid_build_requeues_after_grace(tmp_path: Path) -> None:
@@ -167,3 +170,4 @@ async def test_sigterm_mid_build_requeues_after_grace(tmp_path: Path) -> None:
             assert state[0][0] in ("done", "failed") and builds == [(1,)]
         assert _query(db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'") == [(0,)]
         assert "stopped" in log.read_text()
+        assert unexplained(cfg.node.state_dir) == []  # the cancelled attempt left nothing

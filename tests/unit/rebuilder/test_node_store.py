@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rebuilder.db import SCHEMA_VERSION, NewAttestation, SchemaError, Store
-from rebuilder.queue import MAX_ATTEMPTS, JobRunner, WorkerPool
+from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner, WorkerPool
 from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced
 from verifier.dsse import sign
 from verifier.keys import load_private_key
@@ -93,9 +93,9 @@ async def test_interrupted_too_often_becomes_signed_failure(tmp_path: Path) -> N
 
     runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
     await store.add_jobs([job()])
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(MAX_INTERRUPTIONS):
         assert await store.claim_job() is not None
-        await store.requeue_running()
+        await store.requeue_running(reason="a crash")
     claimed = await store.claim_job()
     assert claimed is not None
     result = await runner.run(claimed)
