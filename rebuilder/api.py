@@ -24,10 +24,10 @@ from rebuilder.db import Store
 from rebuilder.intoto import link_for, link_signer, sign_link, sslib_key
 from rebuilder.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rebuilder.metrics import render_metrics
+from rebuilder.recovery import DiskGuard, MiB
 from rebuilder.tlog_http import add_log_routes, log_document, proofs_for
 from verifier.dsse import Envelope
 from verifier.errors import BadDataError
-from rebuilder.recovery import DiskGuard, MiB
 from verifier.keys import keyid, load_private_key, public_key_pem
 from verifier.statement import RebuildStatement, parse_statement
 

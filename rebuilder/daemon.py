@@ -28,9 +28,9 @@ from rebuilder.locate import resolve_buildinfo
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
+from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.tlog import NodeLog
 from rebuilder.tlog_http import log_settings
-from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
 from verifier.tlog.note import NoteSigner

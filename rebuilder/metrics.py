@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from rebuilder import __version__, limits
 from rebuilder.db import Store
-from verifier.verdicts import JOB_VERDICTS
 from rebuilder.recovery import DiskStatus
+from verifier.verdicts import JOB_VERDICTS
 
 __all__ = ["DURATION_BUCKETS", "render_metrics"]
 
