@@ -20,12 +20,13 @@ LEAK_GRACE_S = 10.0  # a process a test stopped may take a moment to exit (chrom
 
 
 def _session_helper(pid: int) -> bool:
-    """multiprocessing's resource tracker: one per session by design, it exits with it."""
+    """multiprocessing's resource tracker and forkserver (the index worker's parent,
+    rebuilder/indexproc.py): one per session by design, each exits with it."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"multiprocessing.resource_tracker" in cmdline
+    return b"multiprocessing.resource_tracker" in cmdline or b"multiprocessing.forkserver" in cmdline
 
 
 @pytest.fixture(autouse=True)

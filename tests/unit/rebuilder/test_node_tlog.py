@@ -125,6 +125,8 @@ async def test_envelopes_stored_before_the_log_are_in_it(tmp_path: Path) -> None
             await db.execute(f"DROP TABLE {t}")
         await db.execute("DROP INDEX attestations_payload")  # 8: after the log
         await db.execute("ALTER TABLE attestations DROP COLUMN payload_sha256")
+        for column in ("interruptions", "interrupted_because"):  # 9
+            await db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         await db.execute("UPDATE schema_version SET version = 6")
         a = _att(3)  # stored by a node of that schema
         await db.execute("INSERT INTO attestations (envelope_sha256, envelope, kind, created_at)"
