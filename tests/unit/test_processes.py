@@ -16,7 +16,15 @@ _MARK = "6211"
 
 def _sleepers() -> dict[int, str]:
     return {p: n for p, n in descendants().items() if n == "sleep"
-            and _MARK.encode() in open(f"/proc/{p}/cmdline", "rb").read()}
+            and _MARK.encode() in _cmdline(p)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:  # it exited meanwhile
+        return b""
 
 
 def test_an_orphaned_grandchild_is_found_and_stopped() -> None:
@@ -44,4 +52,6 @@ def test_die_with_parent_stops_the_child_of_a_killed_process() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
         stop_processes(_sleepers())
