@@ -35,6 +35,7 @@ from tests.integration._intoto import (
     link_file_name,
     require_intoto,
     sign_layout,
+    stop_agent,
 )
 from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced, serve
 from verifier.cli import main as verifier_main
@@ -108,6 +109,7 @@ def main(quick: bool = False) -> dict[str, object]:
         home = tmp / "gnupg"
         fpr = installer_key(home)
         sign_layout(layout, fpr, home)
+        stop_agent(home)
         work = tmp / "verify"
         work.mkdir()
         for link in links:
@@ -120,6 +122,7 @@ def main(quick: bool = False) -> dict[str, object]:
                            env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
         if r.returncode != 0:
             raise RuntimeError(f"in-toto verification failed: {r.stderr[-2000:]}")
+        stop_agent(home)  # export_pubkeys may have started it again
         intoto_s, intoto_wall = ast.literal_eval(r.stdout.strip().splitlines()[-1])
 
         artifact = Artifact(Digest(hashlib.sha256(DEB.read_bytes()).hexdigest()),

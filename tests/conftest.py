@@ -26,7 +26,8 @@ def _session_helper(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"multiprocessing.resource_tracker" in cmdline or b"multiprocessing.forkserver" in cmdline
+    return any(helper in cmdline for helper in (b"multiprocessing.resource_tracker",
+                                                b"multiprocessing.forkserver"))
 
 
 @pytest.fixture(autouse=True)

@@ -49,6 +49,12 @@ def installer_key(home: Path) -> str:
     return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
 
+def stop_agent(home: Path) -> None:
+    """gpg starts an agent for its home on first use; it must not outlive the test."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True,
+                   check=False, timeout=60)
+
+
 def sign_layout(layout: Path, fingerprint: str, home: Path) -> None:
     subprocess.run(["in-toto-sign", "-f", str(layout), "--gpg", fingerprint,
                     "--gpg-home", str(home)], check=True, capture_output=True, timeout=120)
@@ -70,4 +76,4 @@ def intoto_verify(workdir: Path, layout: Path, fingerprint: str, home: Path
 
 
 __all__ = ["SYSTEM_PYTHON", "TRANSPORT", "installer_key", "intoto_verify", "link_file_name",
-           "require_intoto", "sign_layout"]
+           "require_intoto", "sign_layout", "stop_agent"]

@@ -22,7 +22,7 @@ import pytest
 from rebuilder.daemon import run_daemon
 from rebuilder.db import Store
 from rebuilder.testrepo import build_test_repository, serve_repository
-from tests.integration._intoto import installer_key, require_intoto, sign_layout
+from tests.integration._intoto import installer_key, require_intoto, sign_layout, stop_agent
 from tests.support import wait_for
 from tests.unit.rebuilder.node_helpers import amake_node
 from verifier.cli import main as verifier_main
@@ -136,6 +136,7 @@ async def test_apt_installs_reproduced_and_refuses_tampered(
         assert verifier_main(["intoto-layout", "--policy", str(policy), "--out",
                               str(layout)]) == 0
         gnupg = tmp_path / "gnupg"
+        stack.callback(stop_agent, gnupg)
         fpr = await asyncio.to_thread(installer_key, gnupg)
         await asyncio.to_thread(sign_layout, layout, fpr, gnupg)
         conf = _apt_config(tmp_path / "apt", base, [c.node.public_url for c in cfgs],

@@ -26,6 +26,7 @@ from tests.integration._intoto import (
     link_file_name,
     require_intoto,
     sign_layout,
+    stop_agent,
 )
 from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced, serve
 from verifier.cli import main as verifier_main
@@ -82,9 +83,12 @@ async def setup(tmp_path: Path) -> Any:
     layout = tmp_path / "root.layout"
     assert verifier_main(["intoto-layout", "--policy", str(policy), "--out", str(layout)]) == 0
     home = tmp_path / "gnupg"
-    fpr = installer_key(home)
-    sign_layout(layout, fpr, home)
-    return tmp_path, links, layout, fpr, home
+    try:
+        fpr = installer_key(home)
+        sign_layout(layout, fpr, home)
+        yield tmp_path, links, layout, fpr, home
+    finally:
+        stop_agent(home)
 
 
 def _workdir(tmp_path: Path, name: str, links: list[dict[str, Any]], deb: bytes) -> Path:
