@@ -668,7 +668,8 @@ async def _sandboxed(
         why = recovery.killed_from_outside(result.returncode, oom_before, recovery.oom_kills())
         if why is not None:
             raise Interrupted(f"{what}: {why}")
-        free = await asyncio.to_thread(recovery.free_bytes, tree)
+        # the state filesystem, not the build tree (which may be its own bounded filesystem)
+        free = await asyncio.to_thread(recovery.free_bytes, run.work)
         if free < max(recovery.MiB, run.settings.min_free_mb * _MB):
             raise StateDiskFull(f"the state filesystem filled up during {what}"
                                 f" ({free // _MB} MiB free)", counted=True)

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 _TOP = {"config.toml", "state.db", "state.db-wal", "state.db-shm", "state.db-journal", "keys",
-        "cache", "builds", "logs", "reports"}
+        "cache", "builds", "logs", "reports",
+        "log",  # the transparency log's tiles and checkpoint (rebuilder/tlog.py)
+        "sandbox-limits.json"}  # which build limits the kernel holds (rebuilder/limits.py)
 _WORK = re.compile(r"([0-9]+)-([0-9]+)")
 
 

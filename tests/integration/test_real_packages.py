@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,7 +34,6 @@ import pytest
 from rebuilder import sandbox
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.config import parse_config
-from rebuilder.indexes import group_jobs
 from rebuilder.locate import resolve_buildinfo
 from rebuilder.pins import SuiteSource
 from rebuilder.testrepo import serve_repository
@@ -213,12 +213,12 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
         config = parse_config(
             {"node": {"id": "rb-real", "operator": "op"},
              "repository": [{"name": "real", "base_url": base, "suite": "stable",
+                             "trusted": True,  # the fixture's apt-ftparchive repository
                              "architectures": ["amd64", "all"],
                              "build_suite": [{"suite": SUITE, "mirror": MIRROR}]}]},
             tmp_path)
         rcfg = config.repositories[0]
-        binaries, sources = await Watcher((rcfg,), None, session).read_indexes(rcfg)
-        jobs = group_jobs(binaries, rcfg, sources)
+        jobs = await _jobs_of(rcfg, session, tmp_path)
         assert {(j.source, j.version) for j in jobs} == set(SOURCES.items())
         settings = BuildSettings(
             environment="mmdebstrap", suites=(SuiteSource(MIRROR, SUITE),),
@@ -253,3 +253,16 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "real-packages.txt").write_text("\n".join(report) + "\n")
+
+
+async def _jobs_of(rcfg: Any, session: aiohttp.ClientSession, tmp_path: Path) -> list[Any]:
+    """What one authenticated watcher round would queue (nothing is written)."""
+    from rebuilder.db import Store
+
+    store = await Store.open(tmp_path / "watch.db")
+    try:
+        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
+    finally:
+        await store.close()
+    assert report.error is None, report.error
+    return list(report.new)
