@@ -208,10 +208,34 @@ def _probe(state_dir: Path, size: int = MiB) -> bool:
             path.unlink()
 
 
+def _mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below ``path`` (a killed node leaves its builds' bounded trees
+    mounted: rebuilder/_buildfs.py), deepest first."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    root = os.path.realpath(path)
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].replace("\\040", " ")
+            if point == root or point.startswith(root + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
 def remove_tree(path: Path) -> None:
-    """Remove ``path`` entirely, also where a build left read-only directories."""
+    """Remove ``path`` entirely, also where a build left read-only directories or a mounted
+    build tree (unmounted first)."""
     if not path.exists() and not path.is_symlink():
         return
+    if path.is_dir() and not path.is_symlink():
+        from rebuilder._buildfs import unmount
+
+        for point in _mounts_under(path):
+            unmount(point)
     if not path.is_dir() or path.is_symlink():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coordinator.app import create_app
+from coordinator.app import CATCHUP, create_app
 from coordinator.config import load_config
 from coordinator.dashboard import REPORT_CSP
 from tests.support import free_port, wait_for
@@ -195,8 +195,7 @@ async def test_tampered_rebuilder_history_filters_at_both_widths(tmp_path: Path)
             beta.rebuild("hello", "2.10-3", {DEB: evil}, upstream={DEB: good},
                          report_url=f"{ub}/v1/reports/r-hello.html", invocation="b-7"),
             beta.failure("zlib", "1.3", "build: dpkg-buildpackage exited 2"),
-            bad_curl,
-            beta.revoke(bad_curl, "the build host's disk was corrupt"),
+            bad_curl,  # revoked only after the disagreement was recorded (below)
         ]
         nodes["rb-gamma"].envelopes = [
             gamma.rebuild("hello", "2.10-3", {DEB: good}),
@@ -206,8 +205,13 @@ async def test_tampered_rebuilder_history_filters_at_both_widths(tmp_path: Path)
         ]
         port = free_port()
         cfg = load_config(coordinator_toml(tmp_path, [alpha, beta, gamma], None, port))
-        async with serving(create_app(cfg), port) as base:
+        app = create_app(cfg)
+        async with serving(app, port) as base:
             await wait_for(lambda: _count(base, 11), 20, "catch-up of the stand-in nodes")
+            # the disagreement on curl is recorded, then resolved by rb-beta's revocation
+            nodes["rb-beta"].envelopes.append(
+                beta.revoke(bad_curl, "the build host's disk was corrupt"))
+            await app[CATCHUP].round()
             async with aiohttp.ClientSession() as s:
                 html = await (await s.get(f"{base}/packages/hello/2.10-3")).text()
             mismatch = html.split('class="mismatch-link" href="')[1].split('"')[0]
