@@ -57,3 +57,28 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     d.mkdir()
     with running_mosquitto(d) as broker:
         yield broker
+
+
+def _unmount_stale_build_trees() -> None:
+    """Build trees a killed node left mounted (rebuilder/_buildfs.py) under pytest's temporary
+    directories: unmounted, so that pytest can remove old runs' directories."""
+    import getpass
+    import subprocess
+    import tempfile
+
+    root = str(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    points = [f.split()[4] for f in lines if len(f.split()) > 4]
+    for point in sorted((p for p in points if p.startswith(root + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=60)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _unmount_stale_build_trees()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _unmount_stale_build_trees()
