@@ -128,11 +128,11 @@ async def test_one_huge_file_hits_the_file_size_limit(repo: TestRepository, tmp_
 async def test_many_files_hit_the_disk_limit(repo: TestRepository, tmp_path: Path) -> None:
     action = "for i in $$(seq 1 40); do head -c 1000000 /dev/zero > f$$i; done; sleep 60"
     settings = BuildSettings(timeout=120, max_disk_mb=16, diffoscope_enabled=False)
-    t0 = time.monotonic()
     outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-disk", action, settings)
-    assert time.monotonic() - t0 < 50  # killed by the disk watcher, not by the timeout
     assert outcome.failure_stage == "build"
+    # stopped by the disk limit, not by the timeout (no wall-clock check: the machine is shared)
     assert outcome.failure is not None and "disk limit of 16 MiB" in outcome.failure
+    assert "time limit" not in outcome.failure
 
 
 def _stopped_by(outcome: RebuildOutcome, limit: str, bound: str) -> None:
@@ -179,10 +179,8 @@ async def test_usage_hidden_behind_chmod_is_still_limited(
         "ls hidden || echo rq-hidden-unlisted; sleep 60"
     )
     settings = BuildSettings(timeout=120, max_disk_mb=16, diffoscope_enabled=False)
-    t0 = time.monotonic()
     outcome = await _rebuild(repo, tmp_path / "w", "rq-limit-hide", action, settings)
-    assert time.monotonic() - t0 < 50  # stopped at the limit, not by the timeout
-    _stopped_by(outcome, "disk", "16 MiB")
+    _stopped_by(outcome, "disk", "16 MiB")  # at the limit, not by the timeout
     assert outcome.log_path is not None
     log = outcome.log_path.read_bytes()
     assert b"No space left on device" in log  # the kernel refused the writes past the limit
