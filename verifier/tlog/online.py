@@ -1,6 +1,8 @@
 """Online checks under ``[log] require_inclusion``: ask each trusted rebuilder (or a
 coordinator) for the artifact's envelopes *with* their inclusion proofs, then apply the proofs
-and the log state before the decision (``verifier.tlog.require``)::
+(``verifier.tlog.require``) and the log state before the decision. A checkpoint of another size
+than the one remembered for its log counts only once proved consistent with it from the log's
+tiles (``<rebuilder url>/log/tile/...``, ``verifier.tlog.consistency``)::
 
     result = await check_online_with_proofs(artifact, policy, fetcher, now, state)
 """
@@ -14,7 +16,7 @@ from datetime import datetime
 from verifier.decision import Artifact, BadResponse, QuorumResult, Unreachable, decide
 from verifier.dsse import strict_json_loads
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
-from verifier.policy import Policy
+from verifier.policy import Policy, TrustedRebuilder
 from verifier.sources import (
     ClientConfig,
     FetcherInterface,
@@ -23,11 +25,14 @@ from verifier.sources import (
     group_by_key,
     package_url,
 )
+from verifier.tlog.checkpoint import Checkpoint
+from verifier.tlog.consistency import Prefix, check_prefix, read_prefix
 from verifier.tlog.inclusion import InclusionProof, proofs_by_digest
-from verifier.tlog.require import require_inclusion
+from verifier.tlog.note import Note
+from verifier.tlog.require import Checked, Checkpoints, check_proofs
 from verifier.tlog.state import LogState
 
-__all__ = ["check_online_with_proofs"]
+__all__ = ["check_online_with_proofs", "log_url", "prove_consistency"]
 
 Proofs = dict[str, InclusionProof | BadDataError]
 
@@ -93,4 +98,51 @@ async def check_online_with_proofs(
             else:
                 evidence[r.id] = answer[0]
                 proofs.update(answer[1])
-    return decide(artifact, policy, require_inclusion(policy, evidence, proofs, state), now)
+    checked, seen = check_proofs(policy, evidence, proofs)
+    if state is not None:
+        await prove_consistency(policy, checked, seen, state, fetcher, config)
+    return decide(artifact, policy, checked, now)
+
+
+def log_url(r: TrustedRebuilder) -> str:
+    """Where a rebuilder serves its log (docs/api.md: ``<public url>/log``)."""
+    return r.url.rstrip("/") + "/log"
+
+
+async def _consistent(fetcher: FetcherInterface, r: TrustedRebuilder, state: LogState,
+                      cp: Checkpoint, note: Note, config: ClientConfig,
+                      cache: dict[tuple[int, int], Prefix]) -> None:
+    """``cp`` proved consistent with what ``state`` remembers for ``r`` (then remembered when
+    larger): ``SplitView``, ``BadDataError`` or ``UnreachableError`` otherwise."""
+    old = state.compare(r.keyid, cp)
+    if old is not None:
+        (small, small_root), (large, large_root) = sorted([(old.size, old.root),
+                                                           (cp.size, cp.root)])
+        if (small, large) not in cache:
+            cache[(small, large)] = await read_prefix(fetcher, log_url(r), small, large, config)
+        check_prefix(cache[(small, large)], small_root, large_root, cp.origin)
+    state.remember(r.keyid, cp, note.to_bytes())
+
+
+async def prove_consistency(policy: Policy, checked: Checked, seen: Checkpoints,
+                            state: LogState, fetcher: FetcherInterface, config: ClientConfig
+                            ) -> None:
+    """Check every verified checkpoint against ``state``; a rebuilder whose checkpoint is a
+    split view, or cannot be proved consistent (tiles unreachable or not matching its
+    checkpoint), becomes ``BadResponse`` in ``checked`` with the reason."""
+    for rid, cps in seen.items():
+        r = policy.rebuilder(rid)
+        assert r is not None
+        cache: dict[tuple[int, int], Prefix] = {}
+        for digest, cp, note in cps:
+            try:
+                await _consistent(fetcher, r, state, cp, note, config, cache)
+            except BadDataError as e:
+                checked[rid] = BadResponse(f"attestation {digest[:12]}…: {e}")
+                break
+            except UnreachableError as e:
+                checked[rid] = BadResponse(
+                    f"attestation {digest[:12]}…: checkpoint {cp.size} of {cp.origin} cannot "
+                    f"be proved consistent with the one verified before: log tiles "
+                    f"unreachable: {e}")
+                break

@@ -7,7 +7,9 @@ apt runs see each other's updates. Default location: ``$REPRO_QUORUM_LOG_STATE``
 ``[log] state_file`` overrides it::
 
     with LogState.locked(path) as state:
-        state.observe(keyid, checkpoint, note_bytes)   # SplitView when it contradicts memory
+        old = state.compare(keyid, checkpoint)   # SplitView when it contradicts memory
+        ...  # online: prove consistency with `old` from the log's tiles (verifier.tlog.online)
+        state.remember(keyid, checkpoint, note_bytes)
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from verifier.errors import BadDataError
 from verifier.tlog.checkpoint import Checkpoint
 
-__all__ = ["LogState", "SplitView", "default_state_path"]
+__all__ = ["LogState", "Remembered", "SplitView", "default_state_path"]
 
 MAX_STATE_BYTES = 16 * 1024 * 1024
 
@@ -44,6 +47,13 @@ def default_state_path() -> Path:
         return Path("/var/lib/repro-quorum/verifier-logs.json")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "repro-quorum" / "verifier-logs.json"
+
+
+@dataclass(frozen=True)
+class Remembered:
+    origin: str
+    size: int
+    root: bytes
 
 
 class LogState:
@@ -67,25 +77,49 @@ class LogState:
                     os.fsync(f.fileno())
                 tmp.replace(path)
 
-    def observe(self, log_key: str, cp: Checkpoint, note: bytes) -> None:
-        """Remember ``cp`` if it is the largest seen for ``log_key`` (a rebuilder's keyid);
-        ``SplitView`` when it is smaller than, or differs at the same size from, what was."""
+    def compare(self, log_key: str, cp: Checkpoint) -> Remembered | None:
+        """What ``cp`` must be proved consistent with before it counts: the remembered
+        checkpoint of ``log_key`` (a rebuilder's keyid) when its size differs, None when ``cp``
+        is the remembered one or the first of its log; ``SplitView`` for another origin or
+        another root at the same size."""
         old = self.logs.get(log_key)
-        root = base64.b64encode(cp.root).decode()
-        if old is not None:
-            if old["origin"] != cp.origin:
-                raise SplitView(f"the rebuilder's log was {old['origin']!r}, this checkpoint "
-                                f"names {cp.origin!r}")
-            if cp.size < old["size"]:
-                raise SplitView(f"checkpoint of size {cp.size} of {cp.origin} is smaller than "
-                                f"size {old['size']} verified before")
-            if cp.size == old["size"]:
-                if root != old["root"]:
-                    raise SplitView(f"two different roots for size {cp.size} of {cp.origin}")
-                return
-        self.logs[log_key] = {"origin": cp.origin, "size": cp.size, "root": root,
+        if old is None:
+            return None
+        if old["origin"] != cp.origin:
+            raise SplitView(f"the rebuilder's log was {old['origin']!r}, this checkpoint "
+                            f"names {cp.origin!r}")
+        try:
+            root = base64.b64decode(old["root"], validate=True)
+        except ValueError as e:  # binascii.Error is one
+            raise BadDataError("log state", f"root of {log_key} is not base64") from e
+        if cp.size == old["size"]:
+            if root != cp.root:
+                raise SplitView(f"two different roots for size {cp.size} of {cp.origin}")
+            return None
+        return Remembered(old["origin"], old["size"], root)
+
+    def remember(self, log_key: str, cp: Checkpoint, note: bytes) -> None:
+        """Keep ``cp`` as the largest verified checkpoint of ``log_key`` unless a larger one is
+        remembered; call only once ``cp`` is known consistent with what was (``compare``)."""
+        old = self.logs.get(log_key)
+        if old is not None and old["size"] >= cp.size:
+            return
+        self.logs[log_key] = {"origin": cp.origin, "size": cp.size,
+                              "root": base64.b64encode(cp.root).decode(),
                               "checkpoint": note.decode()}
         self.changed = True
+
+    def observe(self, log_key: str, cp: Checkpoint, note: bytes) -> None:
+        """Offline (no tiles to prove consistency from): remember ``cp`` when it is the first
+        of its log; a smaller one is a ``SplitView``; a larger one counts on its witnesses'
+        cosignatures but is not remembered, so the next online check proves it from here."""
+        old = self.compare(log_key, cp)
+        if old is None:
+            self.remember(log_key, cp, note)
+        elif cp.size < old.size:
+            raise SplitView(f"checkpoint of size {cp.size} of {cp.origin} is smaller than "
+                            f"size {old.size} verified before (offline: no consistency proof "
+                            "can be fetched)")
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:
