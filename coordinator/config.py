@@ -106,6 +106,7 @@ class WitnessConfig:
     state: Path = Path("witness.db")
     prefix: str = "/witness"  # POST <prefix>/add-checkpoint
     monitor_interval: float = 60.0  # seconds between reads of every registered log
+    monitor_batch: int = 4096  # entry bundles (of 256) the monitor reads per log per round
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/-]{0,254}")
 def _witness(table: object, base: Path) -> WitnessConfig:
     if not isinstance(table, dict):
         raise ConfigError("[witness] must be a table")
-    known = {"enabled", "name", "key_file", "state", "prefix", "monitor_interval"}
+    known = {"enabled", "name", "key_file", "state", "prefix", "monitor_interval",
+             "monitor_batch"}
     if set(table) - known:
         raise ConfigError(f"[witness] has unknown keys {sorted(set(table) - known)}")
     name = _get(table, "name", str, "")
@@ -259,6 +261,9 @@ def _witness(table: object, base: Path) -> WitnessConfig:
     interval = float(_get(table, "monitor_interval", (int, float), 60))
     if not 1 <= interval <= 86400:
         raise ConfigError("[witness] monitor_interval must be 1-86400 seconds")
+    batch = _get(table, "monitor_batch", int, 4096)
+    if isinstance(batch, bool) or not 1 <= batch <= 1_000_000:
+        raise ConfigError("[witness] monitor_batch must be 1-1000000 entry bundles")
     return WitnessConfig(
         enabled=_get(table, "enabled", bool, True),
         name=name,
@@ -266,6 +271,7 @@ def _witness(table: object, base: Path) -> WitnessConfig:
         state=_path(base, _get(table, "state", str, "witness.db")),
         prefix=prefix,
         monitor_interval=interval,
+        monitor_batch=batch,
     )
 
 

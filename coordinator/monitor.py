@@ -3,7 +3,10 @@
 Each round reads a node's ``<url>/log/checkpoint`` (signed by that node's key), fetches the
 entry bundles it has not read, checks that every entry is a valid envelope by that node and that
 the entries hash to the checkpoint's root, extending its own mirror of the tree (so it also
-proves the log only grew). It compares with what the witness cosigned, and with what reached
+proves the log only grew). A log far ahead is read in bounded batches (``[witness]
+monitor_batch`` entry bundles per round), resuming where the last round stopped (persisted in
+``mon_pending``), with the CPU work in a thread, so any size is eventually verified without
+holding up the event loop. It compares with what the witness cosigned, and with what reached
 the coordinator over MQTT and HTTP. Findings go to ``log_inconsistencies`` in the coordinator
 store and out on ``rq/v1/events/log-inconsistency``::
 
@@ -35,6 +38,7 @@ from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import (
     inclusion_proof,
     leaf_hash,
+    stored_hash_count,
     stored_hash_index,
     stored_hashes_for_leaf,
     subtree_hash_indexes,
@@ -50,9 +54,7 @@ log = logging.getLogger("coordinator.monitor")
 LOG_INCONSISTENCY_TOPIC = "rq/v1/events/log-inconsistency"
 MAX_CHECKPOINT_BYTES = 64 * 1024
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + 0xFFFF)
-# A log further ahead than this (~1,000,000 entries) than the monitor's last verified size is
-# not read (logged; the mirror can only advance to a signed checkpoint, in one step).
-MAX_BUNDLES_PER_ROUND = 4096
+CHUNK_BUNDLES = 64  # bundles read, checked and committed together (bounds memory per step)
 FETCH_TIMEOUT_S = 30.0
 DEFAULT_GRACE_S = 120.0  # how long an envelope may be received but not yet checkpointed
 
@@ -67,7 +69,9 @@ class Finding:
 
 
 class _Fetch(Exception):
-    pass
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Monitor:
@@ -99,6 +103,11 @@ class Monitor:
                 " NOT NULL, digest TEXT NOT NULL, kind TEXT NOT NULL, seen_at REAL NOT NULL,"
                 " served INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (rebuilder, idx))",
                 "CREATE INDEX IF NOT EXISTS mon_entries_digest ON mon_entries (digest)",
+                # The checkpoint being read toward and how far (entries [state size, read) are
+                # stored but not verified until read reaches size and the root matches).
+                "CREATE TABLE IF NOT EXISTS mon_pending (rebuilder TEXT PRIMARY KEY, size"
+                " INTEGER NOT NULL, root BLOB NOT NULL, note BLOB NOT NULL, read INTEGER"
+                " NOT NULL)",
             ):
                 await db.execute(sql)
         except BaseException:
@@ -116,8 +125,14 @@ class Monitor:
             async with asyncio.timeout(FETCH_TIMEOUT_S), self.session.get(
                     url, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    raise _Fetch(f"{url}: HTTP {resp.status}")
-                data = await resp.content.read(limit + 1)
+                    raise _Fetch(f"{url}: HTTP {resp.status}", resp.status)
+                buf = bytearray()  # read() returns what has arrived, not all of it
+                while len(buf) <= limit:
+                    chunk = await resp.content.read(limit + 1 - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+                data = bytes(buf)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _Fetch(f"{url}: {e!r}") from e
         if len(data) > limit:
@@ -174,89 +189,134 @@ class Monitor:
         findings: list[Finding] = []
         state = await self._state(r.id)
         size, root, old_note, cursor = state or (0, b"", b"", 0)
-        evidence = {"old": old_note.decode("utf-8", "replace"), "new": note.text}
-        if cp.size < size:
-            return [Finding("rollback", f"{r.id}'s log went from size {size} back to "
-                            f"{cp.size}", evidence)]
-        if cp.size == size and state is not None:
-            if cp.root != root:
+        pending = await self._pending(r.id)
+        if pending is not None:  # still reading toward a checkpoint the node showed before
+            target, target_note, read = pending
+            evidence = {"old": target_note.decode("utf-8", "replace"), "new": note.text}
+            if cp.size < target.size:
+                return [Finding("rollback", f"{r.id}'s log went from size {target.size} back "
+                                f"to {cp.size}", evidence)]
+            if cp.size == target.size and cp.root != target.root:
+                return [Finding("split-view", f"{r.id} shows two roots for size {cp.size}",
+                                evidence)]
+        else:
+            evidence = {"old": old_note.decode("utf-8", "replace"), "new": note.text}
+            if cp.size < size:
+                return [Finding("rollback", f"{r.id}'s log went from size {size} back to "
+                                f"{cp.size}", evidence)]
+            if cp.size == size and state is not None and cp.root != root:
                 return [Finding("split-view", f"{r.id} shows two roots for size {size}",
                                 evidence)]
-        elif cp.size > size:
-            grown = await self._extend(r, size, cp, note.to_bytes(), findings, evidence)
-            if not grown:
-                return findings
+            target, target_note, read = cp, note.to_bytes(), size
+        if target.size > size and not await self._extend(r, size, read, target, target_note,
+                                                         findings, evidence):
+            return findings  # not (yet) read to a verified checkpoint
         findings += await self._compare_witness(r, cp)
         findings += await self._compare_received(r, cursor)
         return findings
 
-    async def _extend(self, r: RebuilderConfig, size: int, cp: Checkpoint, note: bytes,
-                      findings: list[Finding], evidence: dict[str, Any]) -> bool:
-        """Fetch entries [size, cp.size), check them, hash them onto the mirror; True when the
-        result is exactly ``cp`` (recorded), False when the log is not what it says."""
-        first_bundle, last = size // TILE_WIDTH, cp.size
-        n_bundles = (last - 1) // TILE_WIDTH - first_bundle + 1
-        if n_bundles > MAX_BUNDLES_PER_ROUND:
-            log.warning("monitor: %s's log is %d entry bundles ahead of what the monitor "
-                        "verified (limit %d); not read", r.id, n_bundles, MAX_BUNDLES_PER_ROUND)
-            return False
-        known = await self._hashes(r.id, subtree_hash_indexes(0, size)) if size else {}
-        new_hashes: list[tuple[str, int, bytes]] = []
-        new_entries: list[tuple[str, int, str, str, float]] = []
-        now = time.time()
-        n = size
-        for b in range(first_bundle, first_bundle + n_bundles):
-            width = min(TILE_WIDTH, last - b * TILE_WIDTH)
-            try:
-                data = await self._get(f"{r.url.rstrip('/')}/log/{entries_path(b, width)}",
-                                       MAX_BUNDLE_BYTES)
-                entries = decode_bundle(data, width)
-            except (_Fetch, BadDataError) as e:
-                log.info("monitor: entries of %s unavailable: %s", r.id, e)
-                return False
-            for entry in entries[n - b * TILE_WIDTH:]:
-                kind = "invalid"
+    async def _bundle(self, r: RebuilderConfig, b: int, width: int) -> list[bytes]:
+        """Entry bundle ``b`` of ``width`` entries; a partial one that is gone (404) is read
+        from the full bundle (c2sp.org/tlog-tiles)."""
+        base = r.url.rstrip("/") + "/log/"
+        try:
+            return decode_bundle(await self._get(base + entries_path(b, width),
+                                                 MAX_BUNDLE_BYTES), width)
+        except _Fetch as e:
+            if e.status != 404 or width == TILE_WIDTH:
+                raise
+        full = decode_bundle(await self._get(base + entries_path(b), MAX_BUNDLE_BYTES),
+                             TILE_WIDTH)
+        return full[:width]
+
+    async def _pending(self, rebuilder: str) -> tuple[Checkpoint, bytes, int] | None:
+        async with self._db.execute(
+                "SELECT size, root, note, read FROM mon_pending WHERE rebuilder = ?",
+                (rebuilder,)) as cur:
+            r = await cur.fetchone()
+        if r is None:
+            return None
+        note = bytes(r[2])
+        cp = Checkpoint.from_text(Note.from_bytes(note).text)
+        return cp, note, int(r[3])
+
+    async def _extend(self, r: RebuilderConfig, size: int, read: int, cp: Checkpoint,
+                      note: bytes, findings: list[Finding], evidence: dict[str, Any]) -> bool:
+        """Read entries [read, cp.size) of the log whose verified size is ``size``, at most
+        ``monitor_batch`` bundles this round, checking them and hashing them onto the mirror
+        (committed every ``CHUNK_BUNDLES``, with how far it got). True once the whole tree is
+        read and is exactly ``cp`` (then recorded as verified); False while more remains, when
+        a bundle is unavailable, or when the log is not what it says (a finding)."""
+        last = cp.size
+        await self._db.execute(
+            "INSERT INTO mon_pending (rebuilder, size, root, note, read) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (rebuilder) DO NOTHING", (r.id, cp.size, cp.root, note, read))
+        first_bundle = read // TILE_WIDTH
+        end_bundle = min((last - 1) // TILE_WIDTH + 1,
+                         first_bundle + self.config.witness.monitor_batch)
+        known = await self._hashes(r.id, subtree_hash_indexes(0, read)) if read else {}
+        n = read
+        for chunk in range(first_bundle, end_bundle, CHUNK_BUNDLES):
+            bundles: list[tuple[int, list[bytes]]] = []
+            for b in range(chunk, min(chunk + CHUNK_BUNDLES, end_bundle)):
+                width = min(TILE_WIDTH, last - b * TILE_WIDTH)
                 try:
-                    env = Envelope.from_bytes(entry)
-                    if not env.verify(r.public_key):
-                        raise BadDataError("envelope", "signature does not verify")
-                    kind = "valid"
-                except BadDataError as e:
-                    findings.append(Finding("invalid-entry", f"{r.id}'s log entry {n} is not a "
-                                            f"valid envelope by {r.id}: {e.reason}", {}))
-                hashes = stored_hashes_for_leaf(n, leaf_hash(entry),
-                                                lambda ix: [known[i] for i in ix])
-                first = stored_hash_index(0, n)
-                for j, h in enumerate(hashes):
-                    known[first + j] = h
-                    new_hashes.append((r.id, first + j, h))
-                digest = _sha256(entry)
-                new_entries.append((r.id, n, digest, kind, now))
-                n += 1
-        got = tree_hash(last, lambda ix: [known[i] for i in ix])
+                    bundles.append((b, await self._bundle(r, b, width)))
+                except (_Fetch, BadDataError) as e:
+                    log.info("monitor: entries of %s unavailable: %s", r.id, e)
+                    break
+            if not bundles:
+                return False
+            start = n
+            new_hashes, new_entries, bad = await asyncio.to_thread(
+                _hash_entries, r, n, bundles, known, time.time())
+            n = start + len(new_entries)
+            findings += bad
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(
+                    "INSERT OR REPLACE INTO mon_hashes (rebuilder, idx, hash) VALUES (?, ?, ?)",
+                    new_hashes)
+                await self._db.executemany(
+                    "INSERT OR REPLACE INTO mon_entries (rebuilder, idx, digest, kind, seen_at)"
+                    " VALUES (?, ?, ?, ?, ?)", new_entries)
+                await self._db.execute("UPDATE mon_pending SET read = ? WHERE rebuilder = ?",
+                                       (n, r.id))
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+            if len(bundles) < min(CHUNK_BUNDLES, end_bundle - chunk):
+                return False  # a bundle was unavailable: the next round resumes here
+        if n < last:
+            log.info("monitor: read %s's log to %d of %d; resuming next round", r.id, n, last)
+            return False
+        got = await self._root(r.id, last)
+        now = time.time()
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute("DELETE FROM mon_pending WHERE rebuilder = ?", (r.id,))
+            if got != cp.root:  # forget the unverified part; the next round reads it again
+                await self._db.execute("DELETE FROM mon_hashes WHERE rebuilder = ? AND idx >= ?",
+                                       (r.id, stored_hash_count(size)))
+                await self._db.execute("DELETE FROM mon_entries WHERE rebuilder = ? AND idx >= ?",
+                                       (r.id, size))
+            else:
+                await self._db.execute(
+                    "INSERT INTO mon_state (rebuilder, origin, size, root, note, checked_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rebuilder) DO UPDATE SET"
+                    " size = excluded.size, root = excluded.root, note = excluded.note,"
+                    " checked_at = excluded.checked_at",
+                    (r.id, cp.origin, cp.size, cp.root, note, now))
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        await self._db.execute("COMMIT")
         if got != cp.root:
             findings.append(Finding(
                 "split-view", f"{r.id}'s checkpoint of size {last} does not match its entries "
                 f"(or is not an extension of the size {size} it showed before)", evidence))
             return False
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.executemany(
-                "INSERT OR REPLACE INTO mon_hashes (rebuilder, idx, hash) VALUES (?, ?, ?)",
-                new_hashes)
-            await self._db.executemany(
-                "INSERT OR REPLACE INTO mon_entries (rebuilder, idx, digest, kind, seen_at)"
-                " VALUES (?, ?, ?, ?, ?)", new_entries)
-            await self._db.execute(
-                "INSERT INTO mon_state (rebuilder, origin, size, root, note, checked_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rebuilder) DO UPDATE SET"
-                " size = excluded.size, root = excluded.root, note = excluded.note,"
-                " checked_at = excluded.checked_at",
-                (r.id, cp.origin, cp.size, cp.root, note, now))
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
         return True
 
     async def _compare_witness(self, r: RebuilderConfig, cp: Checkpoint) -> list[Finding]:
@@ -372,6 +432,37 @@ class Monitor:
             break  # not connected: the rest waits for the next round
         if sent:
             await self.store.mark_log_inconsistency_published(sent)
+
+
+def _hash_entries(r: RebuilderConfig, n: int, bundles: Sequence[tuple[int, list[bytes]]],
+                  known: dict[int, bytes], now: float
+                  ) -> tuple[list[tuple[str, int, bytes]], list[tuple[str, int, str, str, float]],
+                             list[Finding]]:
+    """Check and hash entries from leaf ``n`` on (in a thread: Ed25519 and SHA-256 work);
+    ``known`` (the mirror's hashes by stored index) is extended in place."""
+    new_hashes: list[tuple[str, int, bytes]] = []
+    new_entries: list[tuple[str, int, str, str, float]] = []
+    findings: list[Finding] = []
+    for b, entries in bundles:
+        for entry in entries[n - b * TILE_WIDTH:]:
+            kind = "invalid"
+            try:
+                env = Envelope.from_bytes(entry)
+                if not env.verify(r.public_key):
+                    raise BadDataError("envelope", "signature does not verify")
+                kind = "valid"
+            except BadDataError as e:
+                findings.append(Finding("invalid-entry", f"{r.id}'s log entry {n} is not a "
+                                        f"valid envelope by {r.id}: {e.reason}", {}))
+            hashes = stored_hashes_for_leaf(n, leaf_hash(entry),
+                                            lambda ix: [known[i] for i in ix])
+            first = stored_hash_index(0, n)
+            for j, h in enumerate(hashes):
+                known[first + j] = h
+                new_hashes.append((r.id, first + j, h))
+            new_entries.append((r.id, n, _sha256(entry), kind, now))
+            n += 1
+    return new_hashes, new_entries, findings
 
 
 def _sha256(data: bytes) -> str:

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from coordinator.checks import Accepted, check_envelope
-from coordinator.config import CoordinatorConfig, RebuilderConfig
+from coordinator.config import CoordinatorConfig, RebuilderConfig, WitnessConfig
 from coordinator.monitor import LOG_INCONSISTENCY_TOPIC, Monitor
 from coordinator.store import Store as CoordinatorStore
 from rebuilder.db import NewAttestation
@@ -33,8 +33,10 @@ class LogServer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.asked: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.asked.append(request.match_info["tail"])
         path = self.root / "log" / request.match_info["tail"]
         if ".." in request.match_info["tail"] or not path.is_file():
             raise web.HTTPNotFound()
@@ -156,3 +158,65 @@ async def test_monitor_finds_entries_not_signed_by_the_node(tmp_path: Path) -> N
         finally:
             await monitor.close()
             await store.close()
+
+
+async def test_monitor_reads_a_log_far_ahead_in_batches_over_rounds(tmp_path: Path) -> None:
+    """A log 3 entry bundles ahead with a cap of 1 bundle per round: read over three rounds,
+    resuming (across a restart of the monitor) where it stopped, each bundle fetched once, and
+    verified only once read to its checkpoint; a fork shown meanwhile is still found."""
+    signer = Signer("rb-far")
+    server = LogServer(tmp_path / "a")
+    async with serving(server) as url, aiohttp.ClientSession() as session:
+        origin = url.split("://")[1] + "/log"
+        a = envs(signer, [f"e{i}" for i in range(700)])
+        await build_log(tmp_path / "a", signer, origin, a)
+        rb = RebuilderConfig(id="rb-far", operator="op", url=url,
+                             public_key=signer.key.public_key())
+        config = CoordinatorConfig(database=tmp_path / "coord.db", rebuilders=(rb,),
+                                   witness=WitnessConfig(monitor_batch=1))
+        store = await CoordinatorStore.open(config.database)
+        monitor = await Monitor.open(tmp_path / "monitor.db", config, store, session, grace=1e9)
+        last = hashlib.sha256(a[-1]).hexdigest()
+        try:
+            assert await monitor.round() == []
+            assert await monitor.proof_for(hashlib.sha256(a[0]).hexdigest()) is None
+            await monitor.close()  # a restart: the next rounds resume from the stored point
+            monitor = await Monitor.open(tmp_path / "monitor.db", config, store, session,
+                                         grace=1e9)
+            assert await monitor.round() == []
+            assert await monitor.proof_for(last) is None  # read to 512 of 700: not verified
+            assert await monitor.round() == []
+            proof = await monitor.proof_for(last)
+            assert proof is not None and (proof["logIndex"], proof["treeSize"]) == ("699", "700")
+            verify_envelope_proof(a[-1], InclusionProof.from_dict(proof),
+                                  signer.key.public_key(), LogPolicy())
+            bundles = [p for p in server.asked if p.startswith("tile/entries/")]
+            assert bundles == ["tile/entries/000", "tile/entries/001", "tile/entries/002.p/188"]
+
+            # It grows to 1100 (read from 700 on), but while the monitor reads, the node starts
+            # showing a tree of 1300 whose entry 900 differs: the mirror reaches size 1100 from
+            # that tree's bundles (its own partial bundles only: size 1100's are read from full
+            # ones) and finds it is not the checkpoint of 1100 the node showed first.
+            b = [*a, *envs(signer, [f"e{i}" for i in range(700, 1100)])]
+            await build_log(tmp_path / "b", signer, origin, b)
+            c = [*b[:900], *envs(signer, [f"c{i}" for i in range(900, 1300)])]
+            await build_log(tmp_path / "c", signer, origin, c)
+            server.root = tmp_path / "b"
+            assert await monitor.round() == []  # bundle 2, from entry 700
+            server.root = tmp_path / "c"
+            found = [*await monitor.round(), *await monitor.round()]
+            assert [f.kind for f in found] == ["split-view"]
+            assert "size 1100 does not match its entries" in found[0].detail
+            assert "tile/entries/004.p/76" in server.asked and "tile/entries/004" in server.asked
+            proof = await monitor.proof_for(last)  # the mirror stays at what it verified
+            assert proof is not None and proof["treeSize"] == "700"
+            # Once the node shows one tree again, the monitor reads it to the end.
+            server.root = tmp_path / "b"
+            for _ in range(3):
+                assert await monitor.round() == []
+            proof = await monitor.proof_for(hashlib.sha256(b[-1]).hexdigest())
+            assert proof is not None and proof["treeSize"] == "1100"
+        finally:
+            await monitor.close()
+            await store.close()
+
