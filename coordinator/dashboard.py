@@ -1,14 +1,15 @@
 """The maintainers' dashboard: server-rendered HTML (Jinja2, autoescaped), no JavaScript.
 
-Pages: ``/`` overview (tampered packages first, rebuilders, recent disagreements),
+Pages: ``/`` overview (tampered packages first, then transparency-log inconsistencies the
+monitor found, rebuilders, recent disagreements),
 ``/packages`` (search and filters by verdict, ecosystem, suite, architecture),
 ``/packages/<source>`` (its versions), a package version's page (every artifact, each
 rebuilder's digest, quorum at ``?threshold=N``), ``/rebuilders/<id>`` (one rebuilder: key,
-online history, counts, reproducibility over time as SVG, recent results), ``/queue``, and a
-mismatch page that frames the rebuilder's diffoscope report. Reports hold attacker-controlled
-text, so the coordinator fetches them only from the URL a *signed* statement named under that
-rebuilder's registered URL, caps their size, and serves them with a sandboxing CSP inside an
-``<iframe sandbox>``.
+its log's inconsistencies, online history, counts, reproducibility over time as SVG, recent
+results), ``/queue``, and a mismatch page that frames the rebuilder's diffoscope report.
+Reports hold attacker-controlled text, so the coordinator fetches them only from the URL a
+*signed* statement named under that rebuilder's registered URL, caps their size, and serves
+them with a sandboxing CSP inside an ``<iframe sandbox>``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from coordinator.app import (
     rebuilder_views,
 )
 from coordinator.catchup import read_capped
+from coordinator.log_view import inconsistency_view
 from coordinator.store import Store, rfc3339
 from coordinator.verdicts import (
     CLASSES,
@@ -192,10 +194,12 @@ async def overview(request: web.Request) -> web.Response:
     views = await _with_classes(request)
     disagreements = await disagreement_rows(store, await store.disagreements(limit=20))
     totals = await store.totals()
+    found = [inconsistency_view(i) for i in await store.log_inconsistencies(limit=10)]
     return render(
         request, "overview.html", rebuilders=views, disagreements=disagreements, totals=totals,
         tampered=await tampered_alerts(store),
         open_disagreements=sum(1 for d in disagreements if d["open"]),
+        log_inconsistencies=found, log_rebuilders={i["rebuilder"] for i in found},
     )
 
 
@@ -536,6 +540,8 @@ async def rebuilder_page(request: web.Request) -> web.Response:
         node_error=doc_error,
         key_matches=doc is None or doc.get("keyid", rb.keyid) == rb.keyid,
         log_facts=_log_facts(doc),
+        log_inconsistencies=[inconsistency_view(i) for i in
+                             await store.log_inconsistencies(limit=50, rebuilder=rid)],
     )
 
 

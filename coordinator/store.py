@@ -1007,12 +1007,14 @@ class Store:
                 (rebuilder, kind, detail, json.dumps(evidence, sort_keys=True), time.time()))
             return cur.rowcount > 0
 
-    async def log_inconsistencies(self, *, unpublished: bool = False,
-                                  limit: int = 200) -> list[dict[str, Any]]:
-        """Newest first: ``{"id", "rebuilder", "kind", "detail", "evidence", "detected_at"}``."""
+    async def log_inconsistencies(self, *, unpublished: bool = False, limit: int = 200,
+                                  rebuilder: str | None = None) -> list[dict[str, Any]]:
+        """Newest first (of one rebuilder when given): ``{"id", "rebuilder", "kind", "detail",
+        "evidence", "detected_at"}``."""
         rows = await self._all(
             "SELECT id, rebuilder, kind, detail, evidence, detected_at FROM log_inconsistencies"
-            " WHERE published = 0 OR ? = 0 ORDER BY id DESC LIMIT ?", (int(unpublished), limit))
+            " WHERE (published = 0 OR ? = 0) AND (rebuilder = ? OR ? IS NULL)"
+            " ORDER BY id DESC LIMIT ?", (int(unpublished), rebuilder, rebuilder, limit))
         return [{"id": r[0], "rebuilder": r[1], "kind": r[2], "detail": r[3],
                  "evidence": json.loads(r[4]) if r[4] else None,
                  "detected_at": rfc3339(r[5])} for r in rows]
