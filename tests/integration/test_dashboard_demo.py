@@ -6,18 +6,49 @@ Screenshots: test-artifacts/demo-*.png.
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from tests.unit.coordinator.cdp import Browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+async def _dashboard_url(demo: subprocess.Popen[str], deadline: float) -> str:
+    """The dashboard URL the demo prints, waiting on its output (read in a thread, so a demo
+    that prints nothing cannot block past the deadline) until ``deadline``."""
+    assert demo.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)  # the demo closed its output (exited)
+
+    threading.Thread(target=pump, args=(demo.stdout,), daemon=True).start()
+    output: list[str] = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no dashboard URL before the deadline:\n" + "".join(output)
+        try:
+            line = await asyncio.to_thread(lines.get, True, min(left, 5.0))
+        except queue.Empty:
+            continue
+        assert line is not None, "the demo exited first:\n" + "".join(output)
+        output.append(line)
+        m = re.search(r"==> Dashboard: (http://127\.0\.0\.1:\d+)/", line)
+        if m:
+            return m.group(1)
 
 
 @pytest.mark.slow
@@ -29,18 +60,7 @@ async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        dashboard = None
-        output = []
-        assert demo.stdout is not None
-        deadline = time.monotonic() + 600
-        for line in demo.stdout:
-            output.append(line)
-            m = re.search(r"==> Dashboard: (http://127\.0\.0\.1:\d+)/", line)
-            if m:
-                dashboard = m.group(1)
-                break
-            assert time.monotonic() < deadline, "".join(output)
-        assert dashboard, "".join(output)
+        dashboard = await _dashboard_url(demo, deadline=time.monotonic() + 600)
 
         async with Browser.launch(tmp_path / "chromium") as browser:
             page = await browser.new_page()
