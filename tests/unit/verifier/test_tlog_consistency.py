@@ -6,11 +6,18 @@ such, a missing partial tile falls back to the full one, unreachable tiles are a
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 
 import pytest
 
+from rebuilder.db import NewAttestation, Store
+from rebuilder.tlog import LogSettings, NodeLog
+from tests.unit.coordinator.factory import Signer, sha
+from verifier.decision import BadResponse, Unreachable
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
+from verifier.policy import Policy
 from verifier.sources import ClientConfig, FetcherInterface
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.consistency import check_prefix, read_prefix, split_stored_hash_index
@@ -21,10 +28,13 @@ from verifier.tlog.merkle import (
     stored_hashes_for_leaf,
     tree_hash,
 )
+from verifier.tlog.note import Note, NoteSigner
+from verifier.tlog.online import prove_consistency
 from verifier.tlog.state import LogState, SplitView
 from verifier.tlog.tiles import TILE_WIDTH, tile_path, tiles_for_size
 
 URL = "http://rb.example/log"
+ORIGIN = "rb-a.example/log"
 
 
 def _hashes(entries: list[bytes]) -> list[bytes]:
@@ -158,3 +168,63 @@ def test_state_compare_and_remember() -> None:
     # Offline, a larger checkpoint counts (on its cosignatures) but is not remembered.
     state.observe("k", Checkpoint("o", 9, b"\x01" * 32), b"n\n")
     assert state.logs["k"]["size"] == 5
+
+
+class Files(FetcherInterface):
+    """Serves a node log directory (as written by ``rebuilder.tlog``) under ``URL``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
+        path = self.root / url.removeprefix(URL + "/")
+        if not path.is_file():
+            raise HTTPStatusError(url, 404)
+        yield path.read_bytes()
+
+
+async def test_prove_consistency_against_a_real_node_log(tmp_path: Path) -> None:
+    """The node's own tile writer and this reader agree; an unreachable log makes the
+    rebuilder's evidence a BadResponse naming why, and memory stays where it was."""
+    signer = Signer("rb-a")
+    store = await Store.open(tmp_path / "state.db")
+    node_log = await NodeLog.open(store, LogSettings(ORIGIN, URL, tmp_path / "log"),
+                                  NoteSigner(ORIGIN, signer.key))
+    envs = [signer.rebuild("x", "1", {"x": sha(f"x{i}")}, invocation=f"b{i}").to_bytes()
+            for i in range(300)]
+
+    async def add(chunk: list[bytes]) -> tuple[Checkpoint, Note]:
+        await store.add_attestations_bulk([
+            NewAttestation(hashlib.sha256(e).hexdigest(), e, "rebuild", "x", "1", "amd64",
+                           (("x", sha("x")),)) for e in chunk])
+        signed = await node_log.checkpoint()
+        assert signed is not None
+        note = Note.from_bytes(signed.note)
+        return Checkpoint.from_text(note.text), note
+
+    try:
+        cp3, note3 = await add(envs[:3])
+        cp300, note300 = await add(envs[3:])
+    finally:
+        await store.close()
+    (tmp_path / "a.pub").write_text(signer.public_pem)
+    policy = Policy.from_toml(
+        f'threshold = 1\n[log]\nrequire_inclusion = true\n[[rebuilder]]\nid = "rb-a"\n'
+        f'operator = "op"\nurl = "{URL.removesuffix("/log")}"\npublic_key_file = "a.pub"\n',
+        tmp_path)
+    keyid = policy.rebuilders[0].keyid
+    for fetcher, ok in ((Down(), False), (Files(tmp_path / "log"), True)):
+        state = LogState({})
+        state.remember(keyid, cp3, note3.to_bytes())
+        checked: dict[str, Sequence[bytes] | Unreachable | BadResponse] = {"rb-a": [envs[5]]}
+        await prove_consistency(policy, checked, {"rb-a": [("d" * 64, cp300, note300)]}, state,
+                                fetcher, ClientConfig())
+        if ok:
+            assert checked["rb-a"] == [envs[5]]
+            assert state.logs[keyid]["size"] == 300
+        else:
+            bad = checked["rb-a"]
+            assert isinstance(bad, BadResponse)
+            assert "checkpoint 300 of rb-a.example/log cannot be proved consistent" in bad.error
+            assert "log tiles unreachable" in bad.error and "refused" in bad.error
+            assert state.logs[keyid]["size"] == 3
