@@ -286,6 +286,8 @@ class Monitor:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+            # Appending needs only the roots of the complete subtrees left of leaf n.
+            known = {i: known[i] for i in subtree_hash_indexes(0, n)}
             if len(bundles) < min(CHUNK_BUNDLES, end_bundle - chunk):
                 return False  # a bundle was unavailable: the next round resumes here
         if n < last:
