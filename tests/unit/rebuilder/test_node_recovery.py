@@ -173,6 +173,28 @@ def test_killed_from_outside(returncode: int | None, oom: tuple[int | None, int 
         assert why is not None and expected in why
 
 
+@pytest.mark.parametrize(
+    ("returncode", "host_oom", "build_oom", "expected"),
+    [
+        # another build stopped at its own limit meanwhile: the host counter moved, this
+        # build's cgroup saw nothing, so its failure is its own
+        (2, (4, 5), 0, None),
+        (2, (None, None), 0, None),
+        (2, (1, 1), 2, "killed 2 of its process(es) while it was within its memory limit"),
+        (-9, (4, 5), 0, "SIGKILL"),  # a kill from outside is one whatever the counters say
+        (2, (4, 5), None, "no memory cgroup per build"),  # advisory limit: the host counter
+    ],
+)
+def test_killed_from_outside_reads_the_builds_own_cgroup_when_it_has_one(
+        returncode: int, host_oom: tuple[int | None, int | None], build_oom: int | None,
+        expected: str | None) -> None:
+    why = killed_from_outside(returncode, *host_oom, build_oom)
+    if expected is None:
+        assert why is None
+    else:
+        assert why is not None and expected in why
+
+
 async def test_start_up_removes_what_no_row_explains(tmp_path: Path) -> None:
     cfg = await amake_node(tmp_path)
     node = cfg.node
