@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sqlite3
 import sys
 import time
@@ -23,6 +22,7 @@ from aiohttp import web
 from coordinator.app import create_app
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.store import rfc3339
+from rebuilder import _stopsignals
 from verifier.errors import ConfigError
 
 
@@ -41,14 +41,16 @@ async def serve(config: CoordinatorConfig) -> None:
         len(config.rebuilders),
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    # a stop signal since the process started (coordinator/__main__.py) stops it now; one during
+    # the cleanup is absorbed: SIGTERM means exit 0 whenever it comes
+    detach = _stopsignals.attach(asyncio.get_running_loop(), stop.set)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            detach()
 
 
 def status(config: CoordinatorConfig) -> dict[str, Any]:
@@ -138,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if args.command == "run":
-            asyncio.run(serve(config))
+            installed = _stopsignals.catch()  # done by coordinator/__main__.py, unless in-process
+            try:
+                asyncio.run(serve(config))
+            finally:
+                if installed:
+                    _stopsignals.release()
             return 0
         s = status(config)
     except ConfigError as e:

@@ -479,7 +479,7 @@ async def demo(state: Path, once: bool, out: Out) -> int:
             for node in nodes:
                 children.start(
                     node.id,
-                    [sys.executable, "-m", "rebuilder.cli", "run", "--config",
+                    [sys.executable, "-m", "rebuilder", "run", "--config",  # signals caught first
                      str(node.dir / "config.toml")],
                 )
             for node in nodes:

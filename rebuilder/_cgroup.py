@@ -18,12 +18,14 @@
 A build process joins its cgroup before it executes bwrap (``join_argv``), so nothing of the
 sandbox ever runs outside it. What stopped a build is read from the kernel's own counters
 (``memory.events`` / ``memory.oom_control`` ``oom_kill``, ``pids.events`` ``max``), never
-guessed from an exit status::
+guessed from an exit status; an OOM kill while the build never reached its own limit
+(``memory.events`` ``oom``; v1 ``memory.failcnt`` or the peak use at the limit) came from
+outside: the host or a parent cgroup ran out of memory::
 
     cg = node_cgroups().create(memory_bytes=8 << 30, pids=4096)
     argv = cg.join_argv(["bwrap", ...])
     ...
-    cg.events().oom_kills, cg.events().fork_refusals
+    cg.events().oom_kills, cg.events().fork_refusals, cg.events().outside_oom_kills
     cg.kill(); cg.remove()
 """
 
@@ -60,8 +62,16 @@ _counter = itertools.count(1)
 
 @dataclass(frozen=True)
 class CgroupEvents:
-    oom_kills: int = 0  # processes the kernel killed at the memory limit
+    oom_kills: int = 0  # processes of the build any OOM killer killed (its own limit's or not)
     fork_refusals: int = 0  # forks refused at pids.max
+    # times the build reached its own memory limit (v2 memory.events ``oom``, v1 failcnt or its
+    # peak use): an OOM kill without it came from outside (the host or a parent cgroup)
+    limit_reached: int = 0
+
+    @property
+    def outside_oom_kills(self) -> int:
+        """OOM kills of the build's processes that its own memory limit did not cause."""
+        return self.oom_kills if not self.limit_reached else 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,27 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
+def _number(path: Path) -> int | None:
+    try:
+        return int(_read(path).strip())
+    except (OSError, ValueError):
+        return None  # absent (no swap accounting) or unreadable
+
+
+def _v1_limit_reached(mem: Path) -> int:
+    """How often (at least once) a v1 build's memory use reached its own limit: ``failcnt``,
+    or, where a kernel does not count that (some report 0 after an OOM kill at the limit), a
+    peak use (``max_usage_in_bytes``) at the limit."""
+    reached = 0
+    for prefix in ("memory.", "memory.memsw."):
+        failcnt = _number(mem / f"{prefix}failcnt") or 0
+        peak, limit = _number(mem / f"{prefix}max_usage_in_bytes"), _number(
+            mem / f"{prefix}limit_in_bytes")
+        at_limit = peak is not None and limit is not None and peak >= limit
+        reached += max(failcnt, 1 if at_limit else 0)
+    return reached
+
+
 def _delegated(path: Path) -> bool:
     for attr in ("trusted.delegate", "user.delegate"):
         with contextlib.suppress(OSError):
@@ -162,17 +193,21 @@ class BuildCgroup:
             _write(pid_dir / "pids.max", str(pids))
 
     def events(self) -> CgroupEvents:
-        oom = refused = 0
+        oom = refused = reached = 0
         with contextlib.suppress(OSError):
             mem = self.dirs.get("memory")
             if mem is not None:
-                name = "memory.events" if self.version == 2 else "memory.oom_control"
-                oom = _keyed(_read(mem / name)).get("oom_kill", 0)
+                if self.version == 2:
+                    counters = _keyed(_read(mem / "memory.events"))
+                    oom, reached = counters.get("oom_kill", 0), counters.get("oom", 0)
+                else:
+                    oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
+                    reached = _v1_limit_reached(mem)
         with contextlib.suppress(OSError):
             pid_dir = self.dirs.get("pids")
             if pid_dir is not None:
                 refused = _keyed(_read(pid_dir / "pids.events")).get("max", 0)
-        return CgroupEvents(oom, refused)
+        return CgroupEvents(oom, refused, reached)
 
     def pids(self) -> list[int]:
         found: set[int] = set()

@@ -653,7 +653,7 @@ async def _sandboxed(
     tree: Path,
     what: str,
 ) -> None:
-    oom_before = recovery.oom_kills()
+    oom_before = recovery.oom_kills()  # host-wide: used only when the build has no cgroup
     result = await sandbox.run_sandboxed(argv, cfg, run.log, limits, watch_dir=tree)
     run.log.seek(0, os.SEEK_END)
     # the disk limit is polled; a build may have passed it between two looks
@@ -665,7 +665,8 @@ async def _sandboxed(
         raise StageError("build", f"{what} {sandbox.describe_limit(result.limit, limits)}",
                          limit=result.limit)
     if result.returncode != 0:
-        why = recovery.killed_from_outside(result.returncode, oom_before, recovery.oom_kills())
+        why = recovery.killed_from_outside(result.returncode, oom_before, recovery.oom_kills(),
+                                           result.outside_oom_kills)
         if why is not None:
             raise Interrupted(f"{what}: {why}")
         # the state filesystem, not the build tree (which may be its own bounded filesystem)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from debian import deb822
 
-from rebuilder import __version__, limits
+from rebuilder import __version__, _stopsignals, limits
 from rebuilder._template import render_config
 from rebuilder.attest import revocation_statement, sign_statement
 from rebuilder.config import (
@@ -113,6 +113,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    # already done by the entry point (rebuilder/__main__.py) unless called in-process
+    installed = _stopsignals.catch()
     from rebuilder.daemon import DaemonError, run_daemon
 
     try:
@@ -120,6 +122,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     except DaemonError as e:
         print(f"rebuilder run: {e}; see the log above", file=sys.stderr)
         return EXIT_MISMATCH  # 1: systemd's Restart=on-failure restarts the node
+    finally:
+        if installed:
+            _stopsignals.release()
     return EXIT_OK
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from rebuilder import limits
+from rebuilder import _stopsignals, limits
 from rebuilder.api import create_app
 from rebuilder.config import Config
 from rebuilder.cosign import WitnessClient, run_log
@@ -112,10 +111,19 @@ async def run_daemon(
     install_signals: bool = True,
 ) -> None:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    # a stop signal since the process started (rebuilder/__main__.py) stops it now; one
+    # during the shutdown is absorbed: SIGTERM means exit 0 whenever it comes
+    detach = _stopsignals.attach(asyncio.get_running_loop(), stop.set) if install_signals \
+        else None
+    try:
+        await _run(config, stop, grace, builder_factory)
+    finally:
+        if detach is not None:
+            detach()
+
+
+async def _run(config: Config, stop: asyncio.Event, grace: float,
+               builder_factory: BuilderFactory) -> None:
     for d in (config.node.builds_dir, config.node.reports_dir, config.node.logs_dir,
               config.node.cache_dir):
         d.mkdir(parents=True, exist_ok=True)

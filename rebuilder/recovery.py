@@ -85,17 +85,32 @@ _OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP
 
 
 def killed_from_outside(returncode: int | None, oom_before: int | None,
-                        oom_after: int | None) -> str | None:
+                        oom_after: int | None, build_oom_kills: int | None = None) -> str | None:
     """Why a sandbox that ended with ``returncode`` (no limit of ours stopped it) was stopped
-    from outside, or None when its status is the build's own."""
+    from outside, or None when its status is the build's own.
+
+    An OOM kill is told from the build's own cgroup when it has one: ``build_oom_kills``, the
+    build's processes an OOM killer took while it was within its own memory limit
+    (``SandboxResult.outside_oom_kills``), so that another build stopped at its own limit
+    changes nothing here. Without a memory cgroup per build (``build_oom_kills`` None: the
+    memory limit is advisory) only the host-wide counter is left, ``oom_kills()`` before and
+    after (``oom_before``, ``oom_after``): any OOM kill on the host meanwhile, another build's
+    included, then makes a failure an interruption (retried, not signed; the give-up rule
+    bounds the retries)."""
     if returncode is None or returncode == 0:
         return None
     if returncode < 0:
         return f"the sandbox was killed by {_signal_name(-returncode)} from outside the node"
     if returncode - 128 in _OUTSIDE_SIGNALS:
         return f"it was killed by {_signal_name(returncode - 128)} from outside the node"
+    if build_oom_kills is not None:
+        if build_oom_kills > 0:
+            return (f"the kernel's OOM killer killed {build_oom_kills} of its process(es) while"
+                    " it was within its memory limit (the host ran out of memory)")
+        return None
     if oom_before is not None and oom_after is not None and oom_after > oom_before:
-        return f"the kernel's OOM killer killed {oom_after - oom_before} process(es) meanwhile"
+        return (f"the kernel's OOM killer killed {oom_after - oom_before} process(es) on the"
+                " host meanwhile (this node has no memory cgroup per build to tell whose)")
     return None
 
 

@@ -132,6 +132,10 @@ class SandboxResult:
     log_truncated: bool = False
     duration: float = 0.0
     signal: int | None = None  # bwrap itself died of this signal, and no limit of ours sent it
+    # processes of this build an OOM killer took while the build was within its own memory
+    # limit (the host or a parent cgroup ran out), from the build's own cgroup; None: the build
+    # had no memory cgroup of its own (advisory limit), so nothing tells them from other builds'
+    outside_oom_kills: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -139,9 +143,9 @@ class SandboxResult:
 
     @property
     def interrupted(self) -> bool:
-        """Killed from outside (an operator, the service manager, a parent cgroup's OOM
-        killer), not by the build's own doing nor by one of this node's limits."""
-        return self.limit is None and self.signal is not None
+        """Killed from outside (an operator, the service manager, a parent cgroup's or the
+        host's OOM killer), not by the build's own doing nor by one of this node's limits."""
+        return self.limit is None and (self.signal is not None or bool(self.outside_oom_kills))
 
 
 @dataclass(frozen=True)
@@ -510,8 +514,9 @@ async def _run(
             written, truncated = await asyncio.wait_for(pump, 30)
         except TimeoutError:
             written, truncated = 0, False
-    if limit is None and cg is not None:
-        limit = _limit_of(cg.events())  # the build ended before the watcher looked
+    events = cg.events() if cg is not None else None
+    if limit is None and events is not None:
+        limit = _limit_of(events)  # the build ended before the watcher looked
     if (
         limit is None
         and proc.returncode != 0
@@ -528,6 +533,8 @@ async def _run(
         log_truncated=truncated,
         duration=time.monotonic() - t0,
         signal=-rc if limit is None and rc is not None and rc < 0 else None,
+        outside_oom_kills=(events.outside_oom_kills if events is not None
+                           and cg is not None and "memory" in cg.dirs else None),
     )
 
 
@@ -558,7 +565,7 @@ def describe_limit(limit: Limit, limits: Limits) -> str:
 
 
 def _limit_of(events: _cgroup.CgroupEvents) -> Limit | None:
-    if events.oom_kills:
+    if events.oom_kills and events.limit_reached:  # killed at its own limit, not the host's
         return "memory"
     if events.fork_refusals:
         return "pids"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 __all__ = [
     "become_subreaper",
+    "catches",
     "children",
     "descendants",
     "die_with_parent",
@@ -67,6 +68,18 @@ def descendants(root: int | None = None) -> dict[int, str]:
             found[child] = names[child]
             stack.append(child)
     return found
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether ``pid`` has a handler for ``sig`` now (``SigCgt`` of /proc/<pid>/status): until
+    then the signal's default action applies, e.g. SIGTERM kills it (status -15)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in text.splitlines()
+                 if line.startswith("SigCgt:")), 0)
+    return bool(mask >> (sig - 1) & 1)
 
 
 def children() -> set[int]:

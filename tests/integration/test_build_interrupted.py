@@ -1,5 +1,7 @@
 """A real sandboxed build killed from outside is an interruption (retried, never signed); one
-stopped by the node's own limit is a failure naming the limit (ARCHITECTURE §6)."""
+stopped by the node's own limit is a failure naming the limit (ARCHITECTURE §6); and one that
+fails by itself while another build is OOM-killed at its own limit is a failure, whatever the
+host-wide OOM counter says."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import Interrupted
+from rebuilder.recovery import oom_kills
+from rebuilder.sandbox import enforcement
 from rebuilder.testrepo import (
     TestRepository,
     add_custom_source,
@@ -129,3 +133,54 @@ async def test_node_time_limit_is_a_failure_naming_the_limit(
                                     session)
     assert outcome.failure_stage == "build" and outcome.limit == "timeout"
     assert outcome.failure is not None and "time limit of" in outcome.failure
+
+
+ALLOC_RULES = RULES.replace("sleep {marker}", "{action}")
+# waits, in the sandbox, for the host's OOM-kill counter (/proc/vmstat is not namespaced) to
+# pass {before}, then fails by itself: exit 1
+BYSTANDER = (
+    "sh -c 'i=0; while [ \"$$(sed -n \"s/^oom_kill //p\" /proc/vmstat)\" -le {before} ]; do"
+    " i=$$((i+1)); [ $$i -le 1200 ] || break; sleep 0.1; done;"
+    " echo \"rq-bystander: host OOM kills since boot:"
+    " $$(sed -n \"s/^oom_kill //p\" /proc/vmstat)\";"
+    " exit 1' rq-oom-bystander-{marker}"
+)
+
+
+@pytest.mark.skipif(not next(e for e in enforcement() if e.limit == "memory").enforced,
+                    reason="no memory cgroup per build here: only the host-wide OOM counter")
+async def test_a_failure_while_a_parallel_build_is_oom_killed_at_its_limit_is_a_failure(
+    repo: TestRepository, tmp_path: Path
+) -> None:
+    before = oom_kills()
+    assert before is not None, "/proc/vmstat has no oom_kill counter"
+    bystander = add_custom_source(repo, "rq-oom-bystander", ALLOC_RULES.format(
+        action=BYSTANDER.format(before=before, marker=6311), pkg="rq-oom-bystander"))
+    hog = add_custom_source(repo, "rq-oom-hog", ALLOC_RULES.format(
+        action="python3 -c 'b = bytearray(400 << 20); print(sum(b[::4096]))'", pkg="rq-oom-hog"))
+    settings = BuildSettings(timeout=300, max_memory_mb=128, diffoscope_enabled=False)
+    async with serve_repository(repo.path) as base, aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(run_rebuild(bystander.job(base, with_dsc=True), settings,
+                                                  tmp_path / "bystander", session))
+        try:
+            # the bystander's sandbox runs (and counted the host's OOM kills) before the hog
+            # starts, so the hog's OOM kill falls within the bystander's build
+            async with asyncio.timeout(120):
+                while _find(b"rq-oom-bystander-6311") is None:
+                    assert not waiting.done(), waiting.result()
+                    await asyncio.sleep(0.1)
+            hogged = await run_rebuild(hog.job(base, with_dsc=True), settings,
+                                       tmp_path / "hog", session)
+            failed = await waiting  # Interrupted would be raised here
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+    after = oom_kills()
+    assert after is not None and after > before
+    # the hog: stopped by its own memory limit, a failure naming it
+    assert hogged.failure_stage == "build" and hogged.limit == "memory", hogged.failure
+    # the bystander saw the OOM kill happen and then failed by itself: a failure, its status
+    assert failed.log_path is not None
+    assert b"rq-bystander: host OOM kills since boot:" in failed.log_path.read_bytes()
+    assert failed.failure_stage == "build" and failed.limit is None, failed.failure
+    assert failed.failure is not None and "exited with status" in failed.failure

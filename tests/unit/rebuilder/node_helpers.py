@@ -1,21 +1,26 @@
-"""Helpers for the rebuilder node's unit tests: a node directory made by ``rebuilder init``,
-outcome values (pure data) and a running API server on a free port."""
+"""Helpers for the rebuilder node's unit tests: a node directory made by ``rebuilder init``
+(with its store open: ``NodeStore``), outcome values (pure data) and a running API server on a
+free port."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from rebuilder.cli import main as cli_main
 from rebuilder.config import Config, load_config
+from rebuilder.db import Store
 from rebuilder.outcome import BuildJob, OutputResult, RebuildOutcome
+from rebuilder.queue import Builder, JobRunner
 from tests.support import free_port
+from verifier.keys import Ed25519PrivateKey, load_private_key
 from verifier.statement import Digest
 
 
@@ -97,6 +102,29 @@ async def amake_node(tmp_path: Path, *extra: str, **kw: object) -> Config:
     import asyncio
 
     return await asyncio.to_thread(lambda: make_node(tmp_path, *extra, **kw))  # type: ignore[arg-type]
+
+
+@dataclass
+class NodeStore:
+    """A node made by ``rebuilder init`` with its state store open (the ``node_store``
+    fixture of tests/unit/rebuilder/conftest.py, which closes the store)."""
+
+    config: Config
+    store: Store
+    key: Ed25519PrivateKey
+
+    def runner(self, builder: Builder, **kw: Any) -> JobRunner:
+        return JobRunner(self.config, self.store, self.key, builder, **kw)
+
+
+@contextlib.asynccontextmanager
+async def open_node_store(tmp_path: Path, *extra: str) -> AsyncIterator[NodeStore]:
+    config = await amake_node(tmp_path, *extra)
+    store = await Store.open(config.node.db_path)
+    try:
+        yield NodeStore(config, store, load_private_key(config.node.signing_key))
+    finally:
+        await store.close()
 
 
 class Subscriber:

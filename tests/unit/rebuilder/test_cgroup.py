@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -110,9 +111,40 @@ def test_counters_name_the_limit(tmp_path: Path) -> None:
     (d / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n")
     (d / "pids.events").write_text("max 0\n")
     events = BuildCgroup(2, {"memory": d, "pids": d}).events()
-    assert events == _cgroup.CgroupEvents(oom_kills=1, fork_refusals=0)
+    assert events == _cgroup.CgroupEvents(oom_kills=1, fork_refusals=0, limit_reached=1)
+    assert events.outside_oom_kills == 0  # killed at its own limit
     (d / "pids.events").write_text("max 3\n")
     assert BuildCgroup(2, {"memory": d, "pids": d}).events().fork_refusals == 3
+
+
+@pytest.mark.parametrize(("version", "files", "outside"), [
+    # an OOM kill while the build's usage never reached its own limit: the host's (or a parent
+    # cgroup's) OOM killer took it
+    (2, {"memory.events": "max 0\noom 0\noom_kill 2\n"}, 2),
+    (2, {"memory.events": "max 3\noom 1\noom_kill 2\n"}, 0),
+    (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+         "memory.failcnt": "0\n"}, 1),
+    (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+         "memory.failcnt": "0\n", "memory.limit_in_bytes": "134217728\n",
+         "memory.max_usage_in_bytes": "50000000\n"}, 1),
+    # a kernel that counts no failcnt at its own OOM: the peak use at the limit tells
+    (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+         "memory.failcnt": "0\n", "memory.limit_in_bytes": "134217728\n",
+         "memory.max_usage_in_bytes": "134217728\n"}, 0),
+    (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+         "memory.failcnt": "0\n", "memory.memsw.failcnt": "4\n"}, 0),
+    (1, {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+         "memory.failcnt": "12\n"}, 0),
+])
+def test_an_oom_kill_below_the_builds_own_limit_came_from_outside(
+        tmp_path: Path, version: Literal[1, 2], files: dict[str, str], outside: int) -> None:
+    d = tmp_path / "b"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    events = BuildCgroup(version, {"memory": d}).events()
+    assert events.oom_kills >= 1
+    assert events.outside_oom_kills == outside
 
 
 def test_sweep_removes_only_empty_cgroups_of_dead_node_processes(tmp_path: Path) -> None:

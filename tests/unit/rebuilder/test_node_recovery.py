@@ -12,27 +12,24 @@ from typing import Any
 import pytest
 
 from rebuilder import queue, recovery
-from rebuilder.db import Store
 from rebuilder.outcome import Interrupted, StateDiskFull
-from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner, WorkerPool
+from rebuilder.queue import MAX_INTERRUPTIONS, WorkerPool
 from rebuilder.recovery import DiskGuard, clean_leftovers, killed_from_outside
 from tests.state_check import unexplained
-from tests.unit.rebuilder.node_helpers import amake_node, job, mismatch, reproduced
-from verifier.keys import load_private_key
+from tests.unit.rebuilder.node_helpers import NodeStore, job, mismatch, reproduced
 
 
-async def test_requeue_of_a_job_that_reproduced_builds_again(tmp_path: Path) -> None:
+async def test_requeue_of_a_job_that_reproduced_builds_again(node_store: NodeStore) -> None:
     """Regression: the give-up rule counted attempts, so the 4th requeue of a reproduced job
     was signed as "interrupted during 3 attempts" although it never was interrupted."""
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+    store = node_store.store
     calls: list[Any] = []
 
     async def builder(j: Any, work: Path) -> Any:
         calls.append(j)
         return reproduced(j)
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     for n in range(1, MAX_INTERRUPTIONS + 3):
         claimed = await store.claim_job()
@@ -41,21 +38,19 @@ async def test_requeue_of_a_job_that_reproduced_builds_again(tmp_path: Path) -> 
         assert result.verdict == "reproduced", (n, result.failure)
         assert await store.requeue_finished([claimed.id]) == [claimed.id]
     assert len(calls) == MAX_INTERRUPTIONS + 2
-    await store.close()
 
 
-async def test_requeue_starts_fresh_after_interruptions(tmp_path: Path) -> None:
+async def test_requeue_starts_fresh_after_interruptions(node_store: NodeStore) -> None:
     """A job interrupted (crashes) and then given up is built again once the operator
     requeues it: the requeue resets the interruption count."""
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+    store = node_store.store
     calls: list[Any] = []
 
     async def builder(j: Any, work: Path) -> Any:
         calls.append(j)
         return reproduced(j)
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     for _ in range(MAX_INTERRUPTIONS):
         assert await store.claim_job() is not None
@@ -72,12 +67,10 @@ async def test_requeue_starts_fresh_after_interruptions(tmp_path: Path) -> None:
     assert again is not None and again.interruptions == 0
     assert (await runner.run(again)).verdict == "reproduced"
     assert len(calls) == 1
-    await store.close()
 
 
-async def test_graceful_shutdown_requeue_is_not_an_interruption(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_graceful_shutdown_requeue_is_not_an_interruption(node_store: NodeStore) -> None:
+    store = node_store.store
     await store.add_jobs([job()])
     for _ in range(MAX_INTERRUPTIONS + 1):
         claimed = await store.claim_job()
@@ -85,12 +78,10 @@ async def test_graceful_shutdown_requeue_is_not_an_interruption(tmp_path: Path) 
         assert await store.requeue_running([claimed.id]) == 1  # a stop with no reason
     row = await store.job(1)
     assert row is not None and row.interruptions == 0 and row.state == "queued"
-    await store.close()
 
 
-async def test_build_killed_from_outside_is_retried_not_signed(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_build_killed_from_outside_is_retried_not_signed(node_store: NodeStore) -> None:
+    store = node_store.store
     works: list[Path] = []
 
     async def builder(j: Any, work: Path) -> Any:
@@ -100,7 +91,7 @@ async def test_build_killed_from_outside_is_retried_not_signed(tmp_path: Path) -
             raise Interrupted("dpkg-buildpackage: it was killed by SIGKILL from outside the node")
         return reproduced(j)
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     claimed = await store.claim_job()
     assert claimed is not None
@@ -111,17 +102,15 @@ async def test_build_killed_from_outside_is_retried_not_signed(tmp_path: Path) -
     row = await store.job(1)
     assert row is not None and (row.state, row.attempts, row.interruptions) == ("done", 3, 2)
     assert (await store.counts())["last_seq"] == 1  # only the finished attempt is signed
-    await store.close()
 
 
-async def test_build_killed_every_time_gives_up_naming_the_kill(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_build_killed_every_time_gives_up_naming_the_kill(node_store: NodeStore) -> None:
+    store = node_store.store
 
     async def builder(j: Any, work: Path) -> Any:
         raise Interrupted("dpkg-buildpackage: it was killed by SIGKILL from outside the node")
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     claimed = await store.claim_job()
     assert claimed is not None
@@ -130,17 +119,15 @@ async def test_build_killed_every_time_gives_up_naming_the_kill(tmp_path: Path) 
     assert result.failure is not None and "killed by SIGKILL" in result.failure
     assert f"interrupted {MAX_INTERRUPTIONS} times" in result.failure
     assert (await store.counts())["last_seq"] == 1
-    await store.close()
 
 
-async def test_full_disk_during_the_attempt_is_not_signed(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_full_disk_during_the_attempt_is_not_signed(node_store: NodeStore) -> None:
+    store = node_store.store
 
     async def builder(j: Any, work: Path) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     claimed = await store.claim_job()
     assert claimed is not None
@@ -148,7 +135,6 @@ async def test_full_disk_during_the_attempt_is_not_signed(tmp_path: Path) -> Non
         await runner.run(claimed)
     assert (await store.counts())["last_seq"] == 0
     assert not runner.work_dir(claimed).exists()
-    await store.close()
 
 
 @pytest.mark.parametrize(
@@ -173,12 +159,32 @@ def test_killed_from_outside(returncode: int | None, oom: tuple[int | None, int 
         assert why is not None and expected in why
 
 
-async def test_start_up_removes_what_no_row_explains(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
+@pytest.mark.parametrize(
+    ("returncode", "host_oom", "build_oom", "expected"),
+    [
+        # another build stopped at its own limit meanwhile: the host counter moved, this
+        # build's cgroup saw nothing, so its failure is its own
+        (2, (4, 5), 0, None),
+        (2, (None, None), 0, None),
+        (2, (1, 1), 2, "killed 2 of its process(es) while it was within its memory limit"),
+        (-9, (4, 5), 0, "SIGKILL"),  # a kill from outside is one whatever the counters say
+        (2, (4, 5), None, "no memory cgroup per build"),  # advisory limit: the host counter
+    ],
+)
+def test_killed_from_outside_reads_the_builds_own_cgroup_when_it_has_one(
+        returncode: int, host_oom: tuple[int | None, int | None], build_oom: int | None,
+        expected: str | None) -> None:
+    why = killed_from_outside(returncode, *host_oom, build_oom)
+    if expected is None:
+        assert why is None
+    else:
+        assert why is not None and expected in why
+
+
+async def test_start_up_removes_what_no_row_explains(node_store: NodeStore) -> None:
+    cfg, store = node_store.config, node_store.store
     node = cfg.node
-    store = await Store.open(node.db_path)
-    runner = JobRunner(cfg, store, load_private_key(node.signing_key),
-                       lambda j, w: _mismatch(j, w))
+    runner = node_store.runner(lambda j, w: _mismatch(j, w))
     await store.add_jobs([job("a"), job("b")])
     a = await store.claim_job()
     assert a is not None
@@ -204,16 +210,14 @@ async def test_start_up_removes_what_no_row_explains(tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(node.state_dir)) for d in (node.logs_dir, node.reports_dir)
                   for p in d.iterdir()) == kept
     assert list(node.builds_dir.iterdir()) == []
-    await store.close()
 
 
 async def _mismatch(j: Any, work: Path) -> Any:
     return mismatch(j, work / "reports")
 
 
-async def test_cancelled_attempt_leaves_no_build_dir(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_cancelled_attempt_leaves_no_build_dir(node_store: NodeStore) -> None:
+    cfg, store = node_store.config, node_store.store
     started = asyncio.Event()
 
     async def slow(j: Any, work: Path) -> Any:
@@ -222,7 +226,7 @@ async def test_cancelled_attempt_leaves_no_build_dir(tmp_path: Path) -> None:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), slow),
+    pool = WorkerPool(node_store.runner(slow),
                       store, 1)
     await store.add_jobs([job()])
     task = asyncio.create_task(pool.run())
@@ -236,17 +240,15 @@ async def test_cancelled_attempt_leaves_no_build_dir(tmp_path: Path) -> None:
     assert row is not None and (row.state, row.interruptions) == ("queued", 0)
     assert list(cfg.node.builds_dir.iterdir()) == []
     assert unexplained(cfg.node.state_dir) == []
-    await store.close()
 
 
 async def test_full_disk_pauses_the_pool_instead_of_draining_the_queue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    node_store: NodeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Regression: with storing failing on ENOSPC, every queued job was claimed within
     milliseconds and left running until a restart."""
     monkeypatch.setattr(queue, "DISK_POLL_S", 0.05)
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+    cfg, store = node_store.config, node_store.store
     guard = DiskGuard(cfg.node.state_dir, 0)
     claims: list[tuple[str, int]] = []
     seen_while_full: list[dict[str, int]] = []
@@ -273,7 +275,7 @@ async def test_full_disk_pauses_the_pool_instead_of_draining_the_queue(
         return s
 
     monkeypatch.setattr(guard, "check", check)
-    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder),
+    pool = WorkerPool(node_store.runner(builder),
                       store, 2, guard)
     await store.add_jobs([job("a"), job("b"), job("c"), job("d")])
     task = asyncio.create_task(pool.run())
@@ -293,4 +295,3 @@ async def test_full_disk_pauses_the_pool_instead_of_draining_the_queue(
     for jid in range(1, 5):
         row = await store.job(jid)
         assert row is not None and row.interruptions == 0  # a full disk is not counted
-    await store.close()

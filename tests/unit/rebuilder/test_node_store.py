@@ -11,9 +11,8 @@ import pytest
 
 from rebuilder.db import SCHEMA_VERSION, NewAttestation, SchemaError, Store
 from rebuilder.queue import MAX_INTERRUPTIONS, JobRunner, WorkerPool
-from tests.unit.rebuilder.node_helpers import amake_node, job, reproduced
+from tests.unit.rebuilder.node_helpers import NodeStore, job, reproduced
 from verifier.dsse import sign
-from verifier.keys import load_private_key
 
 
 async def test_migrations_and_version(tmp_path: Path) -> None:
@@ -50,10 +49,9 @@ async def test_jobs_are_idempotent_and_claimed_in_order(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_finish_build_is_atomic_and_signed_once(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
-    key = load_private_key(cfg.node.signing_key)
+async def test_finish_build_is_atomic_and_signed_once(node_store: NodeStore) -> None:
+    cfg, store = node_store.config, node_store.store
+    key = node_store.key
 
     async def builder(j: Any, work: Path) -> Any:
         assert work.is_dir() and work.parent == cfg.node.builds_dir
@@ -79,19 +77,17 @@ async def test_finish_build_is_atomic_and_signed_once(tmp_path: Path) -> None:
             source=None, version=None, arch=None, subjects=(("x", "0" * 64),),
         ))
     assert (await store.counts())["last_seq"] == 1
-    await store.close()
 
 
-async def test_interrupted_too_often_becomes_signed_failure(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_interrupted_too_often_becomes_signed_failure(node_store: NodeStore) -> None:
+    store = node_store.store
     calls = []
 
     async def builder(j: Any, work: Path) -> Any:
         calls.append(j)
         return reproduced(j)
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     for _ in range(MAX_INTERRUPTIONS):
         assert await store.claim_job() is not None
@@ -101,17 +97,15 @@ async def test_interrupted_too_often_becomes_signed_failure(tmp_path: Path) -> N
     result = await runner.run(claimed)
     assert calls == [] and result.verdict == "failed"
     assert result.failure is not None and "interrupted" in result.failure
-    await store.close()
 
 
-async def test_pipeline_exception_becomes_signed_failure(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_pipeline_exception_becomes_signed_failure(node_store: NodeStore) -> None:
+    store = node_store.store
 
     async def builder(j: Any, work: Path) -> Any:
         raise RuntimeError("boom")
 
-    runner = JobRunner(cfg, store, load_private_key(cfg.node.signing_key), builder)
+    runner = node_store.runner(builder)
     await store.add_jobs([job()])
     claimed = await store.claim_job()
     assert claimed is not None
@@ -119,12 +113,10 @@ async def test_pipeline_exception_becomes_signed_failure(tmp_path: Path) -> None
     assert result.verdict == "failed" and "RuntimeError: boom" in (result.failure or "")
     job_row = await store.job(claimed.id)
     assert job_row is not None and job_row.state == "failed"
-    await store.close()
 
 
-async def test_shutdown_requeues_a_build_past_its_grace(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_shutdown_requeues_a_build_past_its_grace(node_store: NodeStore) -> None:
+    store = node_store.store
     started = asyncio.Event()
 
     async def slow(j: Any, work: Path) -> Any:
@@ -132,7 +124,7 @@ async def test_shutdown_requeues_a_build_past_its_grace(tmp_path: Path) -> None:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
-    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), slow),
+    pool = WorkerPool(node_store.runner(slow),
                       store, 1)
     await store.add_jobs([job()])
     task = asyncio.create_task(pool.run())
@@ -145,12 +137,10 @@ async def test_shutdown_requeues_a_build_past_its_grace(tmp_path: Path) -> None:
     row = await store.job(1)
     assert row is not None and (row.state, row.attempts) == ("queued", 1)
     assert (await store.counts())["last_seq"] == 0
-    await store.close()
 
 
-async def test_shutdown_lets_a_quick_build_finish(tmp_path: Path) -> None:
-    cfg = await amake_node(tmp_path)
-    store = await Store.open(cfg.node.db_path)
+async def test_shutdown_lets_a_quick_build_finish(node_store: NodeStore) -> None:
+    store = node_store.store
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -159,7 +149,7 @@ async def test_shutdown_lets_a_quick_build_finish(tmp_path: Path) -> None:
         await release.wait()
         return reproduced(j)
 
-    pool = WorkerPool(JobRunner(cfg, store, load_private_key(cfg.node.signing_key), gated),
+    pool = WorkerPool(node_store.runner(gated),
                       store, 2)
     await store.add_jobs([job()])
     task = asyncio.create_task(pool.run())
@@ -173,4 +163,4 @@ async def test_shutdown_lets_a_quick_build_finish(tmp_path: Path) -> None:
         await task
     row = await store.job(1)
     assert row is not None and row.state == "done"
-    await store.close()
+
