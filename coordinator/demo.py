@@ -40,6 +40,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from coordinator.demo_broker import COORDINATOR_USER, BrokerFiles, write_broker_files
+from verifier.errors import VerifierError
 from verifier.keys import load_private_key, public_key_pem
 
 __all__ = ["main"]
@@ -168,8 +169,8 @@ class Children:
                 proc.wait()
 
 
-class DemoError(Exception):
-    pass
+class DemoError(VerifierError):
+    """The demo could not run (a tool missing, a process that failed or never answered)."""
 
 
 # The watchdog's program: read process group ids until EOF (the demo exited, however it died),
