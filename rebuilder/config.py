@@ -26,7 +26,6 @@ from verifier.tomlconf import (
     in_file,
     parse_mqtt,
     read_toml,
-    resolve,
 )
 from verifier.tomlconf import Table as _Section
 
@@ -243,7 +242,7 @@ class Config:
 
 
 _http_url = http_url
-_path = resolve
+
 
 
 def parse_listen(value: str, where: str = "node.listen") -> tuple[str, int]:
