@@ -73,6 +73,6 @@ class ConfigError(VerifierError):
 class HTTPStatusError(UnreachableError):
     """A peer answered with an HTTP status other than 200 (``status`` holds it)."""
 
-    def __init__(self, url: str, status: int) -> None:
-        super().__init__(url, f"HTTP status {status}")
+    def __init__(self, url: str, status: int, reason: str | None = None) -> None:
+        super().__init__(url, f"HTTP status {status}" if reason is None else reason)
         self.status = status
