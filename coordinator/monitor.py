@@ -13,7 +13,6 @@ store and out on ``rq/v1/events/log-inconsistency``::
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -30,7 +29,8 @@ import aiosqlite
 from coordinator.config import CoordinatorConfig, RebuilderConfig
 from coordinator.store import Store
 from verifier.dsse import Envelope
-from verifier.errors import BadDataError
+from verifier.errors import BadDataError, UnreachableError
+from verifier.sources import FetcherInterface, fetcher_for
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import (
     inclusion_proof,
@@ -66,17 +66,14 @@ class Finding:
     evidence: dict[str, Any]
 
 
-class _Fetch(Exception):
-    pass
-
-
 class Monitor:
     def __init__(self, db: aiosqlite.Connection, config: CoordinatorConfig, store: Store,
-                 session: aiohttp.ClientSession, grace: float = DEFAULT_GRACE_S) -> None:
+                 session: aiohttp.ClientSession | FetcherInterface,
+                 grace: float = DEFAULT_GRACE_S) -> None:
         self._db = db
         self.config = config
         self.store = store
-        self.session = session
+        self.fetcher = fetcher_for(session)
         self.grace = grace
         self.witnessed: Callable[[str], Awaitable[tuple[int, bytes] | None]] | None = None
         self.publish: Publish | None = None
@@ -112,17 +109,12 @@ class Monitor:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _get(self, url: str, limit: int) -> bytes:
+        """The body, or ``UnreachableError``: a log that cannot be read (or sends too much) is
+        unavailable this round, not a finding."""
         try:
-            async with asyncio.timeout(FETCH_TIMEOUT_S), self.session.get(
-                    url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise _Fetch(f"{url}: HTTP {resp.status}")
-                data = await resp.content.read(limit + 1)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _Fetch(f"{url}: {e!r}") from e
-        if len(data) > limit:
-            raise _Fetch(f"{url}: over {limit} bytes")
-        return data
+            return await self.fetcher.fetch(url, max_bytes=limit, timeout=FETCH_TIMEOUT_S)
+        except BadDataError as e:
+            raise UnreachableError(url, f"over {limit} bytes") from e
 
     # -- the mirror ----------------------------------------------------------------------------
 
@@ -158,7 +150,7 @@ class Monitor:
         base = r.url.rstrip("/") + "/log"
         try:
             raw = await self._get(base + "/checkpoint", MAX_CHECKPOINT_BYTES)
-        except _Fetch as e:
+        except UnreachableError as e:
             log.info("monitor: log of %s unavailable: %s", r.id, e)
             return []
         try:
@@ -211,7 +203,7 @@ class Monitor:
                 data = await self._get(f"{r.url.rstrip('/')}/log/{entries_path(b, width)}",
                                        MAX_BUNDLE_BYTES)
                 entries = decode_bundle(data, width)
-            except (_Fetch, BadDataError) as e:
+            except (UnreachableError, BadDataError) as e:
                 log.info("monitor: entries of %s unavailable: %s", r.id, e)
                 return False
             for entry in entries[n - b * TILE_WIDTH:]:

@@ -58,7 +58,7 @@ from rebuilder.outcome import (
     Stage,
     StateDiskFull,
 )
-from verifier.errors import BadDataError, ConfigError, UnreachableError
+from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.statement import Digest
 from verifier.verdicts import job_verdict
 
@@ -426,7 +426,7 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
                 run.session, url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
             )
         except UnreachableError as e:
-            if (getattr(e, "status", None) == 404 or e.reason == "HTTP 404") and url != urls[-1]:
+            if isinstance(e, HTTPStatusError) and e.status == 404 and url != urls[-1]:
                 absent.append(url)
                 run.say("not there (HTTP 404); trying the next candidate")
                 continue
