@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from verifier.errors import BadDataError, HTTPStatusError
-from verifier.sources import FetcherInterface
+from verifier.sources import FetcherInterface, TooLargeError
 from verifier.sources import fetcher_for as _fetcher_for
 from verifier.statement import Digest
 
@@ -42,6 +42,13 @@ def _node_status(e: HTTPStatusError) -> HTTPStatusError:
     return HTTPStatusError(e.url, e.status, f"HTTP {e.status}")
 
 
+def _too_large(e: TooLargeError) -> BadDataError:
+    # "<url>: <n> bytes, limit <cap>" or "<url>: more than <cap> bytes", as they always said
+    if e.announced is not None:
+        return BadDataError("download", f"{e.url}: {e.announced} bytes, limit {e.limit}")
+    return BadDataError("download", f"{e.url}: more than {e.limit} bytes")
+
+
 async def fetch_bytes(
     session: Fetcher, url: str, limit: int, time_limit: float = _DEFAULT_TIMEOUT
 ) -> bytes:
@@ -51,10 +58,8 @@ async def fetch_bytes(
         return await fetcher_for(session).fetch(url, max_bytes=limit, timeout=time_limit)
     except HTTPStatusError as e:
         raise _node_status(e) from e
-    except BadDataError as e:
-        if e.what != "response":
-            raise
-        raise BadDataError("download", f"{url}: more than {limit} bytes") from e
+    except TooLargeError as e:
+        raise _too_large(e) from e
 
 
 async def fetch_file(
@@ -77,3 +82,5 @@ async def fetch_file(
             url, dest, max_bytes=limit, timeout=time_limit, sha256=sha256, size=size)
     except HTTPStatusError as e:
         raise _node_status(e) from e
+    except TooLargeError as e:
+        raise _too_large(e) from e

@@ -49,6 +49,7 @@ from rebuilder.indexproc import IndexFile, IndexReader, IndexResult, JobSink
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
+from verifier.sources import TooLargeError
 from verifier.statement import Digest
 
 __all__ = ["FETCH_TIMEOUT_S", "RoundReport", "VerifiedRelease", "Watcher", "fetch_bounded",
@@ -66,9 +67,9 @@ async def fetch_bounded(session: Fetcher, url: str, limit: int) -> bytes:
     fetcher = fetcher_for(session, follow_redirects=True)
     try:
         return await fetcher.fetch(url, max_bytes=limit, timeout=FETCH_TIMEOUT_S)
-    except BadDataError as e:
-        if e.what != "response":
-            raise
+    except TooLargeError as e:
+        if e.announced is not None:
+            raise BadDataError(url, f"{e.announced} bytes, limit {limit}") from e
         raise BadDataError(url, f"more than {limit} bytes") from e
 
 

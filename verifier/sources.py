@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -56,6 +57,8 @@ __all__ = [
     "AiohttpFetcher",
     "ClientConfig",
     "FetcherInterface",
+    "TooLargeError",
+    "check_announced",
     "check_many_via_coordinator",
     "check_offline",
     "check_online",
@@ -67,6 +70,30 @@ __all__ = [
 ]
 
 MAX_ATTESTATION_FILE_BYTES = 256 * 1024 * 1024
+# The cap of the request being read, for a fetcher that can refuse a body by its announced
+# length before reading it (``AiohttpFetcher``: Content-Length); set by the seam around ``_fetch``.
+_CAP: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("cap", default=None)
+
+
+class TooLargeError(BadDataError):
+    """A body over the cap: ``announced`` is the length the peer announced (refused before
+    reading it), None when it was cut while streaming; ``limit`` is the cap."""
+
+    def __init__(self, what: str, url: str, limit: int, announced: int | None = None) -> None:
+        reason = (f"{url} sent more than the {limit}-byte limit" if announced is None else
+                  f"{url} announced {announced} bytes, over the {limit}-byte limit")
+        super().__init__(what, reason)
+        self.url = url
+        self.limit = limit
+        self.announced = announced
+
+
+def check_announced(url: str, length: int | None) -> None:
+    """For a ``_fetch`` implementation: refuse a body whose announced ``length`` is over the
+    cap of the request being read (raises ``TooLargeError``)."""
+    cap = _CAP.get()
+    if cap is not None and length is not None and length > cap[1]:
+        raise TooLargeError(cap[0], url, cap[1], length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +154,7 @@ class FetcherInterface(abc.ABC):
         n = 0
         local: OSError | None = None
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        token = _CAP.set(("download", max_bytes))
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
@@ -135,8 +163,7 @@ class FetcherInterface(abc.ABC):
                             async for chunk in chunks:
                                 n += len(chunk)
                                 if n > max_bytes:
-                                    raise BadDataError("download",
-                                                       f"{url}: more than {max_bytes} bytes")
+                                    raise TooLargeError("download", url, max_bytes)
                                 h.update(chunk)
                                 try:
                                     out.write(chunk)
@@ -157,6 +184,8 @@ class FetcherInterface(abc.ABC):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            _CAP.reset(token)
         return digest, n
 
     async def _collect(
@@ -164,17 +193,18 @@ class FetcherInterface(abc.ABC):
         timeout: float,  # noqa: ASYNC109  # the seam enforces the timeout itself
     ) -> bytes:
         buf = bytearray()
+        token = _CAP.set(("response", max_bytes))
         try:
             async with asyncio.timeout(timeout):
                 async with contextlib.aclosing(chunks_of()) as chunks:
                     async for chunk in chunks:
                         buf += chunk
                         if len(buf) > max_bytes:
-                            raise BadDataError(
-                                "response", f"{url} sent more than the {max_bytes}-byte limit"
-                            )
+                            raise TooLargeError("response", url, max_bytes)
         except Exception as e:
             raise _failure(e, url, timeout) from e
+        finally:
+            _CAP.reset(token)
         return bytes(buf)
 
 
@@ -203,6 +233,7 @@ class AiohttpFetcher(FetcherInterface):
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
+            check_announced(url, resp.content_length)
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 yield chunk
 
@@ -213,6 +244,7 @@ class AiohttpFetcher(FetcherInterface):
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
+            check_announced(url, resp.content_length)
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 yield chunk
 

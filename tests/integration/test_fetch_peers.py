@@ -48,6 +48,10 @@ async def _oversized(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _announced(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * 20 * 1024)  # Content-Length over the cap: refused unread
+
+
 async def _status(request: web.Request) -> web.Response:
     return web.Response(status=int(request.match_info["code"]), body=BODY)
 
@@ -67,6 +71,8 @@ async def peer() -> AsyncIterator[str]:
         app.router.add_get(path, _ok)
     for path in ("/big", "/big/v1/attestations", "/big/log/checkpoint"):
         app.router.add_get(path, _oversized)
+    for path in ("/huge", "/huge/v1/attestations", "/huge/log/checkpoint"):
+        app.router.add_get(path, _announced)
     for path in ("/status/{code}", "/status/{code}/v1/attestations",
                  "/status/{code}/log/checkpoint"):
         app.router.add_get(path, _status)
@@ -173,11 +179,12 @@ async def test_honest_peer(reader: Reader, peer: str, session: aiohttp.ClientSes
         assert got == BODY
 
 
+@pytest.mark.parametrize("route", ["big", "huge"], ids=["streamed", "announced"])
 @pytest.mark.parametrize("reader", READERS, ids=IDS)
-async def test_oversized_body(reader: Reader, peer: str, session: aiohttp.ClientSession,
-                              tmp_path: Path) -> None:
+async def test_oversized_body(reader: Reader, route: str, peer: str,
+                              session: aiohttp.ClientSession, tmp_path: Path) -> None:
     with pytest.raises(reader.oversized, match=str(LIMIT)):
-        await reader.read(session, f"{peer}/big", tmp_path)
+        await reader.read(session, f"{peer}/{route}", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

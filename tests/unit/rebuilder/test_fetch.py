@@ -70,7 +70,7 @@ async def test_fetch_bytes(server: str, session: aiohttp.ClientSession) -> None:
 
 
 async def test_declared_length_over_limit(server: str, session: aiohttp.ClientSession) -> None:
-    with pytest.raises(BadDataError, match="more than 9999 bytes"):
+    with pytest.raises(BadDataError, match="10000 bytes, limit 9999"):
         await fetch_bytes(session, f"{server}/body", 9_999)
 
 
