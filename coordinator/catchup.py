@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -21,26 +22,13 @@ from coordinator.config import RebuilderConfig
 from coordinator.service import Ingest
 from verifier.dsse import strict_json_loads
 from verifier.errors import BadDataError, UnreachableError
+from verifier.sources import FetcherInterface, fetcher_for
 
-__all__ = ["CatchUp", "read_capped"]
+__all__ = ["CatchUp"]
 
 log = logging.getLogger(__name__)
 
 _CURSOR = re.compile(r"[A-Za-z0-9._:+-]{1,128}")
-
-
-async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """The response body, refusing (``BadDataError``) anything over ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise BadDataError(what, f"{resp.content_length} bytes announced, limit {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise BadDataError(what, f"more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _page(doc: Any) -> tuple[list[tuple[str, Any]], str, bool]:
@@ -67,9 +55,9 @@ def _page(doc: Any) -> tuple[list[tuple[str, Any]], str, bool]:
 
 
 class CatchUp:
-    def __init__(self, ingest: Ingest, session: aiohttp.ClientSession) -> None:
+    def __init__(self, ingest: Ingest, session: aiohttp.ClientSession | FetcherInterface) -> None:
         self.ingest = ingest
-        self.session = session
+        self.fetcher = fetcher_for(session)
         self.limits = ingest.config.limits
         self._running: dict[str, asyncio.Task[int]] = {}
         self.rounds = 0
@@ -125,20 +113,10 @@ class CatchUp:
         return new
 
     async def _fetch(self, rb: RebuilderConfig, cursor: str) -> Any:
-        url = f"{rb.url}/v1/attestations"
-        params = {"since": cursor, "limit": str(self.limits.catchup_page_limit)}
-        try:
-            async with asyncio.timeout(self.limits.catchup_timeout):
-                async with self.session.get(
-                    url, params=params, allow_redirects=False
-                ) as resp:
-                    if resp.status != 200:
-                        raise UnreachableError(url, f"HTTP {resp.status}")
-                    body = await read_capped(
-                        resp, self.limits.max_catchup_response_bytes, "catch-up page"
-                    )
-        except TimeoutError as e:
-            raise UnreachableError(url, f"no answer within {self.limits.catchup_timeout}s") from e
-        except aiohttp.ClientError as e:
-            raise UnreachableError(url, f"{type(e).__name__}: {e}") from e
+        query = urlencode({"since": cursor, "limit": str(self.limits.catchup_page_limit)})
+        body = await self.fetcher.fetch(
+            f"{rb.url}/v1/attestations?{query}",
+            max_bytes=self.limits.max_catchup_response_bytes,
+            timeout=self.limits.catchup_timeout,
+        )
         return strict_json_loads(body, "catch-up page")

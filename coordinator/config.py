@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,15 @@ from urllib.parse import urlsplit
 
 from verifier.errors import BadDataError, ConfigError
 from verifier.keys import Ed25519PublicKey, KeyId, keyid, load_public_key
+from verifier.tomlconf import (
+    MqttConfig,
+    RebuilderIdentity,
+    Table,
+    in_file,
+    parse_mqtt,
+    read_toml,
+    resolve,
+)
 
 __all__ = [
     "CoordinatorConfig",
@@ -31,7 +39,6 @@ __all__ = [
     "parse_config",
 ]
 
-REBUILDER_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_REBUILDERS = 256
 
@@ -55,43 +62,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls: bool = False
-    ca_file: Path | None = None
-    username: str = ""
-    password_file: Path | None = None
-    keepalive: int = 30
+class RebuilderConfig(RebuilderIdentity):
+    """A registered rebuilder: its identity (id as in MQTT topics, operator, public API URL),
+    its key and its log's origin."""
 
-    def password(self) -> str | None:
-        if self.password_file is None:
-            return None
-        return self.password_file.read_text().strip()
-
-
-@dataclass(frozen=True)
-class RebuilderConfig:
-    """A registered rebuilder: its id (as in MQTT topics), operator, key and public API URL."""
-
-    id: str
-    operator: str
-    url: str
     public_key: Ed25519PublicKey = field(compare=False, repr=False)
     keyid: KeyId = field(default=KeyId(""))  # computed from public_key when left empty
     log_origin: str = ""  # its transparency log's origin; "" = url without scheme + "/log"
 
     @property
     def origin(self) -> str:
-        return self.log_origin or self.url.split("://", 1)[1].rstrip("/") + "/log"
+        return self.log_origin or self.default_log_origin
 
     def __post_init__(self) -> None:
-        if not REBUILDER_ID.fullmatch(self.id):
-            raise ConfigError(f"rebuilder id {self.id!r} must match {REBUILDER_ID.pattern}")
-        if not self.operator or len(self.operator) > 200:
-            raise ConfigError(f"rebuilder {self.id}: operator must be 1-200 characters")
-        _check_url(self.url, f"rebuilder {self.id} url")
+        super().__post_init__()
         if not self.keyid:
             object.__setattr__(self, "keyid", keyid(self.public_key))
 
@@ -166,113 +150,80 @@ def _check_url(url: object, what: str) -> str:
     return url.rstrip("/")
 
 
-def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    value = table.get(key, default)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int in Python; do not accept true for a port number.
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise ConfigError(f"{key} must be of type {kind}, got {value!r}")
-    return value
-
-
-def _path(base: Path, value: str) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() else base / p
-
-
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen {value!r} must be host:port")
+        raise ConfigError(f"coordinator.listen {value!r} must be host:port", table="coordinator",
+                          key="listen")
     return host.strip("[]"), int(port)
 
 
-def _mqtt(table: dict[str, Any], base: Path) -> MqttConfig:
-    known = {"enabled", "host", "port", "tls", "ca_file", "username", "password_file", "keepalive"}
-    unknown = set(table) - known
-    if unknown:
-        raise ConfigError(f"[mqtt] has unknown keys {sorted(unknown)}")
-    port = _get(table, "port", int, 1883)
-    if not 0 < port < 65536:
-        raise ConfigError("[mqtt] port out of range")
-    keepalive = _get(table, "keepalive", int, 30)
-    if not 5 <= keepalive <= 3600:
-        raise ConfigError("[mqtt] keepalive must be 5-3600 seconds")
-    ca = _get(table, "ca_file", str, "")
-    pw = _get(table, "password_file", str, "")
-    return MqttConfig(
-        enabled=_get(table, "enabled", bool, True),
-        host=_get(table, "host", str, "127.0.0.1"),
-        port=port,
-        tls=_get(table, "tls", bool, False),
-        ca_file=_path(base, ca) if ca else None,
-        username=_get(table, "username", str, ""),
-        password_file=_path(base, pw) if pw else None,
-        keepalive=keepalive,
-    )
+_REBUILDER_KEYS = frozenset({"id", "operator", "url", "public_key", "public_key_file",
+                             "log_origin"})
 
 
-def _rebuilder(table: object, base: Path) -> RebuilderConfig:
-    if not isinstance(table, dict):
-        raise ConfigError("[[rebuilder]] entries must be tables")
-    rid = _get(table, "id", str, "")
-    pem = table.get("public_key")
-    pem_file = table.get("public_key_file")
+def _rebuilder(raw: object, index: int, base: Path) -> RebuilderConfig:
+    t = Table(f"rebuilder[{index}]", raw, _REBUILDER_KEYS)
+    rid = t.text("id", "")
+    pem: object = t.data.get("public_key")
+    pem_file = t.data.get("public_key_file")
     if (pem is None) == (pem_file is None):
-        raise ConfigError(f"rebuilder {rid!r}: give exactly one of public_key, public_key_file")
+        raise t.error("public_key", f"(rebuilder {rid!r}): give exactly one of public_key, "
+                      "public_key_file")
     try:
         if pem_file is not None:
-            if not isinstance(pem_file, str):
-                raise ConfigError(f"rebuilder {rid!r}: public_key_file must be a path string")
-            pem = _path(base, pem_file).read_bytes()
+            pem = resolve(base, t.text("public_key_file", max_len=4096)).read_bytes()
         if not isinstance(pem, (str, bytes)):
-            raise ConfigError(f"rebuilder {rid!r}: public_key must be a PEM string")
+            raise t.error("public_key", f"(rebuilder {rid!r}) must be a PEM string")
         key = load_public_key(pem)
     except (OSError, BadDataError) as e:
-        raise ConfigError(f"rebuilder {rid!r}: cannot load its public key: {e}") from e
-    origin = _get(table, "log_origin", str, "")
+        raise t.error("public_key", f"(rebuilder {rid!r}): cannot load its public key: {e}"
+                      ) from e
+    origin = t.text("log_origin", "", max_len=255)
     if origin and not _NAME.fullmatch(origin):
-        raise ConfigError(f"rebuilder {rid!r}: log_origin {origin!r} must match {_NAME.pattern}")
-    return RebuilderConfig(
-        id=rid,
-        operator=_get(table, "operator", str, ""),
-        url=_check_url(_get(table, "url", str, ""), f"rebuilder {rid} url"),
-        public_key=key,
-        log_origin=origin,
-    )
+        raise t.error("log_origin", f"= {origin!r} (rebuilder {rid!r}) must match "
+                      f"{_NAME.pattern}")
+    try:
+        return RebuilderConfig(
+            id=rid,
+            operator=t.text("operator", "", max_len=1024),
+            url=_check_url(t.text("url", "", max_len=4096), f"rebuilder {rid} url"),
+            public_key=key,
+            log_origin=origin,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{t.name}: {e}", table=t.name, key=e.key) from e
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/-]{0,254}")
 
 
-def _witness(table: object, base: Path) -> WitnessConfig:
-    if not isinstance(table, dict):
-        raise ConfigError("[witness] must be a table")
-    known = {"enabled", "name", "key_file", "state", "prefix", "monitor_interval",
-             "monitor_batch"}
-    if set(table) - known:
-        raise ConfigError(f"[witness] has unknown keys {sorted(set(table) - known)}")
-    name = _get(table, "name", str, "")
+_WITNESS_KEYS = frozenset({"enabled", "name", "key_file", "state", "prefix",
+                           "monitor_interval", "monitor_batch"})
+
+
+def _witness(raw: object, base: Path) -> WitnessConfig:
+    t = Table("witness", raw, _WITNESS_KEYS)
+    d = WitnessConfig  # the defaults, written once: on the dataclass
+    name = t.text("name", d.name, max_len=255)
     if name and not _NAME.fullmatch(name):
-        raise ConfigError(f"[witness] name {name!r} must match {_NAME.pattern}")
-    prefix = _get(table, "prefix", str, "/witness")
+        raise t.error("name", f"= {name!r} must match {_NAME.pattern}")
+    prefix = t.text("prefix", d.prefix, max_len=255)
     if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", prefix) or prefix.startswith("/v1"):
-        raise ConfigError(f"[witness] prefix {prefix!r} must be a path like /witness")
-    interval = float(_get(table, "monitor_interval", (int, float), 60))
-    if not 1 <= interval <= 86400:
-        raise ConfigError("[witness] monitor_interval must be 1-86400 seconds")
-    batch = _get(table, "monitor_batch", int, 4096)
-    if isinstance(batch, bool) or not 1 <= batch <= 1_000_000:
-        raise ConfigError("[witness] monitor_batch must be 1-1000000 entry bundles")
+        raise t.error("prefix", f"= {prefix!r} must be a path like /witness")
     return WitnessConfig(
-        enabled=_get(table, "enabled", bool, True),
+        enabled=t.boolean("enabled", d.enabled),
         name=name,
-        key_file=_path(base, _get(table, "key_file", str, "witness.pem")),
-        state=_path(base, _get(table, "state", str, "witness.db")),
+        key_file=resolve(base, t.text("key_file", str(d.key_file), max_len=4096)),
+        state=resolve(base, t.text("state", str(d.state), max_len=4096)),
         prefix=prefix,
-        monitor_interval=interval,
-        monitor_batch=batch,
+        monitor_interval=t.number("monitor_interval", d.monitor_interval, 1, 86400),
+        monitor_batch=t.integer("monitor_batch", d.monitor_batch, 1, 1_000_000),
     )
+
+
+_COORDINATOR_KEYS = frozenset({"listen", "public_url", "database", "catchup_interval",
+                               "online_after", "verify_workers"})
 
 
 def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
@@ -280,52 +231,32 @@ def parse_config(data: dict[str, Any], base: Path) -> CoordinatorConfig:
     unknown = set(data) - {"coordinator", "mqtt", "rebuilder", "witness"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
-    c = data.get("coordinator", {})
-    if not isinstance(c, dict):
-        raise ConfigError("[coordinator] must be a table")
-    known = {
-        "listen",
-        "public_url",
-        "database",
-        "catchup_interval",
-        "online_after",
-        "verify_workers",
-    }
-    if set(c) - known:
-        raise ConfigError(f"[coordinator] has unknown keys {sorted(set(c) - known)}")
-    host, port = _listen(_get(c, "listen", str, "127.0.0.1:8500"))
-    mqtt = data.get("mqtt", {})
-    if not isinstance(mqtt, dict):
-        raise ConfigError("[mqtt] must be a table")
+    c = Table("coordinator", data.get("coordinator", {}), _COORDINATOR_KEYS)
+    d = CoordinatorConfig  # the defaults, written once: on the dataclass
+    host, port = _listen(c.text("listen", f"{d.listen_host}:{d.listen_port}", max_len=300))
     rebuilders = data.get("rebuilder", [])
     if not isinstance(rebuilders, list):
-        raise ConfigError("[[rebuilder]] must be an array of tables")
+        raise ConfigError("[[rebuilder]] must be an array of tables", table="rebuilder")
     return CoordinatorConfig(
         listen_host=host,
         listen_port=port,
         public_url=_check_url(
-            _get(c, "public_url", str, f"http://{host}:{port}"), "public_url"
+            c.text("public_url", f"http://{host}:{port}", max_len=4096), "public_url"
         ),
-        database=_path(base, _get(c, "database", str, "coordinator.db")),
-        catchup_interval=float(_get(c, "catchup_interval", (int, float), 60)),
-        online_after=float(_get(c, "online_after", (int, float), 120)),
-        verify_workers=_get(c, "verify_workers", int, -1),
-        mqtt=_mqtt(mqtt, base),
-        rebuilders=tuple(_rebuilder(r, base) for r in rebuilders),
+        database=resolve(base, c.text("database", str(d.database), max_len=4096)),
+        catchup_interval=c.number("catchup_interval", d.catchup_interval, 0, 86400),
+        online_after=c.number("online_after", d.online_after, 0, 7 * 86400),
+        verify_workers=c.integer("verify_workers", d.verify_workers, -1, 64),
+        mqtt=parse_mqtt(data.get("mqtt", {}), base),
+        rebuilders=tuple(_rebuilder(r, i, base) for i, r in enumerate(rebuilders)),
         witness=_witness(data.get("witness", {}), base),
     )
 
 
 def load_config(path: Path) -> CoordinatorConfig:
     """Read and validate a ``coordinator.toml``; raises ``ConfigError`` naming what is wrong."""
+    data = read_toml(path, MAX_CONFIG_BYTES)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES} bytes")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return parse_config(data, path.parent.resolve())
+        return parse_config(data, path.parent.resolve())
+    except ConfigError as e:
+        raise in_file(e, path) from e

@@ -14,7 +14,6 @@ them with a sandboxing CSP inside an ``<iframe sandbox>``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -24,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import jinja2
 from aiohttp import web
 
@@ -37,7 +35,6 @@ from coordinator.app import (
     package_parts,
     rebuilder_views,
 )
-from coordinator.catchup import read_capped
 from coordinator.log_view import inconsistency_view
 from coordinator.store import Store, rfc3339
 from coordinator.verdicts import (
@@ -47,8 +44,9 @@ from coordinator.verdicts import (
     reproducibility,
     tampered_artifacts,
 )
-from verifier.errors import BadDataError
+from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
 from verifier.keys import public_key_pem
+from verifier.sources import fetcher_for
 
 __all__ = ["REPORT_CSP", "setup"]
 
@@ -426,19 +424,18 @@ async def report(request: web.Request) -> web.Response:
     if body is None:
         limits = request.app[CONFIG].limits
         try:
-            async with asyncio.timeout(limits.report_timeout):
-                async with request.app[HTTP].get(url, allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        raise web.HTTPBadGateway(
-                            text=f"rebuilder {rebuilder} answered HTTP {resp.status} for the report"
-                        )
-                    body = await read_capped(resp, limits.max_report_bytes, "report")
-        except (TimeoutError, aiohttp.ClientError) as e:
+            body = await fetcher_for(request.app[HTTP], accept="text/html, text/plain").fetch(
+                url, max_bytes=limits.max_report_bytes, timeout=limits.report_timeout)
+        except HTTPStatusError as e:
             raise web.HTTPBadGateway(
-                text=f"rebuilder {rebuilder} is unreachable for the report: {type(e).__name__}"
+                text=f"rebuilder {rebuilder} answered HTTP {e.status} for the report"
+            ) from e
+        except UnreachableError as e:
+            raise web.HTTPBadGateway(
+                text=f"rebuilder {rebuilder} is unreachable for the report: {e.reason}"
             ) from e
         except BadDataError as e:
-            raise web.HTTPBadGateway(text=f"report refused: {e}") from e
+            raise web.HTTPBadGateway(text=f"report refused: {e.reason}") from e
         cache.put(url, body)
     ctype = "text/html" if url.endswith(".html") else "text/plain"
     return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
@@ -480,16 +477,16 @@ def chart(series: list[tuple[str, str, int]], today: datetime,
 async def _node_document(request: web.Request, url: str) -> tuple[dict[str, Any] | None, str]:
     """The rebuilder's own ``/v1/node`` (for its log checkpoint), or why it is not shown."""
     try:
-        async with asyncio.timeout(_NODE_DOC_TIMEOUT), request.app[HTTP].get(
-            f"{url}/v1/node", allow_redirects=False
-        ) as resp:
-            if resp.status != 200:
-                return None, f"{url}/v1/node answered HTTP {resp.status}"
-            body = await read_capped(resp, _NODE_DOC_BYTES, "node document")
+        body = await fetcher_for(request.app[HTTP]).fetch(
+            f"{url}/v1/node", max_bytes=_NODE_DOC_BYTES, timeout=_NODE_DOC_TIMEOUT)
         doc = json.loads(body)
-    except (TimeoutError, aiohttp.ClientError) as e:
-        return None, f"{url} is unreachable ({type(e).__name__})"
-    except (BadDataError, ValueError) as e:
+    except HTTPStatusError as e:
+        return None, f"{url}/v1/node answered HTTP {e.status}"
+    except UnreachableError as e:
+        return None, f"{url} is unreachable ({e.reason})"
+    except BadDataError as e:
+        return None, f"{url}/v1/node is not a node document: {e.reason[:200]}"
+    except ValueError as e:
         return None, f"{url}/v1/node is not a node document: {str(e)[:200]}"
     if not isinstance(doc, dict):
         return None, f"{url}/v1/node is not a JSON object"

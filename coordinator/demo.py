@@ -40,7 +40,9 @@ from typing import Any, TextIO
 import aiohttp
 
 from coordinator.demo_broker import COORDINATOR_USER, BrokerFiles, write_broker_files
+from verifier.errors import VerifierError
 from verifier.keys import load_private_key, public_key_pem
+from verifier.tomlconf import read_toml, write_toml
 
 __all__ = ["main"]
 
@@ -168,8 +170,8 @@ class Children:
                 proc.wait()
 
 
-class DemoError(Exception):
-    pass
+class DemoError(VerifierError):
+    """The demo could not run (a tool missing, a process that failed or never answered)."""
 
 
 # The watchdog's program: read process group ids until EOF (the demo exited, however it died),
@@ -262,13 +264,12 @@ class Node:
 
 def use_account(config: Path, user: str, password_file: Path) -> None:
     """Point a node's ``[mqtt]`` at its broker account (``rebuilder init`` leaves it empty)."""
-    text = config.read_text()
-    for old, new in (('username = ""', f"username = {json.dumps(user)}"),
-                     ('password_file = ""', f"password_file = {json.dumps(str(password_file))}")):
-        if text.count(old) != 1:
-            raise DemoError(f"{config}: expected one {old!r} to fill in")
-        text = text.replace(old, new)
-    config.write_text(text)
+    doc = read_toml(config, 1024 * 1024)
+    mqtt = doc.get("mqtt")
+    if not isinstance(mqtt, dict):
+        raise DemoError(f"{config}: expected an [mqtt] table to fill in")
+    mqtt.update(username=user, password_file=str(password_file))
+    write_toml(config, doc, "written by rebuilder init, [mqtt] account set by the demo")
 
 
 def write_coordinator_config(
@@ -276,56 +277,40 @@ def write_coordinator_config(
 ) -> Path:
     d = state / "coordinator"
     (d / "keys").mkdir(parents=True, exist_ok=True)
-    lines = [
-        "[coordinator]",
-        f'listen = "127.0.0.1:{port}"',
-        f'public_url = "http://127.0.0.1:{port}"',
-        'database = "coordinator.db"',
-        "catchup_interval = 10",
-        "online_after = 60",
-        "",
-        "[mqtt]",
-        'host = "127.0.0.1"',
-        f"port = {mqtt_port}",
-    ]
+    mqtt: dict[str, Any] = {"host": "127.0.0.1", "port": mqtt_port}
     if password_file is not None:
-        lines += [f"username = {json.dumps(COORDINATOR_USER)}",
-                  f"password_file = {json.dumps(str(password_file))}"]
+        mqtt.update(username=COORDINATOR_USER, password_file=str(password_file))
+    rebuilders = []
     for n in nodes:
         (d / "keys" / f"{n.id}.pub").write_text(n.public_pem())
-        lines += [
-            "",
-            "[[rebuilder]]",
-            f'id = "{n.id}"',
-            f"operator = {json.dumps(n.operator)}",
-            f'url = "{n.url}"',
-            f'public_key_file = "keys/{n.id}.pub"',
-        ]
+        rebuilders.append({"id": n.id, "operator": n.operator, "url": n.url,
+                           "public_key_file": f"keys/{n.id}.pub"})
     path = d / "coordinator.toml"
-    path.write_text("\n".join(lines) + "\n")
+    write_toml(path, {
+        "coordinator": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}",
+                        "database": "coordinator.db", "catchup_interval": 10,
+                        "online_after": 60},
+        "mqtt": mqtt,
+        "rebuilder": rebuilders,
+    })
     return path
 
 
 def write_policy(state: Path, nodes: list[Node]) -> Path:
-    lines = [
-        "# 2 of these 3 rebuilders, of distinct operators, must have reproduced a .deb",
-        "threshold = 2",
-        "require_distinct_operators = true",
-        "reject_on_mismatch = 1",
-        "max_age_days = 0",
-    ]
-    for n in nodes:
-        lines += [
-            "",
-            "[[rebuilder]]",
-            f'id = "{n.id}"',
-            # a policy names operators by id (verifier.md): "Alpha University" -> alpha-university
-            f"operator = {json.dumps(re.sub(r'[^a-z0-9]+', '-', n.operator.lower()).strip('-'))}",
-            f'url = "{n.url}"',
-            f'public_key_file = "coordinator/keys/{n.id}.pub"',
-        ]
     path = state / "policy.toml"
-    path.write_text("\n".join(lines) + "\n")
+    write_toml(path, {
+        "threshold": 2,
+        "require_distinct_operators": True,
+        "reject_on_mismatch": 1,
+        "max_age_days": 0,
+        "rebuilder": [{
+            "id": n.id,
+            # a policy names operators by id (verifier.md): "Alpha University" -> alpha-university
+            "operator": re.sub(r"[^a-z0-9]+", "-", n.operator.lower()).strip("-"),
+            "url": n.url,
+            "public_key_file": f"coordinator/keys/{n.id}.pub",
+        } for n in nodes],
+    }, "2 of these 3 rebuilders, of distinct operators, must have reproduced a .deb")
     return path
 
 

@@ -33,7 +33,8 @@ import aiosqlite
 from coordinator.config import CoordinatorConfig, RebuilderConfig
 from coordinator.store import Store
 from verifier.dsse import Envelope
-from verifier.errors import BadDataError
+from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
+from verifier.sources import FetcherInterface, fetcher_for
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import (
     inclusion_proof,
@@ -76,11 +77,12 @@ class _Fetch(Exception):
 
 class Monitor:
     def __init__(self, db: aiosqlite.Connection, config: CoordinatorConfig, store: Store,
-                 session: aiohttp.ClientSession, grace: float = DEFAULT_GRACE_S) -> None:
+                 session: aiohttp.ClientSession | FetcherInterface,
+                 grace: float = DEFAULT_GRACE_S) -> None:
         self._db = db
         self.config = config
         self.store = store
-        self.session = session
+        self.fetcher = fetcher_for(session)
         self.grace = grace
         self.witnessed: Callable[[str], Awaitable[tuple[int, bytes] | None]] | None = None
         self.publish: Publish | None = None
@@ -121,23 +123,16 @@ class Monitor:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _get(self, url: str, limit: int) -> bytes:
+        """The body, or ``_Fetch`` (with the HTTP status when there was one): a log that cannot
+        be read (or sends too much) is unavailable this round, not a finding."""
         try:
-            async with asyncio.timeout(FETCH_TIMEOUT_S), self.session.get(
-                    url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise _Fetch(f"{url}: HTTP {resp.status}", resp.status)
-                buf = bytearray()  # read() returns what has arrived, not all of it
-                while len(buf) <= limit:
-                    chunk = await resp.content.read(limit + 1 - len(buf))
-                    if not chunk:
-                        break
-                    buf += chunk
-                data = bytes(buf)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _Fetch(f"{url}: {e!r}") from e
-        if len(data) > limit:
-            raise _Fetch(f"{url}: over {limit} bytes")
-        return data
+            return await self.fetcher.fetch(url, max_bytes=limit, timeout=FETCH_TIMEOUT_S)
+        except HTTPStatusError as e:
+            raise _Fetch(f"{url}: HTTP {e.status}", e.status) from e
+        except UnreachableError as e:
+            raise _Fetch(str(e)) from e
+        except BadDataError as e:
+            raise _Fetch(f"{url}: over {limit} bytes") from e
 
     # -- the mirror ----------------------------------------------------------------------------
 

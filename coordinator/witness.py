@@ -26,7 +26,8 @@ from typing import Any
 import aiosqlite
 from aiohttp import web
 
-from verifier.tlog.checkpoint import Checkpoint, CheckpointError
+from verifier.errors import BadDataError
+from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import HASH_SIZE, ProofError, verify_consistency
 from verifier.tlog.note import Note, NoteError, NoteSigner, NoteVerifier
 
@@ -61,31 +62,39 @@ def _bad(status: int, message: str) -> Answer:
     return Answer(status, "text/plain", message.encode() + b"\n")
 
 
+class RequestError(BadDataError, ValueError):
+    """A malformed add-checkpoint request (a ``ValueError`` too, as it always was)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("add-checkpoint request", message, message=message)
+
+
 def parse_request(body: bytes) -> tuple[int, list[bytes], bytes]:
-    """(old size, consistency proof, checkpoint note bytes); ``ValueError`` naming the fault."""
+    """(old size, consistency proof, checkpoint note bytes); ``RequestError`` naming the
+    fault."""
     if len(body) > MAX_REQUEST_BYTES:
-        raise ValueError(f"request is over {MAX_REQUEST_BYTES} bytes")
+        raise RequestError(f"request is over {MAX_REQUEST_BYTES} bytes")
     head, sep, rest = body.partition(b"\n")
     if not sep:
-        raise ValueError("no old size line")
+        raise RequestError("no old size line")
     m = _OLD.fullmatch(head.decode("ascii", "replace"))
     if not m:
-        raise ValueError("first line is not 'old <size>'")
+        raise RequestError("first line is not 'old <size>'")
     proof: list[bytes] = []
     while True:
         line, sep, rest = rest.partition(b"\n")
         if not sep:
-            raise ValueError("no empty line before the checkpoint")
+            raise RequestError("no empty line before the checkpoint")
         if line == b"":
             break
         if len(proof) == MAX_PROOF_LINES:
-            raise ValueError(f"more than {MAX_PROOF_LINES} consistency proof lines")
+            raise RequestError(f"more than {MAX_PROOF_LINES} consistency proof lines")
         try:
             h = base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise ValueError(f"consistency proof line {len(proof) + 1} is not base64") from e
+            raise RequestError(f"consistency proof line {len(proof) + 1} is not base64") from e
         if len(h) != HASH_SIZE:
-            raise ValueError(f"consistency proof line {len(proof) + 1} is not a 32-byte hash")
+            raise RequestError(f"consistency proof line {len(proof) + 1} is not a 32-byte hash")
         proof.append(h)
     return int(m.group(1)), proof, rest
 
@@ -161,7 +170,7 @@ class Witness:
             old, proof, note_bytes = parse_request(body)
             note = Note.from_bytes(note_bytes)
             cp = Checkpoint.from_text(note.text)
-        except (ValueError, NoteError, CheckpointError) as e:
+        except BadDataError as e:  # RequestError, NoteError, CheckpointError
             return _bad(400, f"malformed add-checkpoint request: {e}")
         known = self.logs.get(cp.origin)
         if known is None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import aiosqlite
 
 from rebuilder.tlog import LOG_MIGRATION
+from verifier.errors import BadDataError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 
@@ -21,8 +22,11 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
-class SchemaError(Exception):
+class SchemaError(BadDataError):
     """The database was written by a newer version, or is not a rebuilder state database."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("state database", message, message=message)
 
 
 async def _payload_digests(db: aiosqlite.Connection) -> None:

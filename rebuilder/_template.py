@@ -4,16 +4,17 @@ docs/configuration.md, with the values given on the command line)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rebuilder.config import ConfigError, parse_listen
+from verifier.tomlconf import toml_value
 
 __all__ = ["render_config"]
 
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
+# Every value goes through the TOML writer: a JSON string is not a TOML string (JSON escapes
+# an emoji as a surrogate pair, which TOML refuses), and quotes, backslashes and newlines in
+# an operator's name or a path must come back as they were given.
+_toml_str = toml_value
 
 
 def render_config(args: argparse.Namespace) -> str:
@@ -48,7 +49,7 @@ architectures = [{archs}]       # binary-<arch> indexes; "all": arch-indep build
 # placeholders (docs/configuration.md): {{base}} {{source}} {{version}} {{version_noepoch}}
 # {{arch}} {{pool_prefix}}; an "all" job also tries each build architecture for {{arch}}
 buildinfo_url = "{{base}}/buildinfo/{{source}}_{{version_noepoch}}_{{arch}}.buildinfo"
-poll_interval = {args.poll_interval}                   # seconds between Release/Packages polls
+poll_interval = {_toml_str(args.poll_interval)}        # seconds between Release/Packages polls
 {auth}
 # uploader_keyring = "/usr/share/keyrings/debian-keyring.gpg"  # verify .dsc signatures
 # require_signed_source = false       # true: an unsigned or unverifiable .dsc fails the build
@@ -92,7 +93,7 @@ signing_key = {_toml_str(str(state_dir / "keys" / "signing.pem"))}
 [mqtt]
 enabled = {"false" if args.no_mqtt else "true"}
 host = {_toml_str(args.mqtt_host)}
-port = {args.mqtt_port}
+port = {_toml_str(args.mqtt_port)}
 tls = false
 ca_file = ""                          # CA bundle when tls = true
 username = ""
@@ -110,7 +111,7 @@ max_disk_mb = 10240                   # build directory
 max_output_mb = 2048                  # all produced files together
 max_log_mb = 50
 max_source_mb = 2048                  # fetched source files together
-parallel = {args.parallel}                          # builds at once
+parallel = {_toml_str(args.parallel)}                          # builds at once
 max_memory_mb = 8192                  # per build, no swap (cgroup memory.max)
 max_processes = 4096                  # per build, threads included (cgroup pids.max)
 

@@ -74,8 +74,11 @@ def _envelopes(envs: list[bytes]) -> bytes:
     return b"[" + b",".join(envs) + b"]"
 
 
-class BadRequest(Exception):
-    pass
+class BadRequest(BadDataError):
+    """The client's request is malformed; answered 400 with the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("request", message, message=message)
 
 
 @web.middleware

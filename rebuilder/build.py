@@ -47,6 +47,7 @@ from rebuilder.buildinfo import (
     validate_file_name,
     version_noepoch,
 )
+from rebuilder.config import BuildConfig, DiffoscopeConfig
 from rebuilder.fetch import fetch_bytes, fetch_file
 from rebuilder.openpgp import SourcePolicy, check_dsc_signature
 from rebuilder.outcome import (
@@ -57,7 +58,7 @@ from rebuilder.outcome import (
     Stage,
     StateDiskFull,
 )
-from verifier.errors import BadDataError, UnreachableError
+from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.statement import Digest
 from verifier.verdicts import job_verdict
 
@@ -73,18 +74,19 @@ _BINNMU_ENTRY = "rq-binnmu.changelog"  # in inputs/, next to the source files
 class BuildSettings:
     """The ``[build]`` and ``[diffoscope]`` sections of the node config (docs/configuration.md)."""
 
-    environment: Literal["host", "mmdebstrap"] = "host"
-    mirror: str = "http://deb.debian.org/debian"
-    timeout: float = 3600.0
-    max_disk_mb: int = 10240
-    max_output_mb: int = 2048
-    max_log_mb: int = 50
-    max_source_mb: int = 2048
-    max_memory_mb: int = 8192  # per build (cgroup memory.max, no swap)
-    max_processes: int = 4096  # per build (cgroup pids.max)
-    diffoscope_enabled: bool = True
-    diffoscope_timeout: float = 600.0
-    max_report_mb: int = 20
+    # the defaults are the config's (rebuilder.config), written once there
+    environment: Literal["host", "mmdebstrap"] = BuildConfig.environment
+    mirror: str = BuildConfig.mirror
+    timeout: float = float(BuildConfig.timeout)
+    max_disk_mb: int = BuildConfig.max_disk_mb
+    max_output_mb: int = BuildConfig.max_output_mb
+    max_log_mb: int = BuildConfig.max_log_mb
+    max_source_mb: int = BuildConfig.max_source_mb
+    max_memory_mb: int = BuildConfig.max_memory_mb  # per build (cgroup memory.max, no swap)
+    max_processes: int = BuildConfig.max_processes  # per build (cgroup pids.max)
+    diffoscope_enabled: bool = DiffoscopeConfig.enabled
+    diffoscope_timeout: float = float(DiffoscopeConfig.timeout)
+    max_report_mb: int = DiffoscopeConfig.max_report_mb
     # Where pins are resolved and mmdebstrap installs from: the job's repository's
     # build_suite entries (the daemon sets them); without any, ``mirror`` and ``suite``.
     suites: tuple[pins.SuiteSource, ...] = ()
@@ -98,9 +100,20 @@ class BuildSettings:
     source_policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
     min_free_mb: int = 0  # node.min_free_mb: a build failing below it blames the full disk
 
+    @classmethod
+    def from_config(cls, build: BuildConfig, diffoscope: DiffoscopeConfig,
+                    **node: Any) -> BuildSettings:
+        """The [build] and [diffoscope] values, plus what the node adds (``node``)."""
+        shared = {f.name: getattr(build, f.name) for f in dataclasses.fields(build)
+                  if f.name != "parallel"}  # the daemon's, not one build's
+        shared["timeout"] = float(build.timeout)
+        return cls(**shared, diffoscope_enabled=diffoscope.enabled,
+                   diffoscope_timeout=float(diffoscope.timeout),
+                   max_report_mb=diffoscope.max_report_mb, **node)
+
     def __post_init__(self) -> None:
         if self.environment not in ("host", "mmdebstrap"):
-            raise ValueError(f"build environment {self.environment!r} is not host or mmdebstrap")
+            raise ConfigError(f"build environment {self.environment!r} is not host or mmdebstrap")
         for name in (
             "timeout",
             "max_disk_mb",
@@ -113,18 +126,18 @@ class BuildSettings:
             "max_report_mb",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"build setting {name} must be positive")
+                raise ConfigError(f"build setting {name} must be positive")
         # relative paths (a config loaded from ".") are taken from the current directory
         object.__setattr__(self, "hidden_paths", tuple(p.absolute() for p in self.hidden_paths))
         sandbox.check_hidden(self.hidden_paths)
 
 
-class StageError(Exception):
+class StageError(BadDataError):
     """A step of the pipeline failed for this package (not a bug of ours); ``limit`` names the
     node's limit that stopped it, if one did."""
 
     def __init__(self, stage: Stage, message: str, limit: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(f"{stage} stage", message, message=message)
         self.stage = stage
         self.message = message
         self.limit = limit
@@ -413,7 +426,7 @@ async def _fetch_buildinfo(run: _Run, inputs: Path) -> Buildinfo:
                 run.session, url, MAX_BUILDINFO_BYTES, run.settings.fetch_timeout
             )
         except UnreachableError as e:
-            if (getattr(e, "status", None) == 404 or e.reason == "HTTP 404") and url != urls[-1]:
+            if isinstance(e, HTTPStatusError) and e.status == 404 and url != urls[-1]:
                 absent.append(url)
                 run.say("not there (HTTP 404); trying the next candidate")
                 continue

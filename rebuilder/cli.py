@@ -59,8 +59,9 @@ MAX_BUILDINFO_BYTES = 4 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class CliError(Exception):
-    """A problem the operator can fix; printed without a traceback."""
+class CliError(ConfigError):
+    """A problem the operator can fix (a bad argument, an existing file); printed without a
+    traceback."""
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import re
 import string
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from verifier.errors import ConfigError
 from verifier.tlog.note import ALG_COSIGNATURE_V1, NoteError, NoteVerifier
+from verifier.tomlconf import (
+    REBUILDER_ID,
+    MqttConfig,
+    RebuilderIdentity,
+    http_url,
+    in_file,
+    parse_mqtt,
+    read_toml,
+)
+from verifier.tomlconf import Table as _Section
 
 __all__ = [
     "BuildConfig",
@@ -38,7 +46,7 @@ __all__ = [
 ]
 
 MAX_CONFIG_BYTES = 256 * 1024
-NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+NODE_ID = REBUILDER_ID  # one grammar: the node's id is what the coordinator registers
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
@@ -81,26 +89,14 @@ class NodeConfig:
         return self.state_dir / "cache"
 
     @property
+    def identity(self) -> RebuilderIdentity:
+        """The node as the coordinator registers it: id, operator, public URL."""
+        return RebuilderIdentity(self.id, self.operator, self.public_url)
+
+    @property
     def builder_id(self) -> str:
         """The URI naming this node in its attestations' ``runDetails.builder.id``."""
         return f"{self.public_url.rstrip('/')}/v1/node"
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls: bool = False
-    ca_file: Path | None = None
-    username: str = ""
-    password_file: Path | None = None
-    keepalive: int = 30
-
-    def password(self) -> str | None:
-        if self.password_file is None:
-            return None
-        return self.password_file.read_text(encoding="utf-8").strip()
 
 
 @dataclass(frozen=True)
@@ -245,74 +241,8 @@ class Config:
         return None
 
 
-class _Section:
-    """Typed, bounded access to one TOML table; every error names ``section.key``."""
+_http_url = http_url
 
-    def __init__(self, name: str, data: object, known: set[str]) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"[{name}] must be a table")
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"[{name}] has unknown key(s) {', '.join(unknown)}")
-        self.name = name
-        self.data: Mapping[str, Any] = data
-
-    def _get(self, key: str, default: Any) -> Any:
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise ConfigError(f"{self.name}.{key} is required")
-            return default
-        return self.data[key]
-
-    def text(self, key: str, default: Any = None, pattern: re.Pattern[str] | None = None,
-            max_len: int = 1024) -> str:
-        v = self._get(key, _REQUIRED if default is None else default)
-        if not isinstance(v, str):
-            raise ConfigError(f"{self.name}.{key} must be a string, got {type(v).__name__}")
-        if len(v) > max_len:
-            raise ConfigError(f"{self.name}.{key} is longer than {max_len} characters")
-        if pattern is not None and not pattern.fullmatch(v):
-            raise ConfigError(f"{self.name}.{key} = {v!r} does not match {pattern.pattern}")
-        return v
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        v = self._get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{self.name}.{key} must be an integer, got {type(v).__name__}")
-        if not low <= v <= high:
-            raise ConfigError(f"{self.name}.{key} = {v} is outside {low}..{high}")
-        return v
-
-    def boolean(self, key: str, default: bool) -> bool:
-        v = self._get(key, default)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self.name}.{key} must be true or false")
-        return v
-
-    def texts(self, key: str, default: Any, pattern: re.Pattern[str]) -> tuple[str, ...]:
-        v = self._get(key, default)
-        if not isinstance(v, list) or not v or len(v) > 64:
-            raise ConfigError(f"{self.name}.{key} must be a non-empty list of at most 64 strings")
-        for item in v:
-            if not isinstance(item, str) or not pattern.fullmatch(item):
-                raise ConfigError(
-                    f"{self.name}.{key} item {item!r} does not match {pattern.pattern}"
-                )
-        if len(set(v)) != len(v):
-            raise ConfigError(f"{self.name}.{key} lists a value twice")
-        return tuple(v)
-
-
-_REQUIRED = object()
-
-
-def _http_url(value: str, where: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where} = {value!r} is not an http(s) URL")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{where} = {value!r} must not carry a query or fragment")
-    return value.rstrip("/")
 
 
 def parse_listen(value: str, where: str = "node.listen") -> tuple[str, int]:
@@ -366,25 +296,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         public_url=_http_url(n.text("public_url", f"http://{host}:{port}"), "node.public_url"),
         state_dir=state_dir,
         signing_key=_path(base_dir, n.text("signing_key", "keys/signing.pem")),
-        min_free_mb=n.integer("min_free_mb", 256, 0, 10_000_000),
+        min_free_mb=n.integer("min_free_mb", NodeConfig.min_free_mb, 0, 10_000_000),
     )
     if not node.operator.strip():
         raise ConfigError("node.operator must not be empty")
 
-    m = _Section("mqtt", data.get("mqtt", {}), {"enabled", "host", "port", "tls", "ca_file",
-                                                "username", "password_file", "keepalive"})
-    ca = m.text("ca_file", "")
-    pw = m.text("password_file", "")
-    mqtt = MqttConfig(
-        enabled=m.boolean("enabled", True),
-        host=m.text("host", "127.0.0.1", re.compile(r"[A-Za-z0-9.:-]{1,253}")),
-        port=m.integer("port", 1883, 1, 65535),
-        tls=m.boolean("tls", False),
-        ca_file=_path(base_dir, ca) if ca else None,
-        username=m.text("username", "", max_len=256),
-        password_file=_path(base_dir, pw) if pw else None,
-        keepalive=m.integer("keepalive", 30, 5, 3600),
-    )
+    mqtt = parse_mqtt(data.get("mqtt", {}), base_dir)
 
     raw_repos = data.get("repository", [])
     if not isinstance(raw_repos, list) or len(raw_repos) > 64:
@@ -428,8 +345,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
             trusted=r.boolean("trusted", False),
             uploader_keyring=_path(base_dir, uploaders) if uploaders else None,
             require_signed_source=r.boolean("require_signed_source", False),
-            max_index_entries=r.integer("max_index_entries", 200_000, 1, 10_000_000),
-            max_index_mb=r.integer("max_index_mb", 256, 1, 65536),
+            max_index_entries=r.integer("max_index_entries", RepositoryConfig.max_index_entries,
+                                        1, 10_000_000),
+            max_index_mb=r.integer("max_index_mb", RepositoryConfig.max_index_mb, 1, 65536),
             build_suites=tuple(suites),
         )
         if repo.signed_by is not None and repo.trusted:
@@ -448,29 +366,29 @@ def parse_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
                                                   "max_memory_mb", "max_processes",
                                                   "snapshot_url", "chroot_cache_mb"})
     snapshot = b.text("snapshot_url", "", max_len=2048)
-    env = b.text("environment", "host")
+    env = b.text("environment", BuildConfig.environment)
     if env not in ("host", "mmdebstrap"):
         raise ConfigError(f"build.environment = {env!r} must be 'host' or 'mmdebstrap'")
     build = BuildConfig(
         environment=env,  # type: ignore[arg-type]  # checked just above
-        mirror=_http_url(b.text("mirror", "http://deb.debian.org/debian"), "build.mirror"),
-        timeout=b.integer("timeout", 3600, 10, 7 * 86400),
-        max_disk_mb=b.integer("max_disk_mb", 10240, 16, 10_000_000),
-        max_output_mb=b.integer("max_output_mb", 2048, 1, 1_000_000),
-        max_log_mb=b.integer("max_log_mb", 50, 1, 10_000),
-        max_source_mb=b.integer("max_source_mb", 2048, 1, 1_000_000),
-        parallel=b.integer("parallel", 1, 1, 64),
-        max_memory_mb=b.integer("max_memory_mb", 8192, 64, 16_000_000),
-        max_processes=b.integer("max_processes", 4096, 16, 4_000_000),
+        mirror=_http_url(b.text("mirror", BuildConfig.mirror), "build.mirror"),
+        timeout=b.integer("timeout", BuildConfig.timeout, 10, 7 * 86400),
+        max_disk_mb=b.integer("max_disk_mb", BuildConfig.max_disk_mb, 16, 10_000_000),
+        max_output_mb=b.integer("max_output_mb", BuildConfig.max_output_mb, 1, 1_000_000),
+        max_log_mb=b.integer("max_log_mb", BuildConfig.max_log_mb, 1, 10_000),
+        max_source_mb=b.integer("max_source_mb", BuildConfig.max_source_mb, 1, 1_000_000),
+        parallel=b.integer("parallel", BuildConfig.parallel, 1, 64),
+        max_memory_mb=b.integer("max_memory_mb", BuildConfig.max_memory_mb, 64, 16_000_000),
+        max_processes=b.integer("max_processes", BuildConfig.max_processes, 16, 4_000_000),
         snapshot_url=_http_url(snapshot, "build.snapshot_url") if snapshot else None,
-        chroot_cache_mb=b.integer("chroot_cache_mb", 20480, 0, 100_000_000),
+        chroot_cache_mb=b.integer("chroot_cache_mb", BuildConfig.chroot_cache_mb, 0, 100_000_000),
     )
     d = _Section("diffoscope", data.get("diffoscope", {}), {"enabled", "timeout",
                                                             "max_report_mb"})
     diffoscope = DiffoscopeConfig(
-        enabled=d.boolean("enabled", True),
-        timeout=d.integer("timeout", 600, 5, 86400),
-        max_report_mb=d.integer("max_report_mb", 20, 1, 10_000),
+        enabled=d.boolean("enabled", DiffoscopeConfig.enabled),
+        timeout=d.integer("timeout", DiffoscopeConfig.timeout, 5, 86400),
+        max_report_mb=d.integer("max_report_mb", DiffoscopeConfig.max_report_mb, 1, 10_000),
     )
     return Config(node, mqtt, tuple(repos), build, diffoscope, path, _log_config(data))
 
@@ -511,17 +429,8 @@ def _log_config(data: Mapping[str, Any]) -> LogConfig:
 
 def load_config(path: Path) -> Config:
     path = path.absolute()
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is {len(raw)} bytes, limit {MAX_CONFIG_BYTES}")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    data = read_toml(path, MAX_CONFIG_BYTES)
     try:
         return parse_config(data, path.parent, path)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise in_file(e, path) from e

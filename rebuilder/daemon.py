@@ -31,6 +31,7 @@ from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.tlog import NodeLog
 from rebuilder.tlog_http import log_settings
 from rebuilder.watch import Watcher
+from verifier.errors import VerifierError
 from verifier.keys import load_private_key
 from verifier.tlog.note import NoteSigner
 
@@ -40,8 +41,9 @@ log = logging.getLogger("rebuilder.daemon")
 DEFAULT_GRACE_S = 60.0
 DRAIN_S = 5.0
 
-class DaemonError(Exception):
-    """A part of the daemon stopped on its own; the process should exit non-zero."""
+class DaemonError(VerifierError):
+    """A part of the daemon stopped on its own; the process should exit non-zero. Raised from
+    the first error that stopped one (``__cause__``), when it raised one."""
 
 
 BuilderFactory = Callable[[Config, aiohttp.ClientSession], Builder]
@@ -76,21 +78,8 @@ def build_settings(config: Config) -> Any:
     from rebuilder.openpgp import SourcePolicy
 
     b, d = config.build, config.diffoscope
-    return BuildSettings(
-        environment=b.environment,
-        mirror=b.mirror,
-        timeout=float(b.timeout),
-        max_disk_mb=b.max_disk_mb,
-        max_output_mb=b.max_output_mb,
-        max_log_mb=b.max_log_mb,
-        max_source_mb=b.max_source_mb,
-        max_memory_mb=b.max_memory_mb,
-        max_processes=b.max_processes,
-        diffoscope_enabled=d.enabled,
-        diffoscope_timeout=float(d.timeout),
-        max_report_mb=d.max_report_mb,
-        snapshot_url=b.snapshot_url,
-        chroot_cache_mb=b.chroot_cache_mb,
+    return BuildSettings.from_config(
+        b, d,
         cache_dir=config.node.cache_dir,
         # Never visible inside a build: the state directory (database, other builds, reports),
         # the signing key and the broker password wherever they live.
@@ -214,7 +203,9 @@ async def _serve(
         await web_runner.cleanup()
     if died:
         # Exit non-zero so that systemd (Restart=on-failure) starts a fresh process.
-        raise DaemonError(f"{', '.join(t.get_name() for t in died)} stopped unexpectedly")
+        causes = [t.exception() for t in died if not t.cancelled()]
+        raise DaemonError(f"{', '.join(t.get_name() for t in died)} stopped unexpectedly"
+                          ) from next((c for c in causes if c is not None), None)
 
 
 async def _drain(store: Store, publisher: Publisher) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from rebuilder.buildinfo import Dependency
+from verifier.errors import BadDataError
 
 __all__ = [
     "ChrootError",
@@ -87,8 +88,11 @@ def host_differences(wanted: Iterable[Dependency]) -> list[str]:
     return compare_installed(wanted, installed_packages(), host_architecture())
 
 
-class ChrootError(Exception):
+class ChrootError(BadDataError):
     """The chroot could not be built (mirror unreachable, a pinned version not available...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("chroot", message, message=message)
 
 
 @dataclass(frozen=True)

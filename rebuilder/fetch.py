@@ -1,27 +1,35 @@
 """Fetching a rebuild's inputs over HTTP with size limits and hash checks (ARCHITECTURE §2.6).
 
-Every download goes through ``fetch_bytes`` or ``fetch_file``: the body is read in chunks and
+Every download goes through ``fetch_bytes`` or ``fetch_file``, thin wrappers over the
+verifier's fetcher seam (``verifier.sources.FetcherInterface``): the body is read in chunks and
 abandoned as soon as it passes its limit, and a file is only kept once its sha256 matches the
-expected one. Failures are ``UnreachableError`` (could not get it) or ``BadDataError`` (got it,
-but it is too large or not what was expected).
+expected one (``download_file``). Failures are ``UnreachableError`` (could not get it; an HTTP
+status other than 200 is an ``HTTPStatusError`` with the status as a number) or
+``BadDataError`` (got it, but it is too large or not what was expected). Either function takes
+an ``aiohttp.ClientSession`` (production) or any ``FetcherInterface`` (a lying or slow peer in
+tests).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
 from pathlib import Path
 
 import aiohttp
 
-from verifier.errors import BadDataError, UnreachableError
+from verifier.errors import BadDataError, HTTPStatusError
+from verifier.sources import FetcherInterface, TooLargeError
+from verifier.sources import fetcher_for as _fetcher_for
 from verifier.statement import Digest
 
-__all__ = ["fetch_bytes", "fetch_file"]
+__all__ = ["Fetcher", "fetch_bytes", "fetch_file", "fetcher_for"]
 
-_CHUNK = 64 * 1024
 _DEFAULT_TIMEOUT = 300.0
+Fetcher = aiohttp.ClientSession | FetcherInterface
+
+
+def fetcher_for(source: Fetcher, *, follow_redirects: bool = False) -> FetcherInterface:
+    """The seam over ``source``: a session is wrapped (any content type, as a mirror serves)."""
+    return _fetcher_for(source, accept="*/*", follow_redirects=follow_redirects)
 
 
 def _check_url(url: str) -> None:
@@ -29,31 +37,33 @@ def _check_url(url: str) -> None:
         raise BadDataError("url", f"{url[:200]!r} is not an http(s) URL")
 
 
+def _node_status(e: HTTPStatusError) -> HTTPStatusError:
+    # the node's logs and signed failure statements have always said "HTTP 404"
+    return HTTPStatusError(e.url, e.status, f"HTTP {e.status}")
+
+
+def _too_large(e: TooLargeError) -> BadDataError:
+    # "<url>: <n> bytes, limit <cap>" or "<url>: more than <cap> bytes", as they always said
+    if e.announced is not None:
+        return BadDataError("download", f"{e.url}: {e.announced} bytes, limit {e.limit}")
+    return BadDataError("download", f"{e.url}: more than {e.limit} bytes")
+
+
 async def fetch_bytes(
-    session: aiohttp.ClientSession, url: str, limit: int, time_limit: float = _DEFAULT_TIMEOUT
+    session: Fetcher, url: str, limit: int, time_limit: float = _DEFAULT_TIMEOUT
 ) -> bytes:
     """GET ``url`` into memory; at most ``limit`` bytes."""
     _check_url(url)
-    buf = bytearray()
     try:
-        async with asyncio.timeout(time_limit), session.get(url, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise UnreachableError(url, f"HTTP {resp.status}")
-            if resp.content_length is not None and resp.content_length > limit:
-                raise BadDataError("download", f"{url}: {resp.content_length} bytes, limit {limit}")
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                buf += chunk
-                if len(buf) > limit:
-                    raise BadDataError("download", f"{url}: more than {limit} bytes")
-    except TimeoutError as e:
-        raise UnreachableError(url, f"no complete answer within {time_limit:.0f}s") from e
-    except aiohttp.ClientError as e:
-        raise UnreachableError(url, f"{type(e).__name__}: {e}") from e
-    return bytes(buf)
+        return await fetcher_for(session).fetch(url, max_bytes=limit, timeout=time_limit)
+    except HTTPStatusError as e:
+        raise _node_status(e) from e
+    except TooLargeError as e:
+        raise _too_large(e) from e
 
 
 async def fetch_file(
-    session: aiohttp.ClientSession,
+    session: Fetcher,
     url: str,
     dest: Path,
     limit: int,
@@ -67,42 +77,10 @@ async def fetch_file(
     pass, so ``dest`` never holds unchecked bytes. Returns the digest and size.
     """
     _check_url(url)
-    if size is not None and size > limit:
-        raise BadDataError("download", f"{dest.name} is {size} bytes, limit {limit}")
-    tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    n = 0
     try:
-        async with asyncio.timeout(time_limit), session.get(url, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise UnreachableError(url, f"HTTP {resp.status}")
-            if resp.content_length is not None and resp.content_length > limit:
-                raise BadDataError("download", f"{url}: {resp.content_length} bytes, limit {limit}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    n += len(chunk)
-                    if n > limit:
-                        raise BadDataError("download", f"{url}: more than {limit} bytes")
-                    h.update(chunk)
-                    out.write(chunk)
-    except TimeoutError as e:
-        tmp.unlink(missing_ok=True)
-        raise UnreachableError(url, f"no complete answer within {time_limit:.0f}s") from e
-    except aiohttp.ClientError as e:
-        tmp.unlink(missing_ok=True)
-        raise UnreachableError(url, f"{type(e).__name__}: {e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    digest = Digest(h.hexdigest())
-    if size is not None and n != size:
-        tmp.unlink(missing_ok=True)
-        raise BadDataError("download", f"{dest.name}: {n} bytes, expected {size}")
-    if sha256 is not None and digest != sha256:
-        tmp.unlink(missing_ok=True)
-        raise BadDataError(
-            "download", f"{dest.name}: sha256 {digest}, expected {sha256} (file was altered)"
-        )
-    tmp.rename(dest)
-    return digest, n
+        return await fetcher_for(session).download_file(
+            url, dest, max_bytes=limit, timeout=time_limit, sha256=sha256, size=size)
+    except HTTPStatusError as e:
+        raise _node_status(e) from e
+    except TooLargeError as e:
+        raise _too_large(e) from e

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from rebuilder import _buildfs, _cgroup
+from verifier.errors import ConfigError
 
 __all__ = [
     "CHROOT_SYSTEM_PATHS",
@@ -195,10 +196,10 @@ def check_hidden(paths: Sequence[Path]) -> None:
     """
     for h in paths:
         if not h.is_absolute():
-            raise ValueError(f"hidden path {h} is not absolute")
+            raise ConfigError(f"hidden path {h} is not absolute")
         for rel in HOST_SYSTEM_PATHS:
             if (Path("/") / rel).is_relative_to(h):
-                raise ValueError(
+                raise ConfigError(
                     f"hidden path {h} contains the system directory /{rel} that builds need; "
                     "hide the secret file or its own directory instead"
                 )
@@ -407,7 +408,7 @@ async def run_sandboxed(
     ``limits.disk_poll_interval`` seconds against ``limits.max_disk_bytes``.
     """
     if shutil.which("bwrap") is None:
-        raise RuntimeError("bubblewrap (bwrap) is not installed")
+        raise ConfigError("bubblewrap (bwrap) is not installed")
     cgs = _cgroup.node_cgroups() if limits.cgroup else None
     cg: _cgroup.BuildCgroup | None = None
     if cgs is not None and cgs.parents:
@@ -416,7 +417,7 @@ async def run_sandboxed(
                 cgs.create, limits.max_memory_bytes, limits.max_processes + _PIDS_OVERHEAD
             )
         except OSError as e:
-            raise RuntimeError(f"cannot create the build's cgroup: {e}") from e
+            raise ConfigError(f"cannot create the build's cgroup: {e}") from e
     try:
         return await _run(argv, cfg, log, limits, watch_dir, cgs, cg)
     finally:

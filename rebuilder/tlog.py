@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verifier.errors import BadDataError, ConfigError
 from verifier.tlog.checkpoint import Checkpoint
 from verifier.tlog.merkle import consistency_proof as _consistency_proof
 from verifier.tlog.merkle import (
@@ -54,8 +55,10 @@ from verifier.tlog.tiles import (
 
 __all__ = [
     "LOG_MIGRATION",
+    "LogConfigError",
     "LogEntryTooLarge",
     "LogSettings",
+    "LogStateError",
     "NodeLog",
     "SignedCheckpoint",
     "check_log_entry",
@@ -102,6 +105,19 @@ LOG_MIGRATION = """
         PRIMARY KEY (size, name, key_id)
     )
 """
+
+
+class LogStateError(BadDataError, RuntimeError):
+    """The log's stored state contradicts itself (a missing entry or hash, another root): the
+    state database was damaged or edited. A ``RuntimeError`` too, as it always was."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("node log", message, message=message)
+
+
+class LogConfigError(ConfigError, ValueError):
+    """The log's configuration contradicts its key or its stored checkpoints. A ``ValueError``
+    too, as it always was."""
 
 
 class LogEntryTooLarge(ValueError):
@@ -167,7 +183,7 @@ class NodeLog:
     @classmethod
     async def open(cls, store: Any, settings: LogSettings, signer: NoteSigner) -> NodeLog:
         if signer.name != settings.origin:
-            raise ValueError(f"log key name {signer.name!r} must be the origin "
+            raise LogConfigError(f"log key name {signer.name!r} must be the origin "
                              f"{settings.origin!r}")
         Checkpoint(settings.origin, 0, bytes(32))  # validates the origin
         self = cls(store, settings, signer)
@@ -175,7 +191,7 @@ class NodeLog:
         self.latest = await self._load_latest()
         if self.latest is not None:
             if self.latest.checkpoint.origin != settings.origin:
-                raise ValueError(f"the log's checkpoints name origin "
+                raise LogConfigError(f"the log's checkpoints name origin "
                                  f"{self.latest.checkpoint.origin!r}, config says "
                                  f"{settings.origin!r}; the origin of a log cannot change")
             await self._write_files(self.latest)  # after a crash: finish what was started
@@ -202,7 +218,7 @@ class NodeLog:
                 out[int(r["idx"])] = bytes(r["hash"])
         missing = [i for i in wanted if i not in out]
         if missing:
-            raise RuntimeError(f"stored hashes {missing[:5]} are missing from the log")
+            raise LogStateError(f"stored hashes {missing[:5]} are missing from the log")
         return out
 
     async def _resolve(self, compute: Any) -> Any:
@@ -301,7 +317,7 @@ class NodeLog:
         rows = await self._rows(
             "SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS m FROM attestations")
         if int(rows[0]["n"]) != int(rows[0]["m"]):
-            raise RuntimeError(
+            raise LogStateError(
                 f"attestation seqs are not 1..{rows[0]['m']} ({rows[0]['n']} rows): this "
                 "database cannot be a transparency log as is")
 
@@ -320,7 +336,7 @@ class NodeLog:
             n = start
             for r in rows:
                 if int(r["idx"]) != n:
-                    raise RuntimeError(f"log entry {n} is missing (found {r['idx']})")
+                    raise LogStateError(f"log entry {n} is missing (found {r['idx']})")
                 hashes = stored_hashes_for_leaf(n, leaf_hash(bytes(r["envelope"])),
                                                 _reader(known))
                 first = stored_hash_index(0, n)
@@ -351,7 +367,7 @@ class NodeLog:
             if existing is not None:
                 # Signed before a crash; the root is a function of the committed entries.
                 if existing.checkpoint.root != root:
-                    raise RuntimeError(f"stored checkpoint of size {size} has another root")
+                    raise LogStateError(f"stored checkpoint of size {size} has another root")
                 signed = existing
             else:
                 if self.signer is None:
@@ -396,7 +412,7 @@ class NodeLog:
             "SELECT envelope FROM attestations WHERE seq > ? AND seq <= ? ORDER BY seq",
             (n * TILE_WIDTH, n * TILE_WIDTH + width))
         if len(rows) != width:
-            raise RuntimeError(f"entry bundle {n}: {len(rows)} entries, expected {width}")
+            raise LogStateError(f"entry bundle {n}: {len(rows)} entries, expected {width}")
         return encode_bundle([bytes(r["envelope"]) for r in rows])
 
     async def _write_files(self, signed: SignedCheckpoint) -> None:

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rebuilder.config import RepositoryConfig
 from rebuilder.db import Store
+from rebuilder.fetch import Fetcher, fetcher_for
 from rebuilder.indexes import (
     MAX_PACKAGES_BYTES,
     MAX_RELEASE_BYTES,
@@ -49,6 +49,7 @@ from rebuilder.indexproc import IndexFile, IndexReader, IndexResult, JobSink
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
+from verifier.sources import TooLargeError
 from verifier.statement import Digest
 
 __all__ = ["FETCH_TIMEOUT_S", "RoundReport", "VerifiedRelease", "Watcher", "fetch_bounded",
@@ -60,26 +61,16 @@ MAX_COMPRESSED_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
 
 
-async def fetch_bounded(session: aiohttp.ClientSession, url: str, limit: int) -> bytes:
-    """GET ``url`` and return at most ``limit`` bytes; larger bodies are refused, not cut."""
+async def fetch_bounded(session: Fetcher, url: str, limit: int) -> bytes:
+    """GET ``url`` and return at most ``limit`` bytes; larger bodies are refused, not cut.
+    Redirects are followed (a mirror may redirect): what is read is authenticated anyway."""
+    fetcher = fetcher_for(session, follow_redirects=True)
     try:
-        async with asyncio.timeout(FETCH_TIMEOUT_S), session.get(url) as resp:
-            if resp.status != 200:
-                raise HTTPStatusError(url, resp.status)
-            if resp.content_length is not None and resp.content_length > limit:
-                raise BadDataError(url, f"{resp.content_length} bytes, limit {limit}")
-            chunks: list[bytes] = []
-            total = 0
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                total += len(chunk)
-                if total > limit:
-                    raise BadDataError(url, f"more than {limit} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except TimeoutError as e:
-        raise UnreachableError(url, f"no complete answer within {FETCH_TIMEOUT_S:.0f}s") from e
-    except aiohttp.ClientError as e:
-        raise UnreachableError(url, f"{type(e).__name__}: {e}") from e
+        return await fetcher.fetch(url, max_bytes=limit, timeout=FETCH_TIMEOUT_S)
+    except TooLargeError as e:
+        if e.announced is not None:
+            raise BadDataError(url, f"{e.announced} bytes, limit {limit}") from e
+        raise BadDataError(url, f"more than {limit} bytes") from e
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ def _iso(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat() if when is not None else None
 
 
-async def fetch_release(session: aiohttp.ClientSession, repo: RepositoryConfig) -> VerifiedRelease:
+async def fetch_release(session: Fetcher, repo: RepositoryConfig) -> VerifiedRelease:
     """Fetch and authenticate the repository's Release (step 1 of the module docstring)."""
     dists = f"{repo.base_url.rstrip('/')}/dists/{repo.suite}"
     if repo.signed_by is None:
@@ -164,7 +155,7 @@ class Watcher:
         self,
         repositories: tuple[RepositoryConfig, ...],
         store: Store | None,
-        session: aiohttp.ClientSession,
+        session: Fetcher,
         on_new_jobs: Callable[[list[BuildJob]], None] | None = None,
     ) -> None:
         self.repositories = repositories

@@ -116,7 +116,7 @@ def _locate(text: str, error: ConfigError) -> int | None:
 
     message = str(error).removeprefix("policy: ")
     if isinstance(error, _UnknownKeys):
-        return find(error.table, error.index, error.key)
+        return find(error.table or "", error.index, error.key)
     if m := re.match(r"\[\[rebuilder\]\] #(\d+)", message):
         return find("rebuilder", int(m.group(1)), None)
     if m := re.match(r"rebuilder (?:id )?'([^']*)'", message):

@@ -3,7 +3,10 @@
 Nothing here decides anything; it gathers envelope bytes for ``verifier.decision``. The network
 sits behind one small seam, ``FetcherInterface`` (one method to implement, like python-tuf's):
 its public ``fetch`` enforces a response size cap and a per-request timeout and turns every
-failure into ``UnreachableError`` or ``BadDataError``. ``AiohttpFetcher`` is the production one::
+failure into ``UnreachableError`` or ``BadDataError`` (an HTTP status other than 200 stays a
+number: ``HTTPStatusError.status``); ``download_file`` streams into a file like python-tuf's.
+Every network reader of the three packages goes through it. ``AiohttpFetcher`` is the
+production one::
 
     async with open_fetcher() as fetcher:
         result = await check_online(artifact, policy, fetcher, now=datetime.now(UTC))
@@ -14,8 +17,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
+import hashlib
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +48,7 @@ from verifier.dsse import Envelope, strict_json_loads
 from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.keys import Ed25519PublicKey, KeyId
 from verifier.policy import Policy, TrustedRebuilder
+from verifier.statement import Digest
 
 if TYPE_CHECKING:  # aiohttp is imported on first use: `import verifier` stays light (offline)
     import aiohttp
@@ -50,16 +57,43 @@ __all__ = [
     "AiohttpFetcher",
     "ClientConfig",
     "FetcherInterface",
+    "TooLargeError",
+    "check_announced",
     "check_many_via_coordinator",
     "check_offline",
     "check_online",
     "check_via_coordinator",
+    "fetcher_for",
     "group_by_key",
     "load_attestations",
     "open_fetcher",
 ]
 
 MAX_ATTESTATION_FILE_BYTES = 256 * 1024 * 1024
+# The cap of the request being read, for a fetcher that can refuse a body by its announced
+# length before reading it (``AiohttpFetcher``: Content-Length); set by the seam around ``_fetch``.
+_CAP: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("cap", default=None)
+
+
+class TooLargeError(BadDataError):
+    """A body over the cap: ``announced`` is the length the peer announced (refused before
+    reading it), None when it was cut while streaming; ``limit`` is the cap."""
+
+    def __init__(self, what: str, url: str, limit: int, announced: int | None = None) -> None:
+        reason = (f"{url} sent more than the {limit}-byte limit" if announced is None else
+                  f"{url} announced {announced} bytes, over the {limit}-byte limit")
+        super().__init__(what, reason)
+        self.url = url
+        self.limit = limit
+        self.announced = announced
+
+
+def check_announced(url: str, length: int | None) -> None:
+    """For a ``_fetch`` implementation: refuse a body whose announced ``length`` is over the
+    cap of the request being read (raises ``TooLargeError``)."""
+    cap = _CAP.get()
+    if cap is not None and length is not None and length > cap[1]:
+        raise TooLargeError(cap[0], url, cap[1], length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,41 +138,102 @@ class FetcherInterface(abc.ABC):
         """``fetch`` for a POST: the same limits and the same two error families."""
         return await self._collect(lambda: self._post(url, body), url, max_bytes, timeout)
 
+    async def download_file(
+        self, url: str, dest: Path, *, max_bytes: int, timeout: float,  # noqa: ASYNC109
+        sha256: Digest | None = None, size: int | None = None,
+    ) -> tuple[Digest, int]:
+        """GET ``url`` into ``dest`` (python-tuf's ``download_file``): streamed to a temporary
+        file next to it, at most ``max_bytes`` (and ``size`` when given), renamed into place
+        only once ``size`` and ``sha256`` match, so ``dest`` never holds unchecked bytes.
+        Returns the body's sha256 and size. Errors: as ``fetch``; a local file that cannot be
+        written raises its ``OSError``."""
+        if size is not None and size > max_bytes:
+            raise BadDataError("download", f"{dest.name} is {size} bytes, limit {max_bytes}")
+        tmp = dest.with_name(dest.name + ".part")
+        h = hashlib.sha256()
+        n = 0
+        local: OSError | None = None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        token = _CAP.set(("download", max_bytes))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    async with asyncio.timeout(timeout):
+                        async with contextlib.aclosing(self._fetch(url)) as chunks:
+                            async for chunk in chunks:
+                                n += len(chunk)
+                                if n > max_bytes:
+                                    raise TooLargeError("download", url, max_bytes)
+                                h.update(chunk)
+                                try:
+                                    out.write(chunk)
+                                except OSError as e:  # our disk, not the peer
+                                    local = e
+                                    break
+                except Exception as e:
+                    raise _failure(e, url, timeout) from e
+            if local is not None:
+                raise local
+            digest = Digest(h.hexdigest())
+            if size is not None and n != size:
+                raise BadDataError("download", f"{dest.name}: {n} bytes, expected {size}")
+            if sha256 is not None and digest != sha256:
+                raise BadDataError("download", f"{dest.name}: sha256 {digest}, expected {sha256}"
+                                   " (file was altered)")
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            _CAP.reset(token)
+        return digest, n
+
     async def _collect(
         self, chunks_of: Callable[[], AsyncGenerator[bytes, None]], url: str, max_bytes: int,
         timeout: float,  # noqa: ASYNC109  # the seam enforces the timeout itself
     ) -> bytes:
         buf = bytearray()
+        token = _CAP.set(("response", max_bytes))
         try:
             async with asyncio.timeout(timeout):
                 async with contextlib.aclosing(chunks_of()) as chunks:
                     async for chunk in chunks:
                         buf += chunk
                         if len(buf) > max_bytes:
-                            raise BadDataError(
-                                "response", f"{url} sent more than the {max_bytes}-byte limit"
-                            )
-        except (BadDataError, UnreachableError):
-            raise
-        except TimeoutError as e:
-            raise UnreachableError(url, f"no complete answer within {timeout:g}s") from e
-        except Exception as e:  # the seam's promise: one error family, whatever broke
-            raise UnreachableError(url, describe_error(e)) from e
+                            raise TooLargeError("response", url, max_bytes)
+        except Exception as e:
+            raise _failure(e, url, timeout) from e
+        finally:
+            _CAP.reset(token)
         return bytes(buf)
 
 
-class AiohttpFetcher(FetcherInterface):
-    """The production fetcher over one shared ``aiohttp.ClientSession``. No redirects."""
+def _failure(e: Exception, url: str, timeout: float) -> Exception:
+    """The seam's promise: one of the two error families, whatever broke."""
+    if isinstance(e, (BadDataError, UnreachableError)):
+        return e
+    if isinstance(e, TimeoutError):
+        return UnreachableError(url, f"no complete answer within {timeout:g}s")
+    return UnreachableError(url, describe_error(e))
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+
+class AiohttpFetcher(FetcherInterface):
+    """The production fetcher over one shared ``aiohttp.ClientSession``. No redirects unless
+    ``follow_redirects`` (an APT mirror may redirect; an API answer never does)."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, accept: str = "application/json",
+                 follow_redirects: bool = False) -> None:
         self._session = session
+        self._accept = accept
+        self._redirects = follow_redirects
 
     async def _fetch(self, url: str) -> AsyncGenerator[bytes, None]:
         async with self._session.get(
-            url, allow_redirects=False, headers={"Accept": "application/json"}
+            url, allow_redirects=self._redirects, headers={"Accept": self._accept}
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
+            check_announced(url, resp.content_length)
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 yield chunk
 
@@ -149,8 +244,20 @@ class AiohttpFetcher(FetcherInterface):
         ) as resp:
             if resp.status != 200:
                 raise HTTPStatusError(url, resp.status)
+            check_announced(url, resp.content_length)
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 yield chunk
+
+
+def fetcher_for(
+    source: aiohttp.ClientSession | FetcherInterface, *, accept: str = "application/json",
+    follow_redirects: bool = False,
+) -> FetcherInterface:
+    """The seam over ``source``: a fetcher as it is (a lying or slow one in tests), a session
+    wrapped in an ``AiohttpFetcher``."""
+    if isinstance(source, FetcherInterface):
+        return source
+    return AiohttpFetcher(source, accept=accept, follow_redirects=follow_redirects)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -18,7 +19,7 @@ DEB = "a_1_all.deb"
 
 
 async def _setup(tmp_path: Path, report_urls: dict[str, str], node: StandInNode, port: int,
-                 **limits: int) -> web.Application:
+                 **limits: float) -> web.Application:
     signer = node.signer
     node.envelopes = [
         signer.rebuild(f"p-{name}", "1", {f"p-{name}_1_all.deb": sha(name)},
@@ -125,3 +126,44 @@ async def test_rebuilder_page_survives_a_hostile_node_document(tmp_path: Path) -
                     html = await r.text()
                     assert shown in html, html.split("Log checkpoint")[1][:300]
                     assert "<script>alert" not in html
+
+
+async def test_report_proxy_slow_and_absent_rebuilder(tmp_path: Path) -> None:
+    """A rebuilder that stalls on a report, then one that is gone: 502 naming why, never a
+    hang or a 500 (the proxy reads through the verifier's fetcher seam)."""
+    signer = Signer("rb-alpha")
+    node = StandInNode(signer)
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"<p>")
+        await asyncio.Event().wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/reports/{id}.html", stall)
+    app.router.add_get("/v1/attestations", node._attestations)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)  # the stalled handler must not hold it
+    await runner.setup()
+    node_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", node_port).start()
+    try:
+        signer.url = url = f"http://127.0.0.1:{node_port}"
+        port = free_port()
+        coordinator = await _setup(tmp_path, {"slow": f"{url}/v1/reports/slow.html",
+                                              "gone": f"{url}/v1/reports/gone.html"},
+                                   node, port, report_timeout=0.5)
+        async with serving(coordinator, port) as base, aiohttp.ClientSession() as s:
+            await coordinator[CATCHUP].round()
+            slow = await _report_path(s, base, "slow")
+            gone = await _report_path(s, base, "gone")
+            async with s.get(f"{base}{slow}") as r:
+                assert r.status == 502
+                assert "unreachable for the report: no complete answer within" in await r.text()
+            await runner.cleanup()  # the rebuilder is gone: connection refused
+            async with s.get(f"{base}{gone}") as r:
+                assert r.status == 502
+                assert "unreachable for the report: cannot connect to" in await r.text()
+    finally:
+        await runner.cleanup()

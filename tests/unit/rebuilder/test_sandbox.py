@@ -12,6 +12,7 @@ import pytest
 
 from rebuilder.build import BuildSettings
 from rebuilder.sandbox import Bind, Limits, SandboxConfig, bwrap_argv, check_hidden, run_sandboxed
+from verifier.errors import ConfigError
 
 
 def argv_for(cfg: SandboxConfig, limits: Limits | None = None) -> list[str]:
@@ -131,15 +132,15 @@ def test_unprivileged_sandbox_runs_as_the_invoking_user() -> None:
 
 @pytest.mark.parametrize("path", ["/", "/etc", "/usr", "/var", "/var/lib", "/var/lib/dpkg"])
 def test_hiding_a_system_directory_is_refused(path: str) -> None:
-    with pytest.raises(ValueError, match="system directory"):
+    with pytest.raises(ConfigError, match="system directory"):
         check_hidden([Path(path)])
-    with pytest.raises(ValueError, match="system directory"):
+    with pytest.raises(ConfigError, match="system directory"):
         BuildSettings(hidden_paths=(Path(path),))
 
 
 def test_hiding_a_secret_inside_a_system_directory_is_fine() -> None:
     check_hidden([Path("/etc/repro-quorum"), Path("/etc/signing.pem"), Path("/var/lib/rq")])
-    with pytest.raises(ValueError, match="not absolute"):
+    with pytest.raises(ConfigError, match="not absolute"):
         check_hidden([Path("state")])
 
 
