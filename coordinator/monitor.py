@@ -69,12 +69,6 @@ class Finding:
     evidence: dict[str, Any]
 
 
-class _Fetch(Exception):
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class Monitor:
     def __init__(self, db: aiosqlite.Connection, config: CoordinatorConfig, store: Store,
                  session: aiohttp.ClientSession | FetcherInterface,
@@ -123,16 +117,15 @@ class Monitor:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _get(self, url: str, limit: int) -> bytes:
-        """The body, or ``_Fetch`` (with the HTTP status when there was one): a log that cannot
-        be read (or sends too much) is unavailable this round, not a finding."""
+        """The body, or ``UnreachableError`` (``HTTPStatusError`` with the status when there was
+        one): a log that cannot be read (or sends too much) is unavailable this round, not a
+        finding."""
         try:
             return await self.fetcher.fetch(url, max_bytes=limit, timeout=FETCH_TIMEOUT_S)
-        except HTTPStatusError as e:
-            raise _Fetch(f"{url}: HTTP {e.status}", e.status) from e
-        except UnreachableError as e:
-            raise _Fetch(str(e)) from e
+        except UnreachableError:
+            raise
         except BadDataError as e:
-            raise _Fetch(f"{url}: over {limit} bytes") from e
+            raise UnreachableError(url, f"over {limit} bytes") from e
 
     # -- the mirror ----------------------------------------------------------------------------
 
@@ -168,7 +161,7 @@ class Monitor:
         base = r.url.rstrip("/") + "/log"
         try:
             raw = await self._get(base + "/checkpoint", MAX_CHECKPOINT_BYTES)
-        except _Fetch as e:
+        except UnreachableError as e:
             log.info("monitor: log of %s unavailable: %s", r.id, e)
             return []
         try:
@@ -217,7 +210,7 @@ class Monitor:
         try:
             return decode_bundle(await self._get(base + entries_path(b, width),
                                                  MAX_BUNDLE_BYTES), width)
-        except _Fetch as e:
+        except HTTPStatusError as e:
             if e.status != 404 or width == TILE_WIDTH:
                 raise
         full = decode_bundle(await self._get(base + entries_path(b), MAX_BUNDLE_BYTES),
@@ -257,7 +250,7 @@ class Monitor:
                 width = min(TILE_WIDTH, last - b * TILE_WIDTH)
                 try:
                     bundles.append((b, await self._bundle(r, b, width)))
-                except (_Fetch, BadDataError) as e:
+                except (UnreachableError, BadDataError) as e:
                     log.info("monitor: entries of %s unavailable: %s", r.id, e)
                     break
             if not bundles:
