@@ -14,7 +14,7 @@ import pytest
 
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import Interrupted
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     TestRepository,
     add_custom_source,
     build_test_repository,

@@ -25,7 +25,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-u", "-m", "coordinator.demo", "--state", str(state)],
+        [sys.executable, "-u", "-m", "rqdemo", "--state", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.state_check import fill, small_filesystem, unexplained
 from tests.support import wait_until
 from tests.unit.rebuilder.node_helpers import amake_node
