@@ -27,7 +27,7 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from coordinator.app import (
+from coordinator.appstate import (
     CONFIG,
     HTTP,
     PACKAGE_PART,
