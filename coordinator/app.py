@@ -31,6 +31,7 @@ from coordinator.appstate import (
     SCHEDULER,
     STORE,
     VIEWS,
+    ecosystem_part,
     int_param,
     json_error,
     package_parts,
@@ -44,7 +45,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.mqtt import MqttLink
 from coordinator.mqtt5 import PACKET_DROP_REASONS
 from coordinator.service import STATUS_DROP_REASONS, Ingest
-from coordinator.store import Store
+from coordinator.store import open_store
 from coordinator.witness_setup import proofs_for, setup_witness
 
 __all__ = [  # the app keys are re-exported from coordinator.appstate, where they live
@@ -90,11 +91,12 @@ async def get_attestations(request: web.Request) -> web.Response:
 
 
 async def get_package(request: web.Request) -> web.Response:
+    ecosystem = ecosystem_part(request)
     source, version = package_parts(request)
     app = request.app
-    bodies = await app[STORE].envelopes_for_package(source, version)
+    bodies = await app[STORE].envelopes_for_package(source, version, ecosystem=ecosystem)
     views = await rebuilder_views(app)
-    head = {"package": {"ecosystem": "debian", "name": source, "version": version}}
+    head = {"package": {"ecosystem": ecosystem, "name": source, "version": version}}
     tail: dict[str, Any] = {"rebuilders": short_views(views)}
     if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
         tail["proofs"] = await proofs_for(app, bodies)
@@ -119,7 +121,8 @@ async def get_disagreements(request: web.Request) -> web.Response:
 async def get_tampered(request: web.Request) -> web.Response:
     """Files rebuilders reported ``tampered``, newest first (docs/api.md)."""
     limit = int_param(request, "limit", 100, 1, 1000)
-    return web.json_response({"tampered": await request.app[STORE].tampered(limit=limit)})
+    rows = await request.app[STORE].tampered(limit=limit)
+    return web.json_response({"tampered": [r.to_dict() for r in rows]})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -178,10 +181,10 @@ async def metrics(request: web.Request) -> web.Response:
     lines += [
         "# HELP rq_coordinator_stored_envelopes Envelopes in the database.",
         "# TYPE rq_coordinator_stored_envelopes gauge",
-        f"rq_coordinator_stored_envelopes {totals['envelopes']}",
+        f"rq_coordinator_stored_envelopes {totals.envelopes}",
         "# HELP rq_coordinator_disagreements Disagreements recorded.",
         "# TYPE rq_coordinator_disagreements gauge",
-        f"rq_coordinator_disagreements {totals['disagreements']}",
+        f"rq_coordinator_disagreements {totals.disagreements}",
         "# HELP rq_coordinator_tampered_total Stored attestations reporting tampering.",
         "# TYPE rq_coordinator_tampered_total counter",
         f"rq_coordinator_tampered_total {m.tampered}",
@@ -212,7 +215,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await Store.open(config.database)
+    store = await open_store(config.database)
     await store.ensure_rebuilders(r.id for r in config.rebuilders)
     app[STORE] = store
     yield
@@ -307,7 +310,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.cleanup_ctx.extend([_store_ctx, _ingest_ctx, _http_ctx, _mqtt_ctx, _scheduler_ctx])
     app.router.add_get("/v1/attestations", get_attestations)
     app.router.add_post("/v1/attestations:batch", post_attestations_batch)
-    app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)
+    app.router.add_get("/v1/packages/{ecosystem}/{source}/{version}", get_package)
     app.router.add_get("/v1/rebuilders", get_rebuilders)
     app.router.add_get("/v1/disagreements", get_disagreements)
     app.router.add_get("/v1/tampered", get_tampered)

@@ -30,6 +30,7 @@ __all__ = [
     "CATCHUP",
     "CONFIG",
     "DIGEST_PARAM",
+    "ECOSYSTEMS",
     "HTTP",
     "INGEST",
     "MQTT",
@@ -38,6 +39,7 @@ __all__ = [
     "STORE",
     "VIEWS",
     "bad_request",
+    "ecosystem_part",
     "int_param",
     "json_error",
     "package_parts",
@@ -75,6 +77,22 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
         raise bad_request(f"{name} must be an integer from {low} to {high}")
     return int(raw)
+
+
+# The ecosystems this coordinator stores attestations of (``/v1/packages/<ecosystem>/...``).
+ECOSYSTEMS = ("debian",)
+
+
+def ecosystem_part(request: web.Request) -> str:
+    """The ``{ecosystem}`` of the route (Debian for routes without one), or 404 naming it."""
+    ecosystem = request.match_info.get("ecosystem", "debian")
+    if ecosystem not in ECOSYSTEMS:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"unknown ecosystem {ecosystem[:40]!r}: this coordinator"
+                                      f" stores {', '.join(ECOSYSTEMS)}"}),
+            content_type="application/json",
+        )
+    return ecosystem
 
 
 def package_parts(request: web.Request) -> tuple[str, str]:

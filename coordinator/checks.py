@@ -96,6 +96,7 @@ class Accepted:
     repository: str | None = None  # externalParameters.repository: "<url> <suite>"
     payload_digest: str = ""  # hex sha256 of the signed payload: one row per (rebuilder, this)
     legacy: bool = False  # a v1 revocation: ``revoked`` names an as-signed envelope digest
+    ecosystem: str = "debian"  # the package's ecosystem (statement ``package.ecosystem``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,7 @@ async def test_thousand_hostile_messages(tmp_path: Path, mosquitto: Mosquitto) -
             assert m.dropped[reason] == len(items), (reason, m.dropped)
         assert m.dropped_total() == total_hostile
         assert m.duplicates == replays
-        assert (await app[STORE].totals())["envelopes"] == 1
+        assert (await app[STORE].totals()).envelopes == 1
         async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
             text = await r.text()
         assert 'rq_coordinator_dropped_total{reason="wrong-key"} 200' in text
@@ -100,7 +100,7 @@ async def test_thousand_hostile_messages(tmp_path: Path, mosquitto: Mosquitto) -
 
 def _stored(app, n):  # type: ignore[no-untyped-def]
     async def check() -> bool:
-        return (await app[STORE].totals())["envelopes"] >= n
+        return (await app[STORE].totals()).envelopes >= n
     return check
 
 

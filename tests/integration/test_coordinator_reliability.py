@@ -158,7 +158,7 @@ async def test_broker_restart_and_coordinator_outage(tmp_path: Path, mosquitto: 
 
 
 async def _count(app: web.Application) -> int:
-    return (await app[STORE].totals())["envelopes"]
+    return (await app[STORE].totals()).envelopes
 
 
 async def _count_at_least(app: web.Application, n: int) -> bool:
