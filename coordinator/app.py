@@ -40,11 +40,11 @@ from coordinator.appstate import (
 )
 from coordinator.batch import post_attestations_batch
 from coordinator.catchup import CatchUp
-from coordinator.checks import DROP_REASONS
 from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorState
+from coordinator.metrics import render as render_metrics
 from coordinator.mqtt import MqttLink
-from coordinator.mqtt5 import PACKET_DROP_REASONS
-from coordinator.service import STATUS_DROP_REASONS, Ingest
+from coordinator.service import Ingest
 from coordinator.store import open_store
 from coordinator.witness_setup import proofs_for, setup_witness
 
@@ -129,85 +129,18 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    m = app[INGEST].metrics
-    totals = await app[STORE].totals()
-    views = await rebuilder_views(app)
-    lines = [
-        "# HELP rq_coordinator_received_total Attestation messages received, by source.",
-        "# TYPE rq_coordinator_received_total counter",
-    ]
-    for source in ("mqtt", "http"):
-        lines.append(f'rq_coordinator_received_total{{source="{source}"}} {m.received[source]}')
-    lines += [
-        "# HELP rq_coordinator_ingested_total Verified envelopes newly stored, by source.",
-        "# TYPE rq_coordinator_ingested_total counter",
-    ]
-    for source in ("mqtt", "http"):
-        lines.append(f'rq_coordinator_ingested_total{{source="{source}"}} {m.ingested[source]}')
-    lines += [
-        "# HELP rq_coordinator_duplicates_total Verified envelopes already stored.",
-        "# TYPE rq_coordinator_duplicates_total counter",
-        f"rq_coordinator_duplicates_total {m.duplicates}",
-        "# HELP rq_coordinator_dropped_total Messages dropped before storing, by reason.",
-        "# TYPE rq_coordinator_dropped_total counter",
-    ]
-    for reason in DROP_REASONS:
-        lines.append(f'rq_coordinator_dropped_total{{reason="{reason}"}} {m.dropped[reason]}')
-    lines += [
-        "# HELP rq_coordinator_status_invalid_total Status messages that failed validation.",
-        "# TYPE rq_coordinator_status_invalid_total counter",
-        f"rq_coordinator_status_invalid_total {m.status_invalid}",
-        "# HELP rq_coordinator_status_dropped_total Status messages dropped, by reason.",
-        "# TYPE rq_coordinator_status_dropped_total counter",
-    ]
-    for why in STATUS_DROP_REASONS:
-        lines.append(
-            f'rq_coordinator_status_dropped_total{{reason="{why}"}} {m.status_dropped[why]}'
-        )
     packets = app[MQTT].packets_dropped.counts if MQTT in app else None
-    lines += [
-        "# HELP rq_coordinator_mqtt_packets_dropped_total Malformed MQTT packets, by reason.",
-        "# TYPE rq_coordinator_mqtt_packets_dropped_total counter",
-    ]
-    for why in PACKET_DROP_REASONS:
-        n = packets[why] if packets is not None else 0
-        lines.append(f'rq_coordinator_mqtt_packets_dropped_total{{reason="{why}"}} {n}')
-    lines += [
-        "# HELP rq_coordinator_stored_envelopes Envelopes in the database.",
-        "# TYPE rq_coordinator_stored_envelopes gauge",
-        f"rq_coordinator_stored_envelopes {totals.envelopes}",
-        "# HELP rq_coordinator_disagreements Disagreements recorded.",
-        "# TYPE rq_coordinator_disagreements gauge",
-        f"rq_coordinator_disagreements {totals.disagreements}",
-        "# HELP rq_coordinator_tampered_total Stored attestations reporting tampering.",
-        "# TYPE rq_coordinator_tampered_total counter",
-        f"rq_coordinator_tampered_total {m.tampered}",
-        "# HELP rq_coordinator_ingest_queue Messages received and not yet checked.",
-        "# TYPE rq_coordinator_ingest_queue gauge",
-        f"rq_coordinator_ingest_queue {app[INGEST].queued()}",
-        "# HELP rq_coordinator_mqtt_connected 1 while connected to the broker.",
-        "# TYPE rq_coordinator_mqtt_connected gauge",
-        f"rq_coordinator_mqtt_connected {int(MQTT in app and app[MQTT].connected.is_set())}",
-        "# HELP rq_coordinator_rebuilder_online 1 when the rebuilder was heard from recently.",
-        "# TYPE rq_coordinator_rebuilder_online gauge",
-    ]
-    for v in views:
-        lines.append(f'rq_coordinator_rebuilder_online{{rebuilder="{_label(v["id"])}"}} '
-                     f'{int(v["online"])}')
-    lines += [
-        "# HELP rq_coordinator_catchup_errors_total Failed HTTP catch-ups, by rebuilder.",
-        "# TYPE rq_coordinator_catchup_errors_total counter",
-    ]
-    for v in views:
-        lines.append(f'rq_coordinator_catchup_errors_total{{rebuilder="{_label(v["id"])}"}} '
-                     f'{m.catchup_errors[v["id"]]}')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    state = CoordinatorState(
+        ingest=app[INGEST].metrics,
+        totals=await app[STORE].totals(),
+        queued=app[INGEST].queued(),
+        mqtt_connected=MQTT in app and app[MQTT].connected.is_set(),
+        packets_dropped=packets,
+        rebuilders=[(v["id"], bool(v["online"])) for v in await rebuilder_views(app)],
+    )
+    return web.Response(text=render_metrics(state), content_type="text/plain")
 
 
 # ---- resources ---------------------------------------------------------------------------
