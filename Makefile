@@ -25,10 +25,10 @@ $(VENV)/.installed: pyproject.toml scripts/ensure-system-packages.sh
 	touch $@
 
 demo: setup
-	$(PY) -m coordinator.demo $(if $(DEMO_ONCE),--once)
+	$(PY) -m rqdemo $(if $(DEMO_ONCE),--once)
 
 lint: setup
-	$(VENV)/bin/ruff check verifier rebuilder coordinator tests benchmarks scripts
+	$(VENV)/bin/ruff check verifier rebuilder coordinator rqdb rqdemo tests benchmarks scripts
 
 typecheck: setup
 	$(VENV)/bin/mypy

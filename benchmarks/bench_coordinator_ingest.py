@@ -170,13 +170,13 @@ async def pipeline_capacity(work: Path, config_path: Path, keys: list[tuple[str,
     """The same messages through ``Ingest`` (check + store) in this process, without MQTT."""
     from coordinator.config import load_config
     from coordinator.service import Ingest
-    from coordinator.store import Store
+    from coordinator.store import open_store
 
     messages = [
         (rid, m) for i, (rid, key) in enumerate(keys) for m in make_messages(key, rid, i * per, per)
     ]
     config = load_config(config_path)
-    store = await Store.open(work / "pipeline.db")
+    store = await open_store(work / "pipeline.db")
     await store.ensure_rebuilders(rid for rid, _ in keys)
     ingest = Ingest(config, store)
     runner = asyncio.create_task(ingest.run())
@@ -186,7 +186,7 @@ async def pipeline_capacity(work: Path, config_path: Path, keys: list[tuple[str,
     await ingest.drained()
     elapsed = time.monotonic() - t0
     runner.cancel()
-    assert (await store.totals())["envelopes"] == len(messages)
+    assert (await store.totals()).envelopes == len(messages)
     await store.close()
     return len(messages) / elapsed
 

@@ -28,7 +28,7 @@ import aiohttp
 
 from benchmarks.bench_coordinator_ingest import _free_port, _wait_port
 from coordinator.checks import Accepted, OutputRow
-from coordinator.store import Store
+from coordinator.store import open_store
 from verifier.dsse import sign
 from verifier.keys import generate_private_key, load_private_key, public_key_pem, save_private_key
 
@@ -83,7 +83,7 @@ def generate(args: tuple[str, str, int, int]) -> list[Accepted]:
 
 async def load(db: Path, keys: list[tuple[str, str]], per: int) -> tuple[float, list[str]]:
     """Store ``per`` attestations of each rebuilder (the same packages: they agree mostly)."""
-    store = await Store.open(db)
+    store = await open_store(db)
     await store.ensure_rebuilders(r for r, _ in keys)
     chunk = 5000
     jobs = [(k, r, s, min(chunk, per - s)) for r, k in keys for s in range(0, per, chunk)]

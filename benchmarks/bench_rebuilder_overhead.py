@@ -30,7 +30,7 @@ from rebuilder.daemon import make_builder
 from rebuilder.db import Store
 from rebuilder.publish import flush_once
 from rebuilder.queue import JobRunner
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.support import free_port, running_mosquitto
 from verifier.keys import load_private_key
 

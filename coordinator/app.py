@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,124 +20,48 @@ import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from coordinator import dashboard
+from coordinator.appstate import (
+    CATCHUP,
+    CONFIG,
+    DIGEST_PARAM,
+    HTTP,
+    INGEST,
+    MQTT,
+    SCHEDULER,
+    STORE,
+    VIEWS,
+    ecosystem_part,
+    int_param,
+    json_error,
+    package_parts,
+    rebuilder_views,
+    short_views,
+)
+from coordinator.batch import post_attestations_batch
 from coordinator.catchup import CatchUp
-from coordinator.checks import DROP_REASONS
 from coordinator.config import CoordinatorConfig
+from coordinator.metrics import CoordinatorState
+from coordinator.metrics import render as render_metrics
 from coordinator.mqtt import MqttLink
-from coordinator.mqtt5 import PACKET_DROP_REASONS
-from coordinator.service import STATUS_DROP_REASONS, Ingest
-from coordinator.store import Store, rfc3339
-from verifier.verdicts import JOB_VERDICTS
+from coordinator.service import Ingest
+from coordinator.store import open_store
+from coordinator.witness_setup import proofs_for, setup_witness
 
-__all__ = [
+__all__ = [  # the app keys are re-exported from coordinator.appstate, where they live
     "CATCHUP",
     "CONFIG",
     "INGEST",
     "MQTT",
     "STORE",
+    "VIEWS",
     "create_app",
     "rebuilder_views",
 ]
 
 log = logging.getLogger(__name__)
 
-CONFIG = web.AppKey("config", CoordinatorConfig)
-STORE = web.AppKey("store", Store)
-INGEST = web.AppKey("ingest", Ingest)
-CATCHUP = web.AppKey("catchup", CatchUp)
-MQTT = web.AppKey("mqtt", MqttLink)
-SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
-HTTP = web.AppKey("http", aiohttp.ClientSession)
-VIEWS = web.AppKey("views", list)  # [monotonic time, views] of the last rebuilder_views()
-
-DIGEST_PARAM = re.compile(r"sha256:([0-9a-f]{64})")
-PACKAGE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,254}")
 VERSION = "0.1.0"
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def _bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": message}), content_type="application/json"
-    )
-
-
-def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
-        raise _bad_request(f"{name} must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def package_parts(request: web.Request) -> tuple[str, str]:
-    source = request.match_info["source"]
-    version = request.match_info["version"]
-    for what, value in (("source", source), ("version", version)):
-        if not PACKAGE_PART.fullmatch(value):
-            raise _bad_request(f"{what} {value[:80]!r} is not a Debian package {what}")
-    return source, version
-
-
-_VIEWS_TTL = 1.0  # seconds: online flags and counts need not be fresher than this
-
-
-async def rebuilder_views(app: web.Application, now: float | None = None) -> list[dict[str, Any]]:
-    """Every registered rebuilder with its state, online flag and counts by verdict.
-
-    Cached for a second, so a burst of lookups costs one database round trip, not one each.
-    """
-    cached = app[VIEWS]
-    t = time.monotonic()
-    if now is None and cached and t - cached[0] < _VIEWS_TTL:
-        return [dict(v) for v in cached[1]]
-    views = await _rebuilder_views(app, now)
-    if now is None:
-        app[VIEWS][:] = [t, views]
-    return [dict(v) for v in views]
-
-
-async def _rebuilder_views(app: web.Application, now: float | None) -> list[dict[str, Any]]:
-    config = app[CONFIG]
-    store = app[STORE]
-    now = time.time() if now is None else now
-    states = await store.rebuilder_states()
-    counts = await store.counts()
-    out = []
-    for rb in config.rebuilders:
-        st = states.get(rb.id)
-        last_seen = st.last_seen if st else None
-        online = bool(
-            st
-            and st.state == "online"
-            and last_seen is not None
-            and now - last_seen <= config.online_after
-        )
-        c = counts.get(rb.id, {})
-        out.append(
-            {
-                "id": rb.id,
-                "operator": rb.operator,
-                "url": rb.url,
-                "keyid": rb.keyid,
-                "online": online,
-                "last_seen": rfc3339(last_seen),
-                "counts": {k: c.get(k, 0) for k in JOB_VERDICTS},
-                "last_error": st.last_error if st else None,
-                "status": st.status if st else None,
-            }
-        )
-    return out
-
-
-def _short(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {k: v[k] for k in ("id", "operator", "last_seen", "online")} for v in views
-    ]
 
 
 def _envelopes_response(head: dict[str, Any], bodies: list[bytes], tail: dict[str, Any]) -> bytes:
@@ -161,25 +83,22 @@ async def get_attestations(request: web.Request) -> web.Response:
     app = request.app
     bodies = await app[STORE].envelopes_for_digest(m.group(1))
     views = await rebuilder_views(app)
-    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    tail: dict[str, Any] = {"rebuilders": short_views(views)}
     if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
-        from coordinator.witness_setup import proofs_for
-
         tail["proofs"] = await proofs_for(app, bodies)
     body = _envelopes_response({"digest": digest}, bodies, tail)
     return web.Response(body=body, content_type="application/json")
 
 
 async def get_package(request: web.Request) -> web.Response:
+    ecosystem = ecosystem_part(request)
     source, version = package_parts(request)
     app = request.app
-    bodies = await app[STORE].envelopes_for_package(source, version)
+    bodies = await app[STORE].envelopes_for_package(source, version, ecosystem=ecosystem)
     views = await rebuilder_views(app)
-    head = {"package": {"ecosystem": "debian", "name": source, "version": version}}
-    tail: dict[str, Any] = {"rebuilders": _short(views)}
+    head = {"package": {"ecosystem": ecosystem, "name": source, "version": version}}
+    tail: dict[str, Any] = {"rebuilders": short_views(views)}
     if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
-        from coordinator.witness_setup import proofs_for
-
         tail["proofs"] = await proofs_for(app, bodies)
     body = _envelopes_response(head, bodies, tail)
     return web.Response(body=body, content_type="application/json")
@@ -202,92 +121,26 @@ async def get_disagreements(request: web.Request) -> web.Response:
 async def get_tampered(request: web.Request) -> web.Response:
     """Files rebuilders reported ``tampered``, newest first (docs/api.md)."""
     limit = int_param(request, "limit", 100, 1, 1000)
-    return web.json_response({"tampered": await request.app[STORE].tampered(limit=limit)})
+    rows = await request.app[STORE].tampered(limit=limit)
+    return web.json_response({"tampered": [r.to_dict() for r in rows]})
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    m = app[INGEST].metrics
-    totals = await app[STORE].totals()
-    views = await rebuilder_views(app)
-    lines = [
-        "# HELP rq_coordinator_received_total Attestation messages received, by source.",
-        "# TYPE rq_coordinator_received_total counter",
-    ]
-    for source in ("mqtt", "http"):
-        lines.append(f'rq_coordinator_received_total{{source="{source}"}} {m.received[source]}')
-    lines += [
-        "# HELP rq_coordinator_ingested_total Verified envelopes newly stored, by source.",
-        "# TYPE rq_coordinator_ingested_total counter",
-    ]
-    for source in ("mqtt", "http"):
-        lines.append(f'rq_coordinator_ingested_total{{source="{source}"}} {m.ingested[source]}')
-    lines += [
-        "# HELP rq_coordinator_duplicates_total Verified envelopes already stored.",
-        "# TYPE rq_coordinator_duplicates_total counter",
-        f"rq_coordinator_duplicates_total {m.duplicates}",
-        "# HELP rq_coordinator_dropped_total Messages dropped before storing, by reason.",
-        "# TYPE rq_coordinator_dropped_total counter",
-    ]
-    for reason in DROP_REASONS:
-        lines.append(f'rq_coordinator_dropped_total{{reason="{reason}"}} {m.dropped[reason]}')
-    lines += [
-        "# HELP rq_coordinator_status_invalid_total Status messages that failed validation.",
-        "# TYPE rq_coordinator_status_invalid_total counter",
-        f"rq_coordinator_status_invalid_total {m.status_invalid}",
-        "# HELP rq_coordinator_status_dropped_total Status messages dropped, by reason.",
-        "# TYPE rq_coordinator_status_dropped_total counter",
-    ]
-    for why in STATUS_DROP_REASONS:
-        lines.append(
-            f'rq_coordinator_status_dropped_total{{reason="{why}"}} {m.status_dropped[why]}'
-        )
     packets = app[MQTT].packets_dropped.counts if MQTT in app else None
-    lines += [
-        "# HELP rq_coordinator_mqtt_packets_dropped_total Malformed MQTT packets, by reason.",
-        "# TYPE rq_coordinator_mqtt_packets_dropped_total counter",
-    ]
-    for why in PACKET_DROP_REASONS:
-        n = packets[why] if packets is not None else 0
-        lines.append(f'rq_coordinator_mqtt_packets_dropped_total{{reason="{why}"}} {n}')
-    lines += [
-        "# HELP rq_coordinator_stored_envelopes Envelopes in the database.",
-        "# TYPE rq_coordinator_stored_envelopes gauge",
-        f"rq_coordinator_stored_envelopes {totals['envelopes']}",
-        "# HELP rq_coordinator_disagreements Disagreements recorded.",
-        "# TYPE rq_coordinator_disagreements gauge",
-        f"rq_coordinator_disagreements {totals['disagreements']}",
-        "# HELP rq_coordinator_tampered_total Stored attestations reporting tampering.",
-        "# TYPE rq_coordinator_tampered_total counter",
-        f"rq_coordinator_tampered_total {m.tampered}",
-        "# HELP rq_coordinator_ingest_queue Messages received and not yet checked.",
-        "# TYPE rq_coordinator_ingest_queue gauge",
-        f"rq_coordinator_ingest_queue {app[INGEST].queued()}",
-        "# HELP rq_coordinator_mqtt_connected 1 while connected to the broker.",
-        "# TYPE rq_coordinator_mqtt_connected gauge",
-        f"rq_coordinator_mqtt_connected {int(MQTT in app and app[MQTT].connected.is_set())}",
-        "# HELP rq_coordinator_rebuilder_online 1 when the rebuilder was heard from recently.",
-        "# TYPE rq_coordinator_rebuilder_online gauge",
-    ]
-    for v in views:
-        lines.append(f'rq_coordinator_rebuilder_online{{rebuilder="{_label(v["id"])}"}} '
-                     f'{int(v["online"])}')
-    lines += [
-        "# HELP rq_coordinator_catchup_errors_total Failed HTTP catch-ups, by rebuilder.",
-        "# TYPE rq_coordinator_catchup_errors_total counter",
-    ]
-    for v in views:
-        lines.append(f'rq_coordinator_catchup_errors_total{{rebuilder="{_label(v["id"])}"}} '
-                     f'{m.catchup_errors[v["id"]]}')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    state = CoordinatorState(
+        ingest=app[INGEST].metrics,
+        totals=await app[STORE].totals(),
+        queued=app[INGEST].queued(),
+        mqtt_connected=MQTT in app and app[MQTT].connected.is_set(),
+        packets_dropped=packets,
+        rebuilders=[(v["id"], bool(v["online"])) for v in await rebuilder_views(app)],
+    )
+    return web.Response(text=render_metrics(state), content_type="text/plain")
 
 
 # ---- resources ---------------------------------------------------------------------------
@@ -295,7 +148,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await Store.open(config.database)
+    store = await open_store(config.database)
     await store.ensure_rebuilders(r.id for r in config.rebuilders)
     app[STORE] = store
     yield
@@ -384,23 +237,18 @@ async def _mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: CoordinatorConfig) -> web.Application:
-    from coordinator import dashboard  # the dashboard imports from this module
-    from coordinator.batch import post_attestations_batch  # and so does the batch endpoint
-
     app = web.Application(client_max_size=64 * 1024)
     app[CONFIG] = config
     app[VIEWS] = []
     app.cleanup_ctx.extend([_store_ctx, _ingest_ctx, _http_ctx, _mqtt_ctx, _scheduler_ctx])
     app.router.add_get("/v1/attestations", get_attestations)
     app.router.add_post("/v1/attestations:batch", post_attestations_batch)
-    app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)
+    app.router.add_get("/v1/packages/{ecosystem}/{source}/{version}", get_package)
     app.router.add_get("/v1/rebuilders", get_rebuilders)
     app.router.add_get("/v1/disagreements", get_disagreements)
     app.router.add_get("/v1/tampered", get_tampered)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     dashboard.setup(app)
-    from coordinator.witness_setup import setup_witness  # the C2SP witness (ARCHITECTURE §4.9)
-
-    setup_witness(app, config)
+    setup_witness(app, config)  # the C2SP witness (ARCHITECTURE §4.9)
     return app

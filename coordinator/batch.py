@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator.appstate import DIGEST_PARAM, PACKAGE_PART, STORE, rebuilder_views, short_views
+
 __all__ = ["MAX_BATCH_BYTES", "MAX_QUERIES", "post_attestations_batch"]
 
 MAX_QUERIES = 1000
@@ -36,8 +38,6 @@ def _error(status: int, message: str) -> web.Response:
 
 def _queries(doc: Any) -> list[tuple[str, str, str]] | str:
     """(digest hex, source, version) per query, or what is wrong with the request."""
-    from coordinator.app import DIGEST_PARAM, PACKAGE_PART
-
     if not isinstance(doc, dict) or set(doc) != {"queries"} or not isinstance(doc["queries"],
                                                                              list):
         return 'the body must be {"queries": [...]}'
@@ -75,8 +75,6 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 
 
 async def post_attestations_batch(request: web.Request) -> web.Response:
-    from coordinator.app import STORE, _short, rebuilder_views
-
     if request.content_type != "application/json":
         return _error(415, "send the queries as application/json")
     raw = await _read_capped(request, MAX_BATCH_BYTES)
@@ -101,6 +99,6 @@ async def post_attestations_batch(request: web.Request) -> web.Response:
         parts.append(b'{"digest":"sha256:' + digest.encode() + b'","attestations":['
                      + b",".join(bodies) + b"]}")
     views = await rebuilder_views(request.app)
-    tail = json.dumps({"rebuilders": _short(views)}, separators=(",", ":"))[1:]
+    tail = json.dumps({"rebuilders": short_views(views)}, separators=(",", ":"))[1:]
     body = b'{"results":[' + b",".join(parts) + b"]," + tail.encode()
     return web.Response(body=body, content_type="application/json")

@@ -96,6 +96,8 @@ class Accepted:
     repository: str | None = None  # externalParameters.repository: "<url> <suite>"
     payload_digest: str = ""  # hex sha256 of the signed payload: one row per (rebuilder, this)
     legacy: bool = False  # a v1 revocation: ``revoked`` names an as-signed envelope digest
+    # the package's ecosystem (statement ``package.ecosystem``); a revocation names none
+    ecosystem: str = "debian"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,7 @@ def _summarize(rebuilder_id: str, env: Envelope) -> Accepted | Dropped:
         digest=digest,
         body=body,
         kind="failure" if statement.failed else "rebuild",
+        ecosystem=pkg.ecosystem,
         source=pkg.name,
         version=pkg.version,
         architecture=pkg.architecture,

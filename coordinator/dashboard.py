@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from aiohttp import web
 
-from coordinator.app import (
+from coordinator.appstate import (
     CONFIG,
     HTTP,
     PACKAGE_PART,
@@ -169,7 +169,8 @@ async def tampered_alerts(store: Store, limit: int = 10) -> list[dict[str, Any]]
     other bytes: the attack this network exists to catch, shown above everything else."""
     alerts = []
     for source, version in await store.tampered_packages(limit):
-        artifacts = tampered_artifacts(await store.package_results(source, version))
+        results = await store.package_results(source, version)
+        artifacts = tampered_artifacts([r.to_dict() for r in results])
         if artifacts:
             alerts.append({"source": source, "version": version, "artifacts": artifacts})
     return alerts
@@ -192,7 +193,7 @@ async def overview(request: web.Request) -> web.Response:
     views = await _with_classes(request)
     disagreements = await disagreement_rows(store, await store.disagreements(limit=20))
     totals = await store.totals()
-    found = [inconsistency_view(i) for i in await store.log_inconsistencies(limit=10)]
+    found = [inconsistency_view(i.to_dict()) for i in await store.log_inconsistencies(limit=10)]
     return render(
         request, "overview.html", rebuilders=views, disagreements=disagreements, totals=totals,
         tampered=await tampered_alerts(store),
@@ -222,8 +223,8 @@ async def packages(request: web.Request) -> web.Response:
     filters = {
         "verdict": _choice(request, "verdict", CLASSES),
         "ecosystem": _choice(request, "ecosystem", ["debian"]),
-        "suite": _choice(request, "suite", values["suite"]),
-        "arch": _choice(request, "arch", values["architecture"]),
+        "suite": _choice(request, "suite", list(values.suites)),
+        "arch": _choice(request, "arch", list(values.architectures)),
     }
     page = int_param(request, "page", 1, 1, 10_000)
     rows = await store.search_packages(
@@ -237,10 +238,10 @@ async def packages(request: web.Request) -> web.Response:
         "packages.html",
         query=query,
         filters=filters,
-        suites=values["suite"],
-        architectures=values["architecture"],
+        suites=values.suites,
+        architectures=values.architectures,
         page=page,
-        packages=rows[:_PAGE_SIZE],
+        packages=[r.to_dict() for r in rows[:_PAGE_SIZE]],
         more=len(rows) > _PAGE_SIZE,
         rebuilders=rebuilders,
         prev_url="/packages?" + urlencode({**here, "page": page - 1}),
@@ -252,7 +253,7 @@ async def package_history(request: web.Request) -> web.Response:
     source = request.match_info["source"]
     if not PACKAGE_PART.fullmatch(source):
         raise web.HTTPBadRequest(text=f"{source[:80]!r} is not a Debian source package name")
-    versions = await request.app[STORE].package_versions(source)
+    versions = [v.to_dict() for v in await request.app[STORE].package_versions(source)]
     if not versions:
         return render(
             request, "error.html", status=404,
@@ -314,7 +315,7 @@ async def package(request: web.Request) -> web.Response:
     threshold = int_param(request, "threshold", 2, 1, 100)
     app = request.app
     store = app[STORE]
-    results = await store.package_results(source, version)
+    results = [r.to_dict() for r in await store.package_results(source, version)]
     if not results:
         return render(
             request, "error.html", status=404,
@@ -372,10 +373,13 @@ async def mismatch(request: web.Request) -> web.Response:
     found = await store.output_report(envelope, artifact)
     if found is None:
         return render(request, "error.html", status=404, message="No such attested output.")
-    rebuilder, source, version, output = found
+    rebuilder, source, version = found.rebuilder, found.source, found.version
+    output = found.output.to_dict()
     rb = request.app[CONFIG].rebuilder(rebuilder)
     entry = next(
-        (e for e in await store.package_results(source, version) if e["envelope"] == envelope),
+        (e.to_dict() for e in await store.package_results(source, version,
+                                                          ecosystem=found.ecosystem)
+         if e.envelope == envelope),
         None,
     )
     return render(
@@ -409,9 +413,8 @@ async def report(request: web.Request) -> web.Response:
     found = await request.app[STORE].output_report(envelope, artifact)
     if found is None:
         raise web.HTTPNotFound(text="no such attested output")
-    rebuilder, _, _, output = found
-    url = output["report_url"]
-    if not _report_url_allowed(request, rebuilder, url):
+    rebuilder, url = found.rebuilder, found.output.report_url
+    if url is None or not _report_url_allowed(request, rebuilder, url):
         raise web.HTTPNotFound(text="this output names no report on its rebuilder's API")
     headers = {
         "Content-Security-Policy": REPORT_CSP,
@@ -528,16 +531,16 @@ async def rebuilder_page(request: web.Request) -> web.Response:
         "rebuilder.html",
         rb=view,
         public_key=public_key_pem(rb.public_key),
-        history=await store.status_history(rid),
+        history=[h.to_dict() for h in await store.status_history(rid)],
         bars=chart(await store.class_series(rid, since), today),
-        results=results[:_PAGE_SIZE],
+        results=[r.to_dict() for r in results[:_PAGE_SIZE]],
         page=page,
         more=len(results) > _PAGE_SIZE,
         node_doc=doc,
         node_error=doc_error,
         key_matches=doc is None or doc.get("keyid", rb.keyid) == rb.keyid,
         log_facts=_log_facts(doc),
-        log_inconsistencies=[inconsistency_view(i) for i in
+        log_inconsistencies=[inconsistency_view(i.to_dict()) for i in
                              await store.log_inconsistencies(limit=50, rebuilder=rid)],
     )
 

@@ -414,10 +414,10 @@ class Monitor:
         pending = await self.store.log_inconsistencies(unpublished=True)
         sent: list[int] = []
         for item in reversed(pending):
-            payload = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+            payload = json.dumps(item.to_dict(), sort_keys=True, separators=(",", ":")).encode()
             with contextlib.suppress(Exception):
                 if await self.publish(LOG_INCONSISTENCY_TOPIC, payload):
-                    sent.append(int(item["id"]))
+                    sent.append(item.id)
                     continue
             break  # not connected: the rest waits for the next round
         if sent:

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator.appstate import CONFIG, HTTP, MQTT, STORE
 from coordinator.config import CoordinatorConfig
 from coordinator.monitor import Monitor
 from coordinator.witness import WITNESS_KEY, Witness, add_witness_routes
@@ -60,8 +61,6 @@ def setup_witness(app: web.Application, config: CoordinatorConfig) -> None:
 
 
 async def _monitor_ctx(app: web.Application) -> AsyncIterator[None]:
-    from coordinator.app import CONFIG, HTTP, MQTT, STORE  # app imports this module late
-
     config = app[CONFIG]
     monitor = await Monitor.open(_local(config, config.witness.state).with_name("monitor.db"),
                                  config, app[STORE], app[HTTP])

@@ -1,32 +1,25 @@
 """The state database's schema and its migrations (one SQL script per version).
 
-``schema_version`` holds the version a database is at; ``_migrate`` applies the missing scripts in
-one transaction, and refuses a database written by a newer rebuilder. Append a script to change
-the schema; never edit one that has shipped.
+The one-row table ``schema_version`` holds the version a database is at; ``_migrate`` applies the
+missing scripts in one transaction (``rqdb.migrate``, the runner the coordinator shares), and
+refuses a database written by a newer rebuilder. Append a script to change the schema; never edit
+one that has shipped.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
 from rebuilder.tlog import LOG_MIGRATION
-from verifier.errors import BadDataError
+from rqdb.migrate import SchemaError, migrate, split_sql
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError"]
 
 # A migration is an SQL script, or, when it must compute what SQL cannot, an async function.
 Migration = str | Callable[[aiosqlite.Connection], Awaitable[None]]
-
-
-class SchemaError(BadDataError):
-    """The database was written by a newer version, or is not a rebuilder state database."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("state database", message, message=message)
 
 
 async def _payload_digests(db: aiosqlite.Connection) -> None:
@@ -214,47 +207,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT version FROM schema_version") as cur:
-            row = await cur.fetchone()
-        if row is None:
-            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            current = 0
-        else:
-            current = int(row[0])
-        if current > SCHEMA_VERSION:
-            raise SchemaError(
-                f"database schema version {current} is newer than this rebuilder's "
-                f"{SCHEMA_VERSION}; upgrade repro-quorum"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            step = MIGRATIONS[version - 1]
-            if isinstance(step, str):
-                for statement in _split_sql(step):
-                    await db.execute(statement)
-            else:
-                await step(db)
-            await db.execute("UPDATE schema_version SET version = ?", (version,))
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-    await db.execute("COMMIT")
+    await migrate(db, MIGRATIONS, what="rebuilder", version_table="schema_version")
 
 
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no semicolons inside our literals); comments dropped.
-    A trigger's ``BEGIN ... END`` body stays one statement (``sqlite3.complete_statement``)."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    out: list[str] = []
-    buf = ""
-    for piece in "\n".join(lines).split(";"):
-        buf = f"{buf};{piece}" if buf else piece
-        if sqlite3.complete_statement(buf + ";"):
-            if buf.strip():
-                out.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        out.append(buf.strip())
-    return out
+_split_sql = split_sql  # the name tests and older callers use

@@ -22,7 +22,7 @@ from typing import Any
 from rebuilder import sandbox
 from rebuilder.config import Config
 
-__all__ = ["FILE_NAME", "announce", "check", "current", "metrics_lines", "read"]
+__all__ = ["FILE_NAME", "announce", "check", "current", "read"]
 
 log = logging.getLogger("rebuilder.limits")
 FILE_NAME = "sandbox-limits.json"
@@ -93,16 +93,3 @@ def read(state_dir: Path) -> dict[str, Any] | str:
     except ValueError as bad:
         return f"unknown: {path} is not a limits record ({bad})"
     return doc
-
-
-def metrics_lines(entries: list[dict[str, Any]] | None) -> list[str]:
-    if not entries:
-        return []
-    lines = [
-        "# HELP rq_sandbox_limit_enforced 1 if the kernel enforces this build limit, "
-        "0 if it is only advisory.",
-        "# TYPE rq_sandbox_limit_enforced gauge",
-    ]
-    for e in entries:
-        lines.append(f'rq_sandbox_limit_enforced{{limit="{e["limit"]}"}} {int(e["enforced"])}')
-    return lines

@@ -125,3 +125,24 @@ def signed_status(key: Any, state: str = "online", session: str = "0123456789abc
     from verifier.status import sign_status
 
     return sign_status(status_body(state, session, **fields), key)
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page, parsed by prometheus_client's own parser (so a page it
+    cannot read fails here): ``{(name, frozenset(labels.items())): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a /metrics page; AssertionError naming it when absent."""
+    samples = metric_samples(text)
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        raise AssertionError(f"{name}{labels or ''} not in /metrics")
+    return samples[key]

@@ -21,7 +21,7 @@ import pytest
 
 from rebuilder.daemon import run_daemon
 from rebuilder.db import Store
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.integration._intoto import installer_key, require_intoto, sign_layout, stop_agent
 from tests.support import wait_for
 from tests.unit.rebuilder.node_helpers import amake_node

@@ -16,7 +16,7 @@ from rebuilder.attest import NodeIdentity, rebuild_statement
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.openpgp import SourcePolicy
 from rebuilder.outcome import BuildJob, RebuildOutcome, ReleaseRef
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     TestRepository,
     build_test_repository,
     export_keyring,

@@ -14,8 +14,8 @@ from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.buildinfo import parse_buildinfo
 from rebuilder.config import parse_config
 from rebuilder.locate import resolve_buildinfo
-from rebuilder.testrepo import add_binnmu, build_test_repository, serve_repository
 from rebuilder.watch import Watcher
+from rqdemo.testrepo import add_binnmu, build_test_repository, serve_repository
 from verifier.debian import read_deb_identity
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
-from rebuilder.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
+from rqdemo.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
 
 SETTINGS = BuildSettings(timeout=120, diffoscope_enabled=False)
 

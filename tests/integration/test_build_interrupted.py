@@ -18,7 +18,7 @@ from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import Interrupted
 from rebuilder.recovery import oom_kills
 from rebuilder.sandbox import enforcement
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     TestRepository,
     add_custom_source,
     build_test_repository,

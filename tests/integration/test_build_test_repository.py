@@ -13,14 +13,14 @@ import pytest
 from debian import deb822
 
 from rebuilder.buildinfo import parse_buildinfo, parse_dsc
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     DEFAULT_PACKAGES,
     TestRepository,
     build_test_repository,
     default_packages,
     serve_repository,
 )
-from rebuilder.testrepo.__main__ import main as cli_main
+from rqdemo.testrepo.__main__ import main as cli_main
 from verifier.debian import read_deb_identity
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,7 @@ def test_cli_serve(repo: TestRepository) -> None:
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rebuilder.testrepo", "serve", str(repo.path), "--port", str(port)],
+        [sys.executable, "-m", "rqdemo.testrepo", "serve", str(repo.path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

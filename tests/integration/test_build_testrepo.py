@@ -13,7 +13,7 @@ import pytest
 
 from rebuilder.build import BACKEND, BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
-from rebuilder.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
+from rqdemo.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
 from verifier.debian import sha256_file
 
 pytestmark = pytest.mark.slow

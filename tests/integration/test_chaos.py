@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder.testrepo import build_test_repository, default_packages, serve_repository
+from rqdemo.testrepo import build_test_repository, default_packages, serve_repository
 from tests.processes import catches, descendants
 from tests.state_check import unexplained
 from tests.support import Mosquitto, free_port, wait_until

@@ -125,7 +125,7 @@ async def test_malformed_packets_dropped_connection_kept(
     try:
         async with serving(app, port):
             async def all_stored() -> bool:
-                return (await app[STORE].totals())["envelopes"] == len(good)
+                return (await app[STORE].totals()).envelopes == len(good)
 
             await wait_for(all_stored, 30, "every genuine attestation stored")
 

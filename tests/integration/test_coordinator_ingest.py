@@ -11,7 +11,7 @@ import aiomqtt
 
 from coordinator.app import CATCHUP, INGEST, MQTT, STORE, create_app
 from coordinator.config import load_config
-from tests.support import Mosquitto, free_port, publish_as_node, signed_status, wait_for
+from tests.support import Mosquitto, free_port, metric, publish_as_node, signed_status, wait_for
 from tests.unit.coordinator.factory import Signer, StandInNode, coordinator_toml, serving, sha
 
 DEB = "hello_1.0-1_amd64.deb"
@@ -67,6 +67,11 @@ async def test_ingest_catchup_query_and_disagreement(tmp_path: Path, mosquitto: 
 
             status, doc = await get_json(f"{base}/v1/packages/debian/hello/1.0-1")
             assert status == 200 and len(doc["attestations"]) == 2
+            assert doc["package"] == {"ecosystem": "debian", "name": "hello",
+                                      "version": "1.0-1"}
+            # another ecosystem is a clear 404, never Debian's answer under another name
+            status, doc = await get_json(f"{base}/v1/packages/pypi/hello/1.0-1")
+            assert status == 404 and "unknown ecosystem 'pypi'" in doc["error"]
 
             status, doc = await get_json(f"{base}/v1/rebuilders")
             counts = {r["id"]: r["counts"] for r in doc["rebuilders"]}
@@ -88,8 +93,8 @@ async def test_ingest_catchup_query_and_disagreement(tmp_path: Path, mosquitto: 
 
             async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
                 text = await r.text()
-            assert "rq_coordinator_stored_envelopes 32" in text
-            assert 'rq_coordinator_rebuilder_online{rebuilder="rb-alpha"} 1' in text
+            assert metric(text, "rq_coordinator_stored_envelopes") == 32
+            assert metric(text, "rq_coordinator_rebuilder_online", rebuilder="rb-alpha") == 1
 
 
 async def _stored(base: str, n: int) -> bool:
@@ -115,14 +120,14 @@ async def test_junk_catchup_is_skipped_and_the_rest_keeps_working(tmp_path: Path
             node_bad.envelopes = [forged, bad.rebuild("b", "1", {"b_1_amd64.deb": sha("b")})]
             assert await app[CATCHUP].round() == {"rb-good": 0, "rb-junk": 1}
             text = await _metrics(base)
-            assert 'rq_coordinator_dropped_total{reason="wrong-key"} 1' in text
-            assert 'rq_coordinator_stored_envelopes 2' in text
+            assert metric(text, "rq_coordinator_dropped_total", reason="wrong-key") == 1
+            assert metric(text, "rq_coordinator_stored_envelopes") == 2
             assert await app[STORE].cursor("rb-junk") == "2"
 
 
 async def _has_error(base: str) -> bool:
     text = await _metrics(base)
-    return 'rq_coordinator_catchup_errors_total{rebuilder="rb-junk"} 1' in text
+    return metric(text, "rq_coordinator_catchup_errors_total", rebuilder="rb-junk") == 1
 
 
 async def _metrics(base: str) -> str:

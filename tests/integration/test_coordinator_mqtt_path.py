@@ -32,7 +32,7 @@ from tests.unit.coordinator.factory import Signer, coordinator_toml, serving, sh
 
 def _stored(app, n):  # type: ignore[no-untyped-def]
     async def check() -> bool:
-        return (await app[STORE].totals())["envelopes"] >= n
+        return (await app[STORE].totals()).envelopes >= n
 
     return check
 

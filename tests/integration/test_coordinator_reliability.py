@@ -21,9 +21,9 @@ from aiohttp import web
 
 from coordinator.app import INGEST, MQTT, STORE, create_app
 from coordinator.config import load_config
-from coordinator.demo import Children, Node, run_checked, wait_http, write_coordinator_config
-from rebuilder.testrepo import build_test_repository, default_packages, serve_repository
-from rebuilder.testrepo._repo import host_arch
+from rqdemo.demo import Children, Node, run_checked, wait_http, write_coordinator_config
+from rqdemo.testrepo import build_test_repository, default_packages, serve_repository
+from rqdemo.testrepo._repo import host_arch
 from tests.support import Mosquitto, free_port, wait_for
 from tests.unit.coordinator.factory import serving
 from verifier.dsse import Envelope
@@ -158,7 +158,7 @@ async def test_broker_restart_and_coordinator_outage(tmp_path: Path, mosquitto: 
 
 
 async def _count(app: web.Application) -> int:
-    return (await app[STORE].totals())["envelopes"]
+    return (await app[STORE].totals()).envelopes
 
 
 async def _count_at_least(app: web.Application, n: int) -> bool:

@@ -63,9 +63,9 @@ async def test_mutated_revoked_attestation_stays_revoked_through_the_coordinator
                 await wait_for(
                     lambda: _duplicates(app, before + len(MUTATIONS)), 10, "the mutations seen"
                 )
-            assert (await app[STORE].totals())["envelopes"] == 3
+            assert (await app[STORE].totals()).envelopes == 3
             results = await app[STORE].package_results("hello", "1.0-1")
-            assert [(r["rebuilder"], r["revoked"]) for r in results if r["kind"] == "rebuild"] == [
+            assert [(r.rebuilder, r.revoked) for r in results if r.kind == "rebuild"] == [
                 ("rb-alpha", False), ("rb-beta", True)]
 
             policy = Policy(
@@ -86,7 +86,7 @@ async def test_mutated_revoked_attestation_stays_revoked_through_the_coordinator
 
 
 async def _envelopes(app, n: int) -> bool:  # type: ignore[no-untyped-def]
-    return bool((await app[STORE].totals())["envelopes"] >= n)
+    return bool((await app[STORE].totals()).envelopes >= n)
 
 
 async def _duplicates(app, n: int) -> bool:  # type: ignore[no-untyped-def]

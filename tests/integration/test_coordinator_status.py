@@ -21,7 +21,7 @@ import aiomqtt
 
 from coordinator.app import INGEST, MQTT, STORE, VIEWS, create_app
 from coordinator.config import load_config
-from tests.support import Mosquitto, free_port, signed_status, wait_for
+from tests.support import Mosquitto, free_port, metric, signed_status, wait_for
 from tests.unit.coordinator.factory import Signer, coordinator_toml, serving
 from tests.unit.rebuilder.node_helpers import amake_node
 from verifier.keys import generate_private_key, load_private_key
@@ -105,7 +105,7 @@ async def test_status_messages(tmp_path: Path, mosquitto: Mosquitto) -> None:
             await pub.publish("rq/v1/status/rb-alpha", b"", qos=1, retain=True)  # clean up
         async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
             text = await r.text()
-        assert 'rq_coordinator_status_dropped_total{reason="unsigned"} 2' in text
+        assert metric(text, "rq_coordinator_status_dropped_total", reason="unsigned") == 2
 
 
 _NODE = """

@@ -56,7 +56,7 @@ async def _dashboard_url(demo: subprocess.Popen[str], deadline: float) -> str:
 async def test_demo_dashboard_in_chromium(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-u", "-m", "coordinator.demo", "--state", str(state)],
+        [sys.executable, "-u", "-m", "rqdemo", "--state", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

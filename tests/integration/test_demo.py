@@ -17,7 +17,7 @@ from tests.support import wait_until
 def test_demo_once(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     r = subprocess.run(
-        [sys.executable, "-m", "coordinator.demo", "--once", "--state", str(state)],
+        [sys.executable, "-m", "rqdemo", "--once", "--state", str(state)],
         capture_output=True,
         text=True,
         timeout=880,
@@ -56,7 +56,7 @@ def test_killed_demo_leaves_no_process(tmp_path: Path, sig: signal.Signals) -> N
     the coordinator running, re-parented to PID 1."""
     state = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-u", "-m", "coordinator.demo", "--state", str(state)],
+        [sys.executable, "-u", "-m", "rqdemo", "--state", str(state)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

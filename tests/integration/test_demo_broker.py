@@ -1,4 +1,4 @@
-"""The demo's broker has the production posture (coordinator/demo_broker.py), checked against a
+"""The demo's broker has the production posture (rqdemo/broker.py), checked against a
 real mosquitto: anonymous clients and wrong passwords are refused, a rebuilder may publish on
 its own topics only, the coordinator on none of theirs, and a 200 MB message is refused by the
 broker (max_packet_size) instead of being buffered. The ACL is the Ansible role's."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from coordinator.demo_broker import COORDINATOR_USER, MAX_PACKET_SIZE, acl, write_broker_files
 from coordinator.mqtt5 import Connection, ConnectSettings, MqttError, Publish
+from rqdemo.broker import COORDINATOR_USER, MAX_PACKET_SIZE, acl, write_broker_files
 from tests.support import free_port, port_open, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import pytest
 
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.environment import installed_packages
-from rebuilder.testrepo import PackageSpec, build_test_repository, serve_repository
+from rqdemo.testrepo import PackageSpec, build_test_repository, serve_repository
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rebuilder.db import Store
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.unit.rebuilder.node_helpers import amake_node
 
 pytestmark = pytest.mark.slow

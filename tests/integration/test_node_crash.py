@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rebuilder.publish import attestation_topic, status_topic
-from rebuilder.testrepo import build_test_repository, default_packages, serve_repository
+from rqdemo.testrepo import build_test_repository, default_packages, serve_repository
 from tests.state_check import unexplained
 from tests.support import Mosquitto, wait_until
 from tests.unit.rebuilder.node_helpers import Subscriber, amake_node

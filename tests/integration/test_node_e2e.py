@@ -21,7 +21,7 @@ import pytest
 from rebuilder.daemon import run_daemon
 from rebuilder.db import Store
 from rebuilder.publish import attestation_topic
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.support import Mosquitto, wait_for
 from tests.unit.rebuilder.node_helpers import Subscriber, amake_node
 from verifier.debian import read_deb_identity

@@ -16,9 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.state_check import fill, small_filesystem, unexplained
-from tests.support import wait_until
+from tests.support import metric, wait_until
 from tests.unit.rebuilder.node_helpers import amake_node
 
 pytestmark = pytest.mark.slow
@@ -42,10 +42,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def _metric(url: str, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
         assert r.status == 200
-        for line in (await r.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+        return metric(await r.text(), name)
 
 
 async def test_full_disk_pauses_the_workers_and_they_resume(tmp_path: Path) -> None:

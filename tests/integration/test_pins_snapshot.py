@@ -24,7 +24,7 @@ from aiohttp import web
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.buildinfo import Dependency
 from rebuilder.pins import SnapshotClient, SuiteSource, resolve, suite_versions
-from rebuilder.testrepo import build_test_repository, serve_repository
+from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.support import free_port
 from verifier.errors import BadDataError
 

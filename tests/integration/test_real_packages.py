@@ -36,9 +36,9 @@ from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.config import parse_config
 from rebuilder.locate import resolve_buildinfo
 from rebuilder.pins import SuiteSource
-from rebuilder.testrepo import serve_repository
-from rebuilder.testrepo._repo import _indexes
 from rebuilder.watch import Watcher
+from rqdemo.testrepo import serve_repository
+from rqdemo.testrepo._repo import _indexes
 
 pytestmark = pytest.mark.slow
 

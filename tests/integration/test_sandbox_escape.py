@@ -23,7 +23,7 @@ import pytest
 from rebuilder import sandbox
 from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     TestRepository,
     add_custom_source,
     build_test_repository,

@@ -26,7 +26,7 @@ from rebuilder.daemon import make_builder
 from rebuilder.db import Store
 from rebuilder.outcome import RebuildOutcome
 from rebuilder.queue import JobRunner
-from rebuilder.testrepo import (
+from rqdemo.testrepo import (
     TestRepository,
     add_custom_source,
     build_test_repository,

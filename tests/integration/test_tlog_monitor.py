@@ -16,7 +16,7 @@ from aiohttp import web
 from coordinator.checks import Accepted, check_envelope
 from coordinator.config import CoordinatorConfig, RebuilderConfig, WitnessConfig
 from coordinator.monitor import LOG_INCONSISTENCY_TOPIC, Monitor
-from coordinator.store import Store as CoordinatorStore
+from coordinator.store import open_store as open_coordinator_store
 from rebuilder.db import NewAttestation
 from rebuilder.db import Store as NodeStore
 from rebuilder.tlog import LogSettings, NodeLog
@@ -88,7 +88,7 @@ async def test_monitor_finds_fork_rollback_and_unlogged(tmp_path: Path) -> None:
         rb = RebuilderConfig(id="rb-fork", operator="op", url=url,
                              public_key=signer.key.public_key())
         config = CoordinatorConfig(database=tmp_path / "coord.db", rebuilders=(rb,))
-        store = await CoordinatorStore.open(config.database)
+        store = await open_coordinator_store(config.database)
         monitor = await Monitor.open(tmp_path / "monitor.db", config, store, session, grace=0)
 
         async def publish(topic: str, payload: bytes) -> bool:
@@ -128,7 +128,7 @@ async def test_monitor_finds_fork_rollback_and_unlogged(tmp_path: Path) -> None:
             assert [f.kind for f in found] == ["rollback"]
 
             recorded = await store.log_inconsistencies()
-            assert {r["kind"] for r in recorded} == {"logged-not-served", "unlogged-envelope",
+            assert {r.kind for r in recorded} == {"logged-not-served", "unlogged-envelope",
                                                      "split-view", "rollback"}
             assert len(published) == len(recorded)  # every finding announced once
             assert await store.log_inconsistencies(unpublished=True) == []
@@ -148,7 +148,7 @@ async def test_monitor_finds_entries_not_signed_by_the_node(tmp_path: Path) -> N
         rb = RebuilderConfig(id="rb-x", operator="op", url=url,
                              public_key=signer.key.public_key())
         config = CoordinatorConfig(database=tmp_path / "coord.db", rebuilders=(rb,))
-        store = await CoordinatorStore.open(config.database)
+        store = await open_coordinator_store(config.database)
         monitor = await Monitor.open(tmp_path / "monitor.db", config, store, session, grace=1e9)
         try:
             found = await monitor.round()
@@ -174,7 +174,7 @@ async def test_monitor_reads_a_log_far_ahead_in_batches_over_rounds(tmp_path: Pa
                              public_key=signer.key.public_key())
         config = CoordinatorConfig(database=tmp_path / "coord.db", rebuilders=(rb,),
                                    witness=WitnessConfig(monitor_batch=1))
-        store = await CoordinatorStore.open(config.database)
+        store = await open_coordinator_store(config.database)
         monitor = await Monitor.open(tmp_path / "monitor.db", config, store, session, grace=1e9)
         last = hashlib.sha256(a[-1]).hexdigest()
         try:

@@ -14,7 +14,8 @@ import pytest
 from rebuilder import limits, sandbox
 from rebuilder.cli import main
 from rebuilder.daemon import run_daemon
-from tests.support import wait_for
+from rebuilder.metrics import DURATION_BUCKETS, NodeState, render
+from tests.support import metric, metric_samples, wait_for
 from tests.unit.rebuilder.node_helpers import amake_node, make_node, reproduced
 
 
@@ -57,12 +58,15 @@ def test_advisory_limit_is_logged_recorded_and_shown_by_status(
     assert [(e["limit"], e["enforced"]) for e in record["limits"]] == [
         ("memory", False), ("pids", True), ("disk", True), ("time", True)
     ]
-    assert limits.metrics_lines(limits.current())[2:] == [
-        'rq_sandbox_limit_enforced{limit="memory"} 0',
-        'rq_sandbox_limit_enforced{limit="pids"} 1',
-        'rq_sandbox_limit_enforced{limit="disk"} 1',
-        'rq_sandbox_limit_enforced{limit="time"} 1',
-    ]
+    text = render(NodeState("rb-x", 0, 0, 0, {}, {}, (0,) * len(DURATION_BUCKETS), 0, 0.0,
+                            limits=tuple(limits.current() or ())))
+    assert {k: v for k, v in metric_samples(text).items()
+            if k[0] == "rq_sandbox_limit_enforced"} == {
+        ("rq_sandbox_limit_enforced", frozenset({("limit", "memory")})): 0,
+        ("rq_sandbox_limit_enforced", frozenset({("limit", "pids")})): 1,
+        ("rq_sandbox_limit_enforced", frozenset({("limit", "disk")})): 1,
+        ("rq_sandbox_limit_enforced", frozenset({("limit", "time")})): 1,
+    }
 
 
 def test_a_corrupt_record_is_reported_not_trusted(tmp_path: Path) -> None:
@@ -98,7 +102,7 @@ async def test_running_node_exposes_this_machines_limits_in_metrics(tmp_path: Pa
             text = await r.text()
         expected = {e.limit: int(e.enforced) for e in sandbox.enforcement()}
         for name, value in expected.items():
-            assert f'rq_sandbox_limit_enforced{{limit="{name}"}} {value}' in text
+            assert metric(text, "rq_sandbox_limit_enforced", limit=name) == value
         record = limits.read(cfg.node.state_dir)
         assert isinstance(record, dict) and len(record["limits"]) == 4
     finally:

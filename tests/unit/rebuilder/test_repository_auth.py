@@ -20,8 +20,8 @@ from aiohttp import web
 
 from rebuilder.config import RepositoryConfig, parse_config
 from rebuilder.db import Store
-from rebuilder.testrepo import export_keyring, make_signing_key, sign_release
 from rebuilder.watch import Watcher
+from rqdemo.testrepo import export_keyring, make_signing_key, sign_release
 from tests.support import free_port
 from tests.unit.rebuilder.node_helpers import serve
 from tests.unit.rebuilder.test_node_indexes import PACKAGES
@@ -307,7 +307,7 @@ async def test_one_good_signature_among_several_is_enough(
         served: tuple[Repo, str], store: Store, tmp_path: Path) -> None:
     """Debian's InRelease carries several signatures; as for APT, one by a key of the keyring
     is enough, whatever gpgv's exit status says about the others."""
-    from rebuilder.testrepo._repo import _gpg
+    from rqdemo.testrepo._repo import _gpg
 
     home = tmp_path / "two-keys"
     known = make_signing_key(home, "known")

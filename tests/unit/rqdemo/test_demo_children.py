@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator.demo import Children
+from rqdemo.demo import Children
 from tests.support import wait_until
 
 # Records when it got SIGTERM, takes a moment to shut down (as a node publishing its offline

@@ -1,4 +1,4 @@
-"""``python -m rebuilder.testrepo build DEST [--extra N]`` / ``serve DEST [--port N]``."""
+"""``python -m rqdemo.testrepo build DEST [--extra N]`` / ``serve DEST [--port N]``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-from rebuilder.testrepo import build_test_repository, default_packages, serve_forever
+from rqdemo.testrepo import build_test_repository, default_packages, serve_forever
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rebuilder.testrepo")
+    parser = argparse.ArgumentParser(prog="python -m rqdemo.testrepo")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or copy from the cache) the test repository")
     b.add_argument("dest", type=Path)

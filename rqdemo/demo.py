@@ -1,6 +1,6 @@
 """``make demo``: a whole rebuilder network on this machine, from nothing, in a few minutes.
 
-1. builds a local APT repository (``rebuilder.testrepo``: reproducible packages, one that is
+1. builds a local APT repository (``rqdemo.testrepo``: reproducible packages, one that is
    not reproducible, one tampered with after its build; its InRelease signed with a generated
    key) and serves it; the nodes verify that signature (``signed_by``) before reading an index;
 2. starts a real mosquitto on a free port, three rebuilder nodes of three operators (each with
@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from coordinator.demo_broker import COORDINATOR_USER, BrokerFiles, write_broker_files
+from rqdemo.broker import COORDINATOR_USER, BrokerFiles, write_broker_files
 from verifier.errors import VerifierError
 from verifier.keys import load_private_key, public_key_pem
 from verifier.tomlconf import read_toml, write_toml
@@ -404,15 +404,15 @@ def print_table(rows: list[dict[str, str]], out: TextIO) -> None:
 
 @contextlib.asynccontextmanager
 async def _served(path: Path) -> AsyncIterator[str]:
-    from rebuilder.testrepo import serve_repository
+    from rqdemo.testrepo import serve_repository
 
     async with serve_repository(path) as url:
         yield url
 
 
 async def demo(state: Path, once: bool, out: Out) -> int:
-    from rebuilder.testrepo import build_test_repository, default_cache_dir
-    from rebuilder.testrepo._repo import host_arch
+    from rqdemo.testrepo import build_test_repository, default_cache_dir
+    from rqdemo.testrepo._repo import host_arch
 
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -554,7 +554,7 @@ async def demo(state: Path, once: bool, out: Out) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coordinator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rqdemo", description=__doc__)
     parser.add_argument("--once", action="store_true",
                         help="exit after the verdicts: 0 when all are as expected")
     parser.add_argument("--state", type=Path, help="keep state here (default: a temp dir)")

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from rebuilder import sandbox
-from rebuilder.testrepo._repo import (
+from rqdemo.testrepo._repo import (
     _MARKER,
     PublishedDeb,
     TestPackage,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.demo import NODES, Node, write_policy
+from rqdemo.demo import NODES, Node, write_policy
 from verifier.keys import generate_private_key, public_key_pem, save_private_key
 from verifier.policy import Policy
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.checks import Accepted, check_envelope
-from coordinator.store import SCHEMA_VERSION, Store
+from coordinator.store import SCHEMA_VERSION, Store, open_store
 from tests.unit.coordinator.factory import Signer, sha
 from verifier.dsse import Envelope
 from verifier.keys import keyid
@@ -28,7 +29,7 @@ def accepted(signer: Signer, env: Envelope) -> Accepted:
 
 @pytest.fixture
 async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     await s.ensure_rebuilders(["rb-alpha", "rb-beta"])
     yield s
     await s.close()
@@ -40,7 +41,7 @@ async def test_same_envelope_twice_is_one_row(store: Store) -> None:
     r2 = await store.store_batch([a])
     assert (len(r1.stored), r1.duplicates) == (1, 1)
     assert (len(r2.stored), r2.duplicates) == (0, 1)
-    assert (await store.totals())["envelopes"] == 1
+    assert (await store.totals()).envelopes == 1
     assert await store.envelopes_for_digest(sha("h")) == [a.body]
     assert (await store.counts()) == {"rb-alpha": {"reproduced": 1}}
 
@@ -55,7 +56,7 @@ async def test_lookup_by_digest_includes_revocations(store: Store) -> None:
     assert bodies == [env.to_bytes(), rev.to_bytes()]
     assert await store.envelopes_for_digest(sha("nothing")) == []
     results = await store.package_results("hello", "1.0-1")
-    assert results[0]["revoked"] is True
+    assert results[0].revoked is True
 
 
 async def test_disagreement_between_rebuilders_recorded_once(store: Store) -> None:
@@ -110,8 +111,8 @@ async def test_search_and_package_views(store: Store) -> None:
         ]
     )
     found = await store.search_packages("hel", 10)
-    assert found == [
-        {"source": "hello", "version": "1.0-1",
+    assert [p.to_dict() for p in found] == [
+        {"ecosystem": "debian", "source": "hello", "version": "1.0-1",
          "verdicts": {"rb-alpha": "reproduced", "rb-beta": "unreproducible"},
          "classes": {"rb-alpha": "reproduced", "rb-beta": "unreproducible"},
          "suites": ["stable"], "architectures": ["amd64"]}
@@ -122,14 +123,14 @@ async def test_search_and_package_views(store: Store) -> None:
 
 
 async def test_schema_version_and_refuses_newer(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(RuntimeError, match="newer"):
-        await Store.open(tmp_path / "c.db")
+        await open_store(tmp_path / "c.db")
 
 
 def test_disagreement_json_shape() -> None:
@@ -141,11 +142,11 @@ def test_disagreement_json_shape() -> None:
 
 def _old_database(path: Path, version: int, items: list[Accepted]) -> None:
     """A database as a coordinator of schema ``version`` wrote it, holding ``items``."""
-    from coordinator.store import _MIGRATIONS
+    from coordinator.store._schema import MIGRATIONS
 
     with sqlite3.connect(path) as db:
         for v in range(1, version + 1):
-            db.executescript(_MIGRATIONS[v])
+            db.executescript(MIGRATIONS[v - 1].sql)
         db.execute("INSERT INTO rebuilders(id) VALUES ('rb-alpha')")
         for i, a in enumerate(items, 1):
             db.execute(
@@ -182,18 +183,40 @@ async def test_migration_from_version_1_fills_the_package_index(tmp_path: Path) 
             accepted(A, A.rebuild("hello", "1.0-2", {DEB: sha("i")})),
         ],
     )
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     try:
         found = await s.search_packages("hello", 10)
-        assert [p["version"] for p in found] == ["1.0-2", "1.0-1"]
+        assert [p.version for p in found] == ["1.0-2", "1.0-1"]
     finally:
         await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 
 def _back_to_version(db: sqlite3.Connection, version: int) -> None:
     """Undo the schema of the versions after ``version`` (their data stays as written)."""
+    if version < 7:  # packages keyed by ecosystem
+        for index in ("envelopes_package", "subjects_artifact"):
+            db.execute(f"DROP INDEX {index}")
+        for table in ("envelopes", "subjects"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN ecosystem")
+        db.execute("CREATE INDEX envelopes_package ON envelopes(source, version)")
+        db.execute("CREATE INDEX subjects_artifact ON subjects(source, version, name)")
+        db.executescript("""
+            CREATE TABLE packages_old (source TEXT NOT NULL, version TEXT NOT NULL,
+                latest INTEGER NOT NULL, PRIMARY KEY (source, version)) WITHOUT ROWID;
+            INSERT INTO packages_old SELECT source, version, latest FROM packages;
+            DROP TABLE packages;
+            ALTER TABLE packages_old RENAME TO packages;
+            CREATE TABLE disagreements_old (id INTEGER PRIMARY KEY, source TEXT NOT NULL,
+                version TEXT NOT NULL, artifact TEXT NOT NULL, digests TEXT NOT NULL,
+                conflicts TEXT NOT NULL, detected_at REAL NOT NULL,
+                UNIQUE (source, version, artifact));
+            INSERT INTO disagreements_old SELECT id, source, version, artifact, digests,
+                conflicts, detected_at FROM disagreements;
+            DROP TABLE disagreements;
+            ALTER TABLE disagreements_old RENAME TO disagreements;
+        """)
     if version < 6:  # one envelope per statement
         for index in ("envelopes_statement", "envelopes_payload"):
             db.execute(f"DROP INDEX IF EXISTS {index}")
@@ -212,7 +235,7 @@ def _back_to_version(db: sqlite3.Connection, version: int) -> None:
 
 
 async def test_migration_from_version_2_classes_stored_envelopes(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     await s.ensure_rebuilders(["rb-alpha", "rb-beta"])
     good, bad = sha("h"), sha("evil")
     await s.store_batch([
@@ -228,7 +251,7 @@ async def test_migration_from_version_2_classes_stored_envelopes(tmp_path: Path)
     await s.close()
     with sqlite3.connect(tmp_path / "c.db") as db:
         _back_to_version(db, 2)
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     try:
         assert await s.class_counts() == before == {
             "rb-alpha": {"reproduced": 1, "tampered": 1},
@@ -249,23 +272,23 @@ async def test_tampered_revocation_history_and_filters(store: Store) -> None:
     ])
     assert await store.tampered_packages() == [("evil", "1")]
     found = await store.search_packages("", 10, verdict="tampered")
-    assert [(p["source"], p["version"]) for p in found] == [("evil", "1")]
+    assert [(p.source, p.version) for p in found] == [("evil", "1")]
     found = await store.search_packages("", 10, suite="unstable")
-    assert [(p["source"], p["version"]) for p in found] == [("hello", "1")]
+    assert [(p.source, p.version) for p in found] == [("hello", "1")]
     found = await store.search_packages("", 10, architecture="arm64", suite="stable")
     assert found == []
-    assert [v["version"] for v in await store.package_versions("hello")] == ["2", "1"]
-    assert await store.filter_values() == {"suite": ["stable", "unstable"],
-                                           "architecture": ["amd64", "arm64"]}
+    assert [v.version for v in await store.package_versions("hello")] == ["2", "1"]
+    values = await store.filter_values()
+    assert (values.suites, values.architectures) == (("stable", "unstable"), ("amd64", "arm64"))
 
     await store.store_batch([accepted(A, A.revoke(tampered, "wrong repository key"))])
     assert await store.tampered_packages() == []
     results = await store.package_results("evil", "1")
-    assert results[0]["revoked_reason"] == "wrong repository key"
+    assert results[0].revoked_reason == "wrong repository key"
     recent = await store.rebuilder_results("rb-alpha")
-    assert recent[0]["kind"] == "revocation" and recent[0]["reason"] == "wrong repository key"
-    assert recent[0]["revokes"] == tampered.payload_digest()  # v2 names the statement
-    assert recent[1]["revoked_reason"] == "wrong repository key"
+    assert recent[0].kind == "revocation" and recent[0].reason == "wrong repository key"
+    assert recent[0].revokes == tampered.payload_digest()  # v2 names the statement
+    assert recent[1].revoked_reason == "wrong repository key"
     assert await store.revocation_reasons([tampered.digest(), "00" * 32]) == {
         tampered.digest(): "wrong repository key"
     }
@@ -274,8 +297,8 @@ async def test_tampered_revocation_history_and_filters(store: Store) -> None:
     await store.record_status("rb-beta", "online", {}, 150.0)  # no change: not repeated
     await store.record_status("rb-beta", "offline", {}, None)
     history = await store.status_history("rb-beta")
-    assert [h["state"] for h in history] == ["offline", "online"]
-    assert history[1]["at"] == "1970-01-01T00:01:40Z"
+    assert [h.state for h in history] == ["offline", "online"]
+    assert history[1].at == "1970-01-01T00:01:40Z"
 
 
 async def test_cancelled_store_stays_cancelled(store: Store) -> None:
@@ -301,7 +324,7 @@ async def test_cancelled_store_stays_cancelled(store: Store) -> None:
     last = alpha.rebuild("z", "1", {"z_1_all.deb": sha("z")})
     result = await store.store_batch([accepted(alpha, last)])
     assert len(result.stored) == 1
-    assert (await store.totals())["envelopes"] % 20 == 1
+    assert (await store.totals()).envelopes % 20 == 1
 
 
 async def test_tampered_files_are_listed_until_revoked(store: Store) -> None:
@@ -317,8 +340,8 @@ async def test_tampered_files_are_listed_until_revoked(store: Store) -> None:
     assert [a.verdict for a in result.stored] == ["tampered", "unreproducible"]
     assert [a.rebuilder for a in result.tampered] == ["rb-alpha"]
     (row,) = await store.tampered()
-    assert row["rebuilder"] == "rb-alpha" and row["artifact"] == DEB
-    assert (row["rebuilt"], row["buildinfo"], row["repository"]) == (
+    assert row.rebuilder == "rb-alpha" and row.artifact == DEB
+    assert (row.rebuilt, row.buildinfo, row.repository) == (
         sha("built"), sha("built"), sha("served"))
     assert await store.tampered("hello", "1.0-1") == [row]
     assert await store.tampered("hello", "9") == []
@@ -327,7 +350,7 @@ async def test_tampered_files_are_listed_until_revoked(store: Store) -> None:
 
 
 async def test_migration_to_version_4_reads_mismatch_as_unreproducible(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     await s.ensure_rebuilders(["rb-alpha"])
     await s.store_batch([
         accepted(A, A.rebuild("hello", "1.0-1", {DEB: sha("x")}, upstream={DEB: sha("h")})),
@@ -340,12 +363,12 @@ async def test_migration_to_version_4_reads_mismatch_as_unreproducible(tmp_path:
         db.execute("UPDATE counts SET verdict = 'mismatch'")
         db.execute("INSERT INTO counts VALUES ('rb-alpha', 'unreproducible', 1)")
         _back_to_version(db, 3)
-    s = await Store.open(tmp_path / "c.db")
+    s = await open_store(tmp_path / "c.db")
     try:
         # migration 6 counts again from the envelopes themselves
         assert (await s.counts())["rb-alpha"] == {"unreproducible": 2}
         found = await s.search_packages("hello", 10)
-        assert {p["verdicts"]["rb-alpha"] for p in found} == {"unreproducible"}
+        assert {p.verdicts["rb-alpha"] for p in found} == {"unreproducible"}
     finally:
         await s.close()
 async def test_revoked_statements_leave_the_package_views_and_disagreements(store: Store) -> None:
@@ -355,4 +378,65 @@ async def test_revoked_statements_leave_the_package_views_and_disagreements(stor
     result = await store.store_batch([accepted(B, bad_env)])  # revoked before it arrived
     assert result.new_disagreements == []
     found = await store.search_packages("hello", 10)
-    assert found[0]["verdicts"] == {"rb-alpha": "reproduced"}
+    assert found[0].verdicts == {"rb-alpha": "reproduced"}
+
+
+async def test_migration_from_version_6_keys_what_was_stored_as_debian(tmp_path: Path) -> None:
+    """A database of schema 6 (before ecosystems): its packages, disagreements (ids kept) and
+    the revocation of one of its envelopes are Debian's after the upgrade, and new envelopes
+    of the same package meet the old ones."""
+    s = await open_store(tmp_path / "c.db")
+    await s.ensure_rebuilders(["rb-alpha", "rb-beta"])
+    a = A.rebuild("hello", "1.0-1", {DEB: sha("h")})
+    await s.store_batch([accepted(A, a), accepted(B, B.rebuild("hello", "1.0-1",
+                                                               {DEB: sha("x")}))])
+    (old,) = await s.disagreements()
+    await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        _back_to_version(db, 6)
+        assert "ecosystem" not in {r[1] for r in db.execute("PRAGMA table_info(envelopes)")}
+    s = await open_store(tmp_path / "c.db")
+    try:
+        (d,) = await s.disagreements()
+        assert (d.id, d.ecosystem, d.digests) == (old.id, "debian", old.digests)
+        assert d.to_dict()["package"] == {"ecosystem": "debian", "name": "hello",
+                                          "version": "1.0-1"}
+        assert [p.ecosystem for p in await s.package_versions("hello")] == ["debian"]
+        assert await s.package_versions("hello", ecosystem="pypi") == []
+        assert len(await s.envelopes_for_package("hello", "1.0-1")) == 2
+        # stored after the upgrade: the same package, one more rebuilder's view of it
+        c = Signer("rb-gamma")
+        await s.ensure_rebuilders(["rb-gamma"])
+        result = await s.store_batch([accepted(c, c.rebuild("hello", "1.0-1",
+                                                            {DEB: sha("h")}))])
+        assert [e.id for e in await s.envelopes_of("rb-gamma", 0, 1e12)] == [3]
+        assert result.new_disagreements == []  # the known disagreement, updated
+        (d,) = await s.disagreements()
+        assert d.digests == {"rb-alpha": sha("h"), "rb-beta": sha("x"), "rb-gamma": sha("h")}
+        await s.store_batch([accepted(A, A.revoke(a))])
+        # the revocation (it names a statement, not a package) is not one of the results
+        assert [r.revoked for r in await s.package_results("hello", "1.0-1")] == [
+            True, False, False]
+    finally:
+        await s.close()
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+
+
+async def test_ecosystems_are_kept_apart(store: Store) -> None:
+    """The same name and version in two ecosystems are two packages: their digests never
+    disagree with each other, and each ecosystem's queries see only its own."""
+    deb = accepted(A, A.rebuild("hello", "1.0", {"hello-1.0.tar.gz": sha("d")}))
+    other = dataclasses.replace(
+        accepted(B, B.rebuild("hello", "1.0", {"hello-1.0.tar.gz": sha("p")})),
+        ecosystem="pypi")
+    result = await store.store_batch([deb, other])
+    assert len(result.stored) == 2 and result.new_disagreements == []
+    assert [b for b in await store.envelopes_for_package("hello", "1.0")] == [deb.body]
+    assert await store.envelopes_for_package("hello", "1.0", ecosystem="pypi") == [other.body]
+    found = await store.search_packages("hello", 10)
+    assert sorted(p.ecosystem for p in found) == ["debian", "pypi"]
+    assert [p.ecosystem for p in await store.search_packages("hello", 10,
+                                                               ecosystem="pypi")] == ["pypi"]
+    assert [r.rebuilder for r in await store.package_results("hello", "1.0",
+                                                             ecosystem="pypi")] == ["rb-beta"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from rebuilder import sandbox
 from rebuilder.outcome import BuildJob
-from rebuilder.testrepo._sources import Kind, PackageSpec, write_source
+from rqdemo.testrepo._sources import Kind, PackageSpec, write_source
 from verifier.statement import Digest
 
 GENERATOR_VERSION = 2  # 2: signed InRelease and Release.gpg

@@ -32,8 +32,8 @@ Builds are cached under ``$RQ_TESTREPO_CACHE`` (default ``~/.cache/repro-quorum/
 keyed by the package specs, ``GENERATOR_VERSION`` and the host's installed packages; ``dest``
 gets a copy. Command line::
 
-    python -m rebuilder.testrepo build DEST [--extra N]
-    python -m rebuilder.testrepo serve DEST [--port N]
+    python -m rqdemo.testrepo build DEST [--extra N]
+    python -m rqdemo.testrepo serve DEST [--port N]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rebuilder.testrepo._binnmu import add_binnmu, binnmu_entry
-from rebuilder.testrepo._repo import (
+from rqdemo.testrepo._binnmu import add_binnmu, binnmu_entry
+from rqdemo.testrepo._repo import (
     BUILDINFO_TEMPLATE,
     GENERATOR_VERSION,
     PublishedDeb,
@@ -61,7 +61,7 @@ from rebuilder.testrepo._repo import (
     sign_file,
     sign_release,
 )
-from rebuilder.testrepo._sources import Kind, PackageSpec
+from rqdemo.testrepo._sources import Kind, PackageSpec
 
 __all__ = [
     "BUILDINFO_TEMPLATE",
