@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 Step = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
-class SchemaError(BadDataError):
+class SchemaError(BadDataError, RuntimeError):
     """The database was written by a newer version, or is not a database of this schema (one
-    of the verifier's error families, verifier/errors.py)."""
+    of the verifier's error families, verifier/errors.py; still a RuntimeError for old callers)."""
 
     def __init__(self, message: str) -> None:
         super().__init__("state database", message, message=message)
