@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing as mp
+import os
 import resource
 import subprocess
 import sys
@@ -166,12 +167,21 @@ def main(quick: bool = False) -> dict[str, object]:
             if not server.is_alive():
                 raise RuntimeError("the server process died")
             assert all(port_open(n["port"]) for n in nodes) and port_open(coord_port)
+            # As an installed package is: byte-compiled (pip and dpkg compile at install time;
+            # an editable checkout under PYTHONDONTWRITEBYTECODE=1 would compile every run).
+            import verifier as verifier_package
+
+            subprocess.run([sys.executable, "-m", "compileall", "-q",
+                            str(Path(verifier_package.__file__).parent)],
+                           check=True, capture_output=True)
+            load_before = os.getloadavg()[0]
             verifier = str(Path(sys.executable).parent / "verifier")
             base = [verifier, "check", "--policy", str(policy)]
             coord = ["--coordinator", f"http://127.0.0.1:{coord_port}"]
             one = _timed([*base, *coord, str(debs[0])], runs)
             via_coordinator = _timed([*base, *coord, *map(str, debs)], runs)
             direct = _timed([*base, *map(str, debs)], runs)
+            load_after = os.getloadavg()[0]
         finally:
             server.kill()
             server.join(10)
@@ -190,6 +200,7 @@ def main(quick: bool = False) -> dict[str, object]:
         "target_directly_s": 3.0,
         "met": via_coordinator[0] < 1.0 and direct[0] < 3.0,
         "runs_each": runs,
+        "load_average_1min": f"{load_before:.1f} before, {load_after:.1f} after",
         "reported": f"fastest of {runs} runs of each command",
     }
 

@@ -322,7 +322,8 @@ def write_policy(state: Path, nodes: list[Node]) -> Path:
             # a policy names operators by id (verifier.md): "Alpha University" -> alpha-university
             f"operator = {json.dumps(re.sub(r'[^a-z0-9]+', '-', n.operator.lower()).strip('-'))}",
             f'url = "{n.url}"',
-            f'public_key_file = "coordinator/keys/{n.id}.pub"',
+            # inline, so that the file can be copied (docs/verifier.md, "Try it against the demo")
+            f'public_key = """{n.public_pem().strip()}"""',
         ]
     path = state / "policy.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -552,6 +553,9 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                          "DEMO_ONCE to browse the dashboard")
                 return 0 if all_as_expected else 1
             out.step(f"Dashboard: {coordinator}/")
+            out.info(f"to try the APT hook against this network (docs/verifier.md, \"Try it "
+                     f"against the demo\"): repository {repo_url}, its keyring {repo.keyring}, "
+                     f"the policy {policy}")
             out.info("the network keeps running; press Ctrl-C to stop it")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -7,31 +7,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 import verifier.many
-from rebuilder.api import create_app
-from rebuilder.config import parse_config
-from rebuilder.db import NewAttestation, Store
 from tests.integration._debs import make_deb
+from tests.integration._nodes import policy_toml, real_nodes
 from tests.integration._verifier_servers import Behaviour, serving
 from tests.integration.test_verifier_online import FAST, IDS, att, policy_for
-from tests.support import free_port
 from tests.unit.verifier._vectors import VECTORS, load_case
 from verifier.cli import main
 from verifier.debian import read_deb_identity, sha256_file
 from verifier.decision import NOT_WAITED_FOR, Artifact, QuorumResult, Status
-from verifier.dsse import sign
-from verifier.keys import generate_private_key, public_key_pem, save_private_key
 from verifier.many import BATCH_PATH, check_many_online
 from verifier.sources import ClientConfig, open_fetcher
-from verifier.statement import Digest, OutputVerdict, PackageIdentity, RebuildStatement, Subject
 
 _, ARTIFACT, _, _, NOW = load_case("quorum_reached")
 OTHER_DEB = VECTORS / "debs/other/hello_1.0-1_amd64.deb"
@@ -135,65 +125,6 @@ async def test_batches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- `verifier check` against real nodes ---------------------------------------------------
 
 
-@asynccontextmanager
-async def real_nodes(tmp_path: Path, debs: list[Path], n: int) -> AsyncIterator[
-        tuple[list[tuple[str, str, str]], list[list[str]]]]:
-    """``n`` real node APIs whose stores hold a signed reproduction of every .deb; yields
-    (id, url, public key PEM) per node and the request paths each node saw."""
-    t = datetime.now(UTC).replace(microsecond=0)
-    nodes, seen, runners = [], [], []
-    try:
-        for r in range(n):
-            nd = tmp_path / f"rb-{r}"
-            nd.mkdir()
-            key = generate_private_key()
-            save_private_key(key, nd / "signing.pem")
-            port = free_port()
-            cfg = parse_config({"node": {"id": f"rb-{r}", "operator": f"op-{r}",
-                                         "listen": f"127.0.0.1:{port}",
-                                         "signing_key": "signing.pem",
-                                         "public_url": f"http://127.0.0.1:{port}"}}, nd)
-            store = await Store.open(cfg.node.db_path)
-            for i, deb in enumerate(debs):
-                ident, digest = read_deb_identity(deb), sha256_file(deb)
-                name = ident.subject_name
-                st = RebuildStatement(
-                    package=PackageIdentity("debian", ident.source, ident.source_version,
-                                            ident.architecture),
-                    subjects=(Subject(name, digest),),
-                    builder_id=f"{cfg.node.public_url}/v1/node", started_on=t, finished_on=t,
-                    invocation_id=f"rb-{r}/{i}", buildinfo_uri="http://h/x.buildinfo",
-                    buildinfo_sha256=Digest(digest), repository="http://h stable",
-                    verdicts=(OutputVerdict(name, "reproduced", rebuilt=digest,
-                                            buildinfo=digest, repository=digest),))
-                env = sign(st.to_bytes(), key)
-                await store.add_attestation(NewAttestation(
-                    envelope_sha256=env.digest(), envelope=env.to_bytes(), kind="rebuild",
-                    source=ident.source, version=ident.source_version,
-                    arch=ident.architecture, subjects=((name, digest),)))
-            paths: list[str] = []
-
-            @web.middleware
-            async def record(request: web.Request, handler: object,
-                             paths: list[str] = paths) -> web.StreamResponse:
-                paths.append(f"{request.method} {request.path}")
-                return await handler(request)  # type: ignore[operator, no-any-return]
-
-            app = create_app(cfg, store=store)
-            app.middlewares.insert(0, record)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            runners.append((runner, store))
-            nodes.append((f"rb-{r}", cfg.node.public_url, public_key_pem(key.public_key())))
-            seen.append(paths)
-        yield nodes, seen
-    finally:
-        for runner, store in runners:
-            await runner.cleanup()
-            await store.close()
-
-
 async def test_verifier_check_asks_each_real_node_once(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     debs = []
@@ -206,9 +137,7 @@ async def test_verifier_check_asks_each_real_node_once(tmp_path: Path,
     make_deb(stranger, "stranger", "1.0", "amd64")
     async with real_nodes(tmp_path, debs, 3) as (nodes, seen):
         policy = tmp_path / "policy.toml"
-        policy.write_text("threshold = 2\n" + "".join(
-            f'\n[[rebuilder]]\nid = "{rid}"\noperator = "op-{rid}"\nurl = "{url}"\n'
-            f'public_key = """{pem}"""\n' for rid, url, pem in nodes))
+        policy.write_text(policy_toml(nodes, threshold=2))
         argv = ["check", "--json", "--policy", str(policy), *map(str, debs)]
         code = await asyncio.to_thread(main, argv)
         docs = json.loads(capsys.readouterr().out)
