@@ -3,7 +3,7 @@ for tests of the installer's side that need genuine rebuilders without running r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,22 +30,25 @@ def policy_toml(nodes: list[tuple[str, str, str]], threshold: int) -> str:
 
 
 @asynccontextmanager
-async def real_nodes(tmp_path: Path, debs: list[Path], n: int) -> AsyncIterator[
+async def real_nodes(tmp_path: Path, debs: list[Path], n: int,
+                     names: Sequence[tuple[str, str]] = ()) -> AsyncIterator[
         tuple[list[tuple[str, str, str]], list[list[str]]]]:
     """``n`` real node APIs whose stores hold a signed reproduction of every .deb; yields
-    (id, url, public key PEM) per node and the request paths each node saw."""
+    (id, url, public key PEM) per node and the request paths each node saw. Node ``r`` is
+    ``names[r]`` (id, operator) if given, else ``rb-<r>`` of ``op-<r>``; its directory is
+    ``tmp_path/<id>``, its key ``keys/signing.pem`` there (as ``rebuilder init`` writes it)."""
     t = datetime.now(UTC).replace(microsecond=0)
     nodes, seen, runners = [], [], []
     try:
         for r in range(n):
-            nd = tmp_path / f"rb-{r}"
-            nd.mkdir()
+            rid, operator = names[r] if names else (f"rb-{r}", f"op-{r}")
+            nd = tmp_path / rid
             key = generate_private_key()
-            save_private_key(key, nd / "signing.pem")
+            save_private_key(key, nd / "keys" / "signing.pem")
             port = free_port()
-            cfg = parse_config({"node": {"id": f"rb-{r}", "operator": f"op-{r}",
+            cfg = parse_config({"node": {"id": rid, "operator": operator,
                                          "listen": f"127.0.0.1:{port}",
-                                         "signing_key": "signing.pem",
+                                         "signing_key": "keys/signing.pem",
                                          "public_url": f"http://127.0.0.1:{port}"}}, nd)
             store = await Store.open(cfg.node.db_path)
             for i, deb in enumerate(debs):
@@ -56,7 +59,7 @@ async def real_nodes(tmp_path: Path, debs: list[Path], n: int) -> AsyncIterator[
                                             ident.architecture),
                     subjects=(Subject(name, digest),),
                     builder_id=f"{cfg.node.public_url}/v1/node", started_on=t, finished_on=t,
-                    invocation_id=f"rb-{r}/{i}", buildinfo_uri="http://h/x.buildinfo",
+                    invocation_id=f"{rid}/{i}", buildinfo_uri="http://h/x.buildinfo",
                     buildinfo_sha256=Digest(digest), repository="http://h stable",
                     verdicts=(OutputVerdict(name, "reproduced", rebuilt=digest,
                                             buildinfo=digest, repository=digest),))
@@ -79,7 +82,7 @@ async def real_nodes(tmp_path: Path, debs: list[Path], n: int) -> AsyncIterator[
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             runners.append((runner, store))
-            nodes.append((f"rb-{r}", cfg.node.public_url, public_key_pem(key.public_key())))
+            nodes.append((rid, cfg.node.public_url, public_key_pem(key.public_key())))
             seen.append(paths)
         yield nodes, seen
     finally:
