@@ -215,6 +215,14 @@ async def test_installer_guide_runs_as_written_on_a_fresh_debian(
         assert link.is_symlink()
         target = root / os.readlink(link).lstrip("/")
         assert target.is_file() and os.access(target, os.X_OK)
+        # Nothing from PyPI: the verifier runs on Debian's own aiohttp and cryptography.
+        libs = await asyncio.to_thread(
+            in_chroot, root, "/opt/repro-quorum/verifier/bin/python -c 'import aiohttp, "
+            "cryptography, debian; print(aiohttp.__file__, cryptography.__file__, "
+            "debian.__file__, aiohttp.__version__)'")
+        paths = libs.stdout.split()
+        assert len(paths) == 4 and all(
+            p.startswith("/usr/lib/python3/dist-packages/") for p in paths[:3]), libs
         dump = await asyncio.to_thread(in_chroot, root, "apt-config dump DPkg::Pre-Install-Pkgs")
         assert ('"/usr/local/bin/verifier apt-hook --policy /etc/repro-quorum/policy.toml"'
                 in dump.stdout), dump.stdout + dump.stderr
@@ -236,3 +244,5 @@ async def test_installer_guide_runs_as_written_on_a_fresh_debian(
     log = (root / "var/log/repro-quorum/decisions.jsonl").read_text().splitlines()
     verdicts = [json.loads(line)["outcome"] for line in log]
     assert verdicts == ["accepted", "refused"], log
+    print(f"bookworm's aiohttp {paths[3]}; block outputs:", *outputs, r.stdout, r.stderr,
+          sep="\n")  # shown with -s
