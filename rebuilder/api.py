@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from rebuilder import __version__
+from rebuilder.batch import post_attestations_batch
 from rebuilder.config import Config
 from rebuilder.db import Store
 from rebuilder.intoto import link_for, link_signer, sign_link, sslib_key
@@ -371,6 +372,7 @@ def create_app(config: Config, *, store: Store | None = None,
 
     app.cleanup_ctx.append(open_store)
     app.router.add_get("/v1/attestations", attestations)
+    app.router.add_post("/v1/attestations:batch", post_attestations_batch)
     app.router.add_get("/v1/packages/{ecosystem}/{name}/{version}", package)
     app.router.add_get("/v1/builds/{id}", build)
     app.router.add_get("/v1/builds/{id}/log", build_log)

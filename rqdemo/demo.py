@@ -308,7 +308,8 @@ def write_policy(state: Path, nodes: list[Node]) -> Path:
             # a policy names operators by id (verifier.md): "Alpha University" -> alpha-university
             "operator": re.sub(r"[^a-z0-9]+", "-", n.operator.lower()).strip("-"),
             "url": n.url,
-            "public_key_file": f"coordinator/keys/{n.id}.pub",
+            # inline, so that the file can be copied (docs/verifier.md, "Try it against the demo")
+            "public_key": n.public_pem().strip(),
         } for n in nodes],
     }, "2 of these 3 rebuilders, of distinct operators, must have reproduced a .deb")
     return path
@@ -537,6 +538,9 @@ async def demo(state: Path, once: bool, out: Out) -> int:
                          "DEMO_ONCE to browse the dashboard")
                 return 0 if all_as_expected else 1
             out.step(f"Dashboard: {coordinator}/")
+            out.info(f"to try the APT hook against this network (docs/verifier.md, \"Try it "
+                     f"against the demo\"): repository {repo_url}, its keyring {repo.keyring}, "
+                     f"the policy {policy}")
             out.info("the network keeps running; press Ctrl-C to stop it")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -32,7 +32,6 @@ from verifier.policy import DEFAULT_POLICY_PATH, Policy
 from verifier.sources import (
     ClientConfig,
     check_many_via_coordinator,
-    check_online,
     group_by_key,
     open_fetcher,
 )
@@ -45,7 +44,6 @@ __all__ = ["main", "parse_hook_input"]
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 MAX_HOOK_INPUT = 16 * 1024 * 1024
-_CONCURRENT_ARTIFACTS = 8
 BREAKGLASS_HINT = 'REPRO_QUORUM_BREAKGLASS="<reason>" apt-get ...'
 
 
@@ -133,21 +131,19 @@ async def check_artifacts(
             return [Checked(p, decide(a, policy, evidence, now)) for p, a in artifacts]
     if policy.log.require_inclusion:
         return await _check_all_with_proofs(artifacts, policy, coordinator, config, now)
-    limit = asyncio.Semaphore(_CONCURRENT_ARTIFACTS)
+    from verifier.many import check_many_online
+
     async with open_fetcher() as fetcher:
-        if coordinator:  # one round trip for up to BATCH_SIZE artifacts
+        # One round trip for up to BATCH_SIZE artifacts: to the coordinator, or to each
+        # rebuilder at once (per artifact to one that has no batch endpoint).
+        if coordinator:
             results = await check_many_via_coordinator(
                 [a for _, a in artifacts], policy, fetcher, coordinator, now, config
             )
-            return [Checked(p, r) for (p, _), r in zip(artifacts, results, strict=True)]
-
-        async def one(path: Path, artifact: Artifact) -> Checked:
-            async with limit:
-                return Checked(path, await check_online(artifact, policy, fetcher, now, config))
-
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(p, a), name=f"check {p}") for p, a in artifacts]
-    return [t.result() for t in tasks]
+        else:
+            results = await check_many_online([a for _, a in artifacts], policy, fetcher, now,
+                                              config)
+    return [Checked(p, r) for (p, _), r in zip(artifacts, results, strict=True)]
 
 
 async def _check_all_with_proofs(

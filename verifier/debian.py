@@ -10,9 +10,14 @@ path: ``{Package}_{Version without epoch}_{Architecture}.deb``::
 from __future__ import annotations
 
 import hashlib
+import io
+import lzma
 import re
+import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from verifier.errors import BadDataError
 from verifier.statement import Digest, PackageIdentity
@@ -80,8 +85,143 @@ def parse_control(package: str, version: str, architecture: str, source: str | N
     return DebIdentity(package, version, architecture, src_name, src_version)
 
 
+# A control archive is small (control, md5sums, maintainer scripts); a hostile .deb must not make
+# the verifier read or inflate more than this. The control file itself is a few kilobytes.
+MAX_CONTROL_MEMBER = 256 * 1024 * 1024
+MAX_CONTROL_FILE = 4 * 1024 * 1024
+_AR_MAGIC = b"!<arch>\n"
+_TAR_MODES = {b"control.tar": "r|", b"control.tar.gz": "r|gz", b"control.tar.xz": "r|xz"}
+
+
+class _Bounded(io.RawIOBase):
+    """The bytes of one ar member, read from the open .deb: never past its end."""
+
+    def __init__(self, f: io.BufferedReader, size: int) -> None:
+        self._f, self._left = f, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(memoryview(b)[: self._left]) if self._left else 0
+        if n is None:
+            return 0
+        self._left -= n
+        return n
+
+
+def _control_member(f: io.BufferedReader, path: Path) -> tuple[bytes, int]:
+    """Position ``f`` at the control archive of the .deb; its ar name and size.
+
+    The layout dpkg requires: ``debian-binary`` (format 2.x) first, then ``control.tar*``,
+    members whose name starts with ``_`` allowed in between.
+    """
+    if f.read(8) != _AR_MAGIC:
+        raise BadDataError("deb", f"{path} is not a Debian package (no ar archive header)")
+    first = True
+    while True:
+        header = f.read(60)
+        if len(header) < 60:
+            raise BadDataError("deb", f"{path} is not a readable Debian package: no control"
+                               " member")
+        if header[58:60] != b"`\n":
+            raise BadDataError("deb", f"{path} is not a readable Debian package: bad ar header")
+        name = header[:16].rstrip(b" ").removesuffix(b"/")
+        try:
+            size = int(header[48:58].decode("ascii"))
+        except ValueError:
+            raise BadDataError("deb", f"{path} is not a readable Debian package: bad ar member"
+                               " size") from None
+        if first:
+            if name != b"debian-binary" or size > 64 or not f.read(size).startswith(b"2."):
+                raise BadDataError("deb", f"{path} is not a Debian package of format 2.x")
+            first = False
+        elif name.startswith(b"control.tar"):
+            return name, size
+        elif name.startswith(b"_"):
+            f.seek(size, 1)
+        else:
+            raise BadDataError("deb", f"{path} is not a readable Debian package: member"
+                               f" {name.decode('ascii', 'replace')!r} before the control one")
+        if size % 2:
+            f.seek(1, 1)
+
+
+def _control_file(path: Path) -> bytes | None:
+    """The ``control`` file's bytes, or None for a compression only python-debian reads."""
+    with path.open("rb") as f:
+        name, size = _control_member(f, path)
+        mode = _TAR_MODES.get(name)
+        if mode is None:
+            return None
+        if size > MAX_CONTROL_MEMBER:
+            raise BadDataError("deb", f"{path}: the control archive is over"
+                               f" {MAX_CONTROL_MEMBER} bytes")
+        raw = io.BufferedReader(_Bounded(f, size), 64 * 1024)
+        try:
+            with tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    if member.name not in ("./control", "control"):
+                        continue
+                    if not member.isfile() or member.size > MAX_CONTROL_FILE:
+                        raise BadDataError("deb", f"{path}: the control file is not a regular"
+                                           f" file of at most {MAX_CONTROL_FILE} bytes")
+                    data = tar.extractfile(member)
+                    assert data is not None  # a regular file
+                    return bytes(data.read())
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            raise BadDataError("deb", f"{path}: the control archive is unreadable: {e}") from e
+    raise BadDataError("deb", f"{path}: the control archive holds no control file")
+
+
+def parse_control_fields(text: str, where: str) -> dict[str, str]:
+    """The fields of a deb822 control paragraph, keyed by lower-case name (dpkg's rules:
+    names are case-insensitive, a continuation line starts with a space or tab, a field given
+    twice is an error)."""
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the end of the paragraph
+            continue
+        if line[0] in " \t":
+            if last is None:
+                raise BadDataError("deb", f"{where}: a continuation line before any field")
+            fields[last] += "\n" + line
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or " " in name:
+            raise BadDataError("deb", f"{where}: {line[:60]!r} is not a control field")
+        key = name.lower()
+        if key in fields:
+            raise BadDataError("deb", f"{where}: field {name} is given twice")
+        fields[key], last = value.strip(), key
+    return fields
+
+
 def read_deb_identity(path: Path) -> DebIdentity:
     """Read Package, Version, Architecture and Source from a .deb's control member."""
+    try:
+        data = _control_file(path)
+    except OSError as e:
+        raise BadDataError("deb", f"{path} is not a readable Debian package: {e}") from e
+    if data is None:  # zstd, bzip2: python-debian's readers (it calls unzstd)
+        return _read_with_python_debian(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadDataError("deb", f"{path}: the control file is not UTF-8") from e
+    control = parse_control_fields(text, str(path))
+    missing = [f for f in ("Package", "Version", "Architecture") if not control.get(f.lower())]
+    if missing:
+        raise BadDataError("deb", f"{path} control data lacks {', '.join(missing)}")
+    return parse_control(
+        control["package"], control["version"], control["architecture"], control.get("source")
+    )
+
+
+def _read_with_python_debian(path: Path) -> DebIdentity:
     from debian import arfile, debfile  # imported late: python-debian is slow to import
 
     try:

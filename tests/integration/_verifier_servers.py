@@ -30,6 +30,8 @@ class Behaviour:
     delay: float = 0.0  # seconds before answering
     oversize: int = 0  # bytes of padding streamed before the JSON ends
     body: bytes | None = None  # answer exactly this instead
+    batch: bool = False  # serve POST /v1/attestations:batch too (as current nodes do)
+    batch_body: bytes | None = None  # answer the batch exactly this instead
     requests: list[str] = field(default_factory=list)
 
 
@@ -101,7 +103,21 @@ def create_app(b: Behaviour) -> web.Application:
         }
         return await answer(request, doc)
 
+    async def batch(request: web.Request) -> web.StreamResponse:
+        if b.batch_body is not None:
+            b.requests.append(request.path_qs)
+            return web.Response(body=b.batch_body, content_type="application/json")
+        queries = (await request.json())["queries"]
+        results = []
+        for q in queries:
+            digest = q["digest"].removeprefix("sha256:")
+            chosen = select(digest) + [e for e in select("") if e not in select(digest)]
+            results.append({"digest": q["digest"], "attestations": chosen})
+        return await answer(request, {"results": results})
+
     app = web.Application()
+    if b.batch:
+        app.router.add_post("/v1/attestations:batch", batch)
     app.router.add_get("/v1/attestations", attestations)
     app.router.add_get("/v1/packages/debian/{name}/{version}", packages)
     return app

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import load_config as load_coordinator_config
-from rqdemo.demo import Node, use_account, write_coordinator_config
 from rebuilder.cli import main as rebuilder_main
 from rebuilder.config import load_config as load_node_config
+from rqdemo.demo import Node, use_account, write_coordinator_config
 from verifier.keys import generate_private_key, save_private_key
 
 HOSTILE = ["Gamma 😀 Systems", 'say "hi"\\', "line\nbreak"]
