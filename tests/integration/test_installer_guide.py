@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from rqdemo.demo import NODES, Node, write_policy
 from rqdemo.testrepo import build_test_repository, serve_repository
-
 from tests.integration._nodes import real_nodes
 from tests.integration.test_operator_guide import Block, guide_blocks
 
