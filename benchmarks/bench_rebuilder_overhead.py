@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-import rebuilder.build as build_module
+import rebuilder.debian.build as build_module
 from rebuilder.cli import main as cli_main
 from rebuilder.config import load_config
 from rebuilder.daemon import make_builder

@@ -144,7 +144,7 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
 
 def _binnmu_source_version(data: bytes, version: str) -> str | None:
     """A binNMU buildinfo's source version (``Source: hello (2.10-3)``), else None."""
-    from rebuilder.indexes import is_binnmu_version
+    from rebuilder.debian.indexes import is_binnmu_version
 
     m = re.search(rb"^Source:[ \t]*\S+[ \t]+\(([^()\s]+)\)[ \t]*$", data, re.MULTILINE)
     source_version = m[1].decode("ascii", "replace") if m else None
@@ -156,7 +156,7 @@ def _binnmu_source_version(data: bytes, version: str) -> str | None:
 async def _read_buildinfo(where: str) -> tuple[str | None, bytes]:
     """The buildinfo's URL (None for a local file) and its bytes."""
     if urlsplit(where).scheme in ("http", "https"):
-        from rebuilder.watch import fetch_bounded
+        from rebuilder.debian.watch import fetch_bounded
 
         async with aiohttp.ClientSession() as session:
             return where, await fetch_bounded(session, where, MAX_BUILDINFO_BYTES)
@@ -178,9 +178,9 @@ def _read_local_buildinfo(where: str) -> bytes:
 async def _from_repository(repo: RepositoryConfig, job: BuildJob, store: Store) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
-    from rebuilder.indexes import check_release
-    from rebuilder.indexproc import JobSink
-    from rebuilder.watch import Watcher, fetch_release
+    from rebuilder.debian.indexes import check_release
+    from rebuilder.debian.indexproc import JobSink
+    from rebuilder.debian.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
         watcher = Watcher((repo,), None, session)

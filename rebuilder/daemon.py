@@ -24,14 +24,14 @@ from rebuilder.api import create_app
 from rebuilder.config import Config
 from rebuilder.cosign import WitnessClient, run_log
 from rebuilder.db import Store
-from rebuilder.locate import resolve_buildinfo
+from rebuilder.debian.locate import resolve_buildinfo
+from rebuilder.debian.watch import Watcher
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
 from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.tlog import NodeLog
 from rebuilder.tlog_http import log_settings
-from rebuilder.watch import Watcher
 from verifier.keys import load_private_key
 from verifier.tlog.note import NoteSigner
 
@@ -49,9 +49,9 @@ BuilderFactory = Callable[[Config, aiohttp.ClientSession], Builder]
 
 
 def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
-    """The production builder: ``rebuilder.build.run_rebuild`` with the config's settings."""
-    from rebuilder.build import run_rebuild  # the pipeline; imported late, it is heavy
-    from rebuilder.pins import SuiteSource
+    """The production builder: ``rebuilder.debian.build.run_rebuild`` with the config's settings."""
+    from rebuilder.debian.build import run_rebuild  # the pipeline; imported late, it is heavy
+    from rebuilder.debian.pins import SuiteSource
 
     settings = build_settings(config)
 
@@ -73,7 +73,7 @@ def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
 
 def build_settings(config: Config) -> Any:
     """The pipeline's ``BuildSettings`` from the [build] and [diffoscope] sections."""
-    from rebuilder.build import BuildSettings
+    from rebuilder.debian.build import BuildSettings
     from rebuilder.openpgp import SourcePolicy
 
     b, d = config.build, config.diffoscope

@@ -36,8 +36,9 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, pins, recovery, sandbox
-from rebuilder.buildinfo import (
+from rebuilder import compare, recovery, sandbox
+from rebuilder.debian import environment, pins
+from rebuilder.debian.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
     MAX_DSC_BYTES,

@@ -34,9 +34,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from rebuilder.buildinfo import Dependency
-from rebuilder.fetch import fetch_bytes
-from rebuilder.indexes import (
+from rebuilder.debian.buildinfo import Dependency
+from rebuilder.debian.indexes import (
     MAX_PACKAGES_BYTES,
     MAX_RELEASE_BYTES,
     check_digest,
@@ -44,6 +43,7 @@ from rebuilder.indexes import (
     packages_candidates,
     parse_release,
 )
+from rebuilder.fetch import fetch_bytes
 from verifier.errors import BadDataError, UnreachableError
 
 __all__ = [

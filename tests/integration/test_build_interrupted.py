@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.outcome import Interrupted
 from rebuilder.testrepo import (
     TestRepository,

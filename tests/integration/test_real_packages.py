@@ -32,13 +32,13 @@ import aiohttp
 import pytest
 
 from rebuilder import sandbox
-from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.config import parse_config
-from rebuilder.locate import resolve_buildinfo
-from rebuilder.pins import SuiteSource
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.locate import resolve_buildinfo
+from rebuilder.debian.pins import SuiteSource
+from rebuilder.debian.watch import Watcher
 from rebuilder.testrepo import serve_repository
 from rebuilder.testrepo._repo import _indexes
-from rebuilder.watch import Watcher
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from rebuilder.config import RepositoryConfig, parse_config
 from rebuilder.db import Store
+from rebuilder.debian.watch import Watcher
 from rebuilder.testrepo import export_keyring, make_signing_key, sign_release
-from rebuilder.watch import Watcher
 from tests.support import free_port
 from tests.unit.rebuilder.node_helpers import serve
 from tests.unit.rebuilder.test_node_indexes import PACKAGES

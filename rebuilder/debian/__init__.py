@@ -1,0 +1,8 @@
+"""The Debian ecosystem of the node: an APT repository watched, one source package rebuilt.
+
+``watch`` (signed Release, then Packages/Sources) with ``indexes`` and ``indexproc`` (parsing in
+a worker process), ``locate`` (where a job's buildinfo is), ``buildinfo`` (.buildinfo and .dsc),
+``pins`` and ``environment`` (the pinned build dependencies, host or mmdebstrap), and ``build``
+(the Debian build steps: fetch, dpkg-buildpackage in the sandbox, compare). The generic stages
+(queue, sandbox, compare, attest, db, publish, api) stay in ``rebuilder/``.
+"""
