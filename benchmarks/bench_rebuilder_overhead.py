@@ -26,8 +26,8 @@ import aiohttp
 import rebuilder.debian.build as build_module
 from rebuilder.cli import main as cli_main
 from rebuilder.config import load_config
-from rebuilder.daemon import make_builder
 from rebuilder.db import Store
+from rebuilder.debian.node import make_builder
 from rebuilder.publish import flush_once
 from rebuilder.queue import JobRunner
 from rebuilder.testrepo import build_test_repository, serve_repository

@@ -40,6 +40,7 @@ from rebuilder.config import (
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
+from verifier.debian import SOURCE_FIELD, is_package_name, is_version
 from verifier.dsse import Envelope
 from verifier.errors import BadDataError, UnreachableError, VerifierError
 from verifier.keys import (
@@ -131,9 +132,9 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
     source = (para.get("Source") or "").split(" ")[0].strip()
     version = (para.get("Version") or "").strip()
     archs = (para.get("Architecture") or "").split()
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,99}", source):
+    if not is_package_name(source):
         raise BadDataError("buildinfo", f"Source {source!r} is missing or malformed")
-    if not re.fullmatch(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}", version):
+    if not is_version(version):
         raise BadDataError("buildinfo", f"Version {version!r} is missing or malformed")
     binary_archs = [a for a in archs if a != "source"]
     if not binary_archs:
@@ -146,8 +147,9 @@ def _binnmu_source_version(data: bytes, version: str) -> str | None:
     """A binNMU buildinfo's source version (``Source: hello (2.10-3)``), else None."""
     from rebuilder.debian.indexes import is_binnmu_version
 
-    m = re.search(rb"^Source:[ \t]*\S+[ \t]+\(([^()\s]+)\)[ \t]*$", data, re.MULTILINE)
-    source_version = m[1].decode("ascii", "replace") if m else None
+    m = re.search(rf"^Source:[ \t]*({SOURCE_FIELD.pattern})[ \t]*$",
+                  data.decode("utf-8", "replace"), re.MULTILINE)
+    source_version = m[3] if m else None
     if source_version and is_binnmu_version(version, source_version):
         return source_version
     return None

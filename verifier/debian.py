@@ -72,9 +72,10 @@ ARCHITECTURE = re.compile(_ARCH_RE)
 SOURCE_FIELD = re.compile(rf"({_NAME_RE})(?:\s+\(({_VERSION_RE})\))?")
 # ``{package}_{version without epoch}_{architecture}.deb``
 DEB_NAME = re.compile(rf"({_NAME_RE})_({_UPSTREAM_RE})_({_ARCH_RE})\.deb")
-# One pinned relation of a buildinfo's Installed-Build-Depends: ``name[:arch] (= version)``
+# One pinned relation of a buildinfo's Installed-Build-Depends: ``name[:arch] (= version)``;
+# the version is then checked with VERSION on its own, so that a refusal can name it.
 PINNED_RELATION = re.compile(
-    rf"(?P<name>{_NAME_RE})(?::(?P<arch>{_ARCH_RE}))?\s*\(\s*=\s*(?P<version>{_VERSION_RE})\s*\)"
+    rf"(?P<name>{_NAME_RE})(?::(?P<arch>{_ARCH_RE}))?\s*\(\s*=\s*(?P<version>[^\s()]+)\s*\)"
 )
 
 BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v2"
@@ -102,10 +103,16 @@ def parse_source_field(value: str, version: str, what: str = "deb") -> tuple[str
     """(source name, source version) of a ``Source`` field; without ``(version)`` the source
     version is the binary's ``version``. ``BadDataError`` naming ``what`` when malformed."""
     m = SOURCE_FIELD.fullmatch(value.strip())
-    if not m:
-        raise BadDataError(what, f"Source field {value[:120]!r} is malformed: expected"
-                                 " 'name' or 'name (version)' with a Debian name and version")
-    return m.group(1), m.group(2) or version
+    if m:
+        return m.group(1), m.group(2) or version
+    name, _, rest = value.strip().partition(" ")
+    if not is_package_name(name):
+        why = f"{name[:100]!r} is not a source package name"
+    elif rest.strip().startswith("(") and rest.strip().endswith(")"):
+        why = f"{rest.strip()[1:-1][:140]!r} is not a Debian version"
+    else:
+        why = "expected 'name' or 'name (version)'"
+    raise BadDataError(what, f"Source {value[:160]!r} is malformed: {why}")
 
 
 def parse_deb_name(file_name: str) -> tuple[str, str, str] | None:
@@ -202,13 +209,20 @@ class DebianEcosystem(Ecosystem):
     build_type = BUILD_TYPE
     legacy_build_types = frozenset({BUILD_TYPE_V1})
 
-    def package_problem(self, name: object, version: object, architecture: object) -> str | None:
-        # the statement's package: source name, source version, build architecture
+    def lookup_problem(self, name: object, version: object) -> str | None:
+        # source name and source version
         if not is_package_name(name):
             return (f"package name {name!r:.120} is not a Debian source package name"
                     " (lowercase letters, digits and + - ., at most 100 characters)")
         if not is_version(version):
-            return f"package version {version!r:.160} is not a Debian version"
+            return (f"package version {version!r:.160} is not a Debian version"
+                    " ([epoch:]upstream[-revision], at most 128 characters after the epoch)")
+        return None
+
+    def package_problem(self, name: object, version: object, architecture: object) -> str | None:
+        # the statement's package: source name, source version, build architecture
+        if (problem := self.lookup_problem(name, version)) is not None:
+            return problem
         if not is_architecture(architecture):
             return f"package architecture {architecture!r:.60} is not a Debian architecture"
         return None

@@ -85,10 +85,15 @@ class Ecosystem(ABC):
     legacy_build_types: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
+    def lookup_problem(self, name: object, version: object) -> str | None:
+        """None when (name, version) may name a rebuilt package (as in
+        ``/v1/packages/<ecosystem>/<name>/<version>``); else what is wrong, starting with the
+        part (``package name``, ``package version``) and saying what was expected."""
+
+    @abstractmethod
     def package_problem(self, name: object, version: object, architecture: object) -> str | None:
-        """None when (name, version, architecture) is a valid rebuilt-package identity; else
-        what is wrong, starting with the part (``package name``, ``package version``,
-        ``package architecture``) and saying what was expected."""
+        """As ``lookup_problem``, for a statement's whole package identity (also
+        ``package architecture``)."""
 
     @abstractmethod
     def subject_name(self, name: str, version: str, architecture: str) -> str:

@@ -58,6 +58,7 @@ from rebuilder.outcome import (
     Stage,
     StateDiskFull,
 )
+from verifier.debian import parse_deb_name
 from verifier.errors import BadDataError, UnreachableError
 from verifier.statement import Digest
 from verifier.verdicts import job_verdict
@@ -678,9 +679,8 @@ async def _sandboxed(
 
 
 def _deb_arch(name: str) -> str | None:
-    if not name.endswith(".deb") or name.count("_") != 2:
-        return None
-    return name[:-4].rsplit("_", 1)[1]
+    parts = parse_deb_name(name)
+    return parts[2] if parts else None
 
 
 def _collect(run: _Run, tree: Path, info: Buildinfo) -> dict[str, tuple[Digest, Path]]:

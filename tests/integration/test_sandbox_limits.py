@@ -21,9 +21,9 @@ import pytest
 
 from rebuilder import sandbox
 from rebuilder.config import load_config
-from rebuilder.daemon import make_builder
 from rebuilder.db import Store
 from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.node import make_builder
 from rebuilder.outcome import RebuildOutcome
 from rebuilder.queue import JobRunner
 from rebuilder.testrepo import (
