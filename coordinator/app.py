@@ -29,6 +29,7 @@ from coordinator.mqtt import MqttLink
 from coordinator.mqtt5 import PACKET_DROP_REASONS
 from coordinator.service import STATUS_DROP_REASONS, Ingest
 from coordinator.store import Store, rfc3339
+from verifier import ecosystem as ecosystems
 from verifier.verdicts import JOB_VERDICTS
 
 __all__ = [
@@ -171,11 +172,15 @@ async def get_attestations(request: web.Request) -> web.Response:
 
 
 async def get_package(request: web.Request) -> web.Response:
+    try:
+        eco = ecosystems.get(request.match_info["ecosystem"])
+    except ecosystems.UnknownEcosystem as e:  # no such collection: 404, not 400
+        return json_error(404, str(e))
     source, version = package_parts(request)
     app = request.app
     bodies = await app[STORE].envelopes_for_package(source, version)
     views = await rebuilder_views(app)
-    head = {"package": {"ecosystem": "debian", "name": source, "version": version}}
+    head = {"package": {"ecosystem": eco.name, "name": source, "version": version}}
     tail: dict[str, Any] = {"rebuilders": _short(views)}
     if request.query.get("proofs"):  # inclusion proofs from the log monitor (branch tlog)
         from coordinator.witness_setup import proofs_for
@@ -393,7 +398,7 @@ def create_app(config: CoordinatorConfig) -> web.Application:
     app.cleanup_ctx.extend([_store_ctx, _ingest_ctx, _http_ctx, _mqtt_ctx, _scheduler_ctx])
     app.router.add_get("/v1/attestations", get_attestations)
     app.router.add_post("/v1/attestations:batch", post_attestations_batch)
-    app.router.add_get("/v1/packages/debian/{source}/{version}", get_package)
+    app.router.add_get("/v1/packages/{ecosystem}/{source}/{version}", get_package)
     app.router.add_get("/v1/rebuilders", get_rebuilders)
     app.router.add_get("/v1/disagreements", get_disagreements)
     app.router.add_get("/v1/tampered", get_tampered)

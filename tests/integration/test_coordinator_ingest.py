@@ -67,6 +67,9 @@ async def test_ingest_catchup_query_and_disagreement(tmp_path: Path, mosquitto: 
 
             status, doc = await get_json(f"{base}/v1/packages/debian/hello/1.0-1")
             assert status == 200 and len(doc["attestations"]) == 2
+            assert doc["package"]["ecosystem"] == "debian"
+            status, doc = await get_json(f"{base}/v1/packages/pypi/hello/1.0-1")
+            assert status == 404 and "'pypi'" in doc["error"] and "debian" in doc["error"], doc
 
             status, doc = await get_json(f"{base}/v1/rebuilders")
             counts = {r["id"]: r["counts"] for r in doc["rebuilders"]}
