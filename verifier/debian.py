@@ -59,8 +59,10 @@ _CHUNK = 1024 * 1024
 _NAME_RE = r"[a-z0-9][a-z0-9+.-]{0,99}"
 # Versions (Policy §5.6.12): [epoch:]upstream[-revision]. The epoch is 1-9 digits; the rest
 # starts with a letter or digit and uses letters, digits and . + ~ - (no colon after the epoch
-# and no underscore: both would make the .deb file name ambiguous); at most 128 characters.
-_UPSTREAM_RE = r"[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}"
+# and no underscore: both would make the .deb file name ambiguous); at most 100 characters, so
+# that the longest canonical .deb name (100 + 100 + 32 + 6) fits a statement's 255-character
+# subject name (bookworm's longest version has 52, its longest package name 75).
+_UPSTREAM_RE = r"[A-Za-z0-9][A-Za-z0-9.+~-]{0,99}"
 _VERSION_RE = rf"(?:[0-9]{{1,9}}:)?{_UPSTREAM_RE}"
 # Architectures (dpkg-architecture: amd64, arm64, all, kfreebsd-amd64, ...); at most 32.
 _ARCH_RE = r"[a-z0-9][a-z0-9-]{0,31}"
@@ -216,7 +218,7 @@ class DebianEcosystem(Ecosystem):
                     " (lowercase letters, digits and + - ., at most 100 characters)")
         if not is_version(version):
             return (f"package version {version!r:.160} is not a Debian version"
-                    " ([epoch:]upstream[-revision], at most 128 characters after the epoch)")
+                    " ([epoch:]upstream[-revision], at most 100 characters after the epoch)")
         return None
 
     def package_problem(self, name: object, version: object, architecture: object) -> str | None:
