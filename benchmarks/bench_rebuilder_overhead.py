@@ -23,11 +23,11 @@ from typing import Any
 
 import aiohttp
 
-import rebuilder.build as build_module
+import rebuilder.debian.build as build_module
 from rebuilder.cli import main as cli_main
 from rebuilder.config import load_config
-from rebuilder.daemon import make_builder
 from rebuilder.db import Store
+from rebuilder.debian.node import make_builder
 from rebuilder.publish import flush_once
 from rebuilder.queue import JobRunner
 from rqdemo.testrepo import build_test_repository, serve_repository

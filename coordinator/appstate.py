@@ -24,13 +24,13 @@ from coordinator.config import CoordinatorConfig
 from coordinator.mqtt import MqttLink
 from coordinator.service import Ingest
 from coordinator.store import Store, rfc3339
+from verifier import ecosystem as ecosystems
 from verifier.verdicts import JOB_VERDICTS
 
 __all__ = [
     "CATCHUP",
     "CONFIG",
     "DIGEST_PARAM",
-    "ECOSYSTEMS",
     "HTTP",
     "INGEST",
     "MQTT",
@@ -79,20 +79,17 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     return int(raw)
 
 
-# The ecosystems this coordinator stores attestations of (``/v1/packages/<ecosystem>/...``).
-ECOSYSTEMS = ("debian",)
-
-
 def ecosystem_part(request: web.Request) -> str:
     """The ``{ecosystem}`` of the route (Debian for routes without one), or 404 naming it."""
     ecosystem = request.match_info.get("ecosystem", "debian")
-    if ecosystem not in ECOSYSTEMS:
+    try:
+        return ecosystems.get(ecosystem).name
+    except ecosystems.UnknownEcosystem:  # no such collection: 404, not 400
         raise web.HTTPNotFound(
             text=json.dumps({"error": f"unknown ecosystem {ecosystem[:40]!r}: this coordinator"
-                                      f" stores {', '.join(ECOSYSTEMS)}"}),
+                                      f" stores {', '.join(ecosystems.names())}"}),
             content_type="application/json",
-        )
-    return ecosystem
+        ) from None
 
 
 def package_parts(request: web.Request) -> tuple[str, str]:

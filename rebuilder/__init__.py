@@ -1,8 +1,10 @@
 """repro-quorum's rebuilder node: watch a repository, rebuild, sign, store, publish.
 
-The stages of a rebuild, one module each: ``watch`` and ``indexes`` (Release/Packages/Sources ->
-jobs), ``queue`` (workers), ``build`` (the sandboxed pipeline: ``fetch``, ``environment``,
-``sandbox`` with ``_cgroup`` and ``_buildfs`` for its kernel limits, ``compare``; returns an
+The stages of a rebuild, one module each: ``ecosystem`` (how a repository is watched and how
+one rebuild runs, per ecosystem; Debian's in ``debian/``: ``watch``, ``indexes`` and
+``indexproc`` for Release/Packages/Sources -> jobs, ``build`` with ``buildinfo``, ``pins`` and
+``environment``), ``queue`` (workers), ``fetch``, ``sandbox`` with ``_cgroup`` and
+``_buildfs`` for its kernel limits, ``compare`` (the pipeline returns an
 ``outcome.RebuildOutcome``), ``limits`` (which of those this machine enforces), ``attest``
 (statement and signature), ``db`` (state), ``publish`` (MQTT outbox), ``api`` (read-only HTTP),
 ``daemon`` (wires them), ``cli`` (the ``rebuilder`` command)::

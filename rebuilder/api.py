@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from rebuilder import __version__
+from rebuilder import ecosystem as ecosystems
 from rebuilder.batch import post_attestations_batch
 from rebuilder.config import Config
 from rebuilder.db import Store
@@ -52,8 +53,6 @@ MAX_LOG_SERVE = 64 * 1024 * 1024
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _CURSOR = re.compile(r"0|[1-9][0-9]{0,17}")
 _ID = re.compile(r"[1-9][0-9]{0,17}")
-_PKG_NAME = re.compile(r"[a-z0-9][a-z0-9.+-]{0,99}")
-_PKG_VERSION = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}")
 _REPORT = re.compile(r"([0-9]{1,18}-[0-9]{1,9}-[0-9]{1,6})\.(html|txt)")
 _JSON = "application/json"
 
@@ -101,8 +100,9 @@ async def _errors(
     return response
 
 
-def _package(source: str, version: str, arch: str | None = None) -> dict[str, str]:
-    d = {"ecosystem": "debian", "name": source, "version": version}
+def _package(ecosystem: str, source: str, version: str, arch: str | None = None
+             ) -> dict[str, str]:
+    d = {"ecosystem": ecosystem, "name": source, "version": version}
     if arch is not None:
         d["architecture"] = arch
     return d
@@ -180,7 +180,9 @@ async def _build_json(request: web.Request, job_id: int) -> dict[str, Any] | Non
             })
     return {
         "id": job_id,
-        "package": _package(job.source, job.version, job.arch),
+        "package": _package(ecosystems.repository_ecosystem(
+            request.app[CONFIG_KEY].repository(job.repository)), job.source, job.version,
+            job.arch),
         "repository": job.repository,
         "status": job.state,
         "attempts": job.attempts,
@@ -257,12 +259,12 @@ async def report(request: web.Request) -> web.Response:
 
 async def package(request: web.Request) -> web.Response:
     eco, name, version = (request.match_info[k] for k in ("ecosystem", "name", "version"))
-    if eco != "debian":
-        raise BadRequest(f"ecosystem {eco[:40]!r} is not 'debian'")
-    if not _PKG_NAME.fullmatch(name):
-        raise BadRequest("package name must match [a-z0-9][a-z0-9.+-]*")
-    if not _PKG_VERSION.fullmatch(version):
-        raise BadRequest("version is not a Debian version")
+    try:
+        ecosystem = ecosystems.get(eco)
+    except ecosystems.UnknownEcosystem as e:  # no such collection here: 404, not 400
+        return _error(404, str(e))
+    if (problem := ecosystem.verifier.lookup_problem(name, version)) is not None:
+        raise BadRequest(problem)
     store = request.app[STORE_KEY]
     builds = []
     for job in await store.jobs_for_package(name, version):
@@ -270,7 +272,7 @@ async def package(request: web.Request) -> web.Response:
         if b is not None:
             builds.append(b)
     envs = await store.attestations_for_package(name, version)
-    head = json.dumps({"package": _package(name, version), "builds": builds},
+    head = json.dumps({"package": _package(ecosystem.name, name, version), "builds": builds},
                       separators=(",", ":")).encode()
     proofs = b""
     if request.query.get("proofs"):  # inclusion proofs (rebuilder/tlog_http.py)
@@ -283,10 +285,9 @@ async def intoto_link(request: web.Request) -> web.Response:
     name, version = request.match_info["name"], request.match_info["version"]
     # APT writes an epoch's ':' as %3a in the file name the transport builds this URL from;
     # aiohttp has already decoded it.
-    if not _PKG_NAME.fullmatch(name):
-        raise BadRequest("package name must match [a-z0-9][a-z0-9.+-]*")
-    if not _PKG_VERSION.fullmatch(version):
-        raise BadRequest("version is not a Debian version")
+    # apt-transport-in-toto is Debian's client: binary name and version in Debian's grammar
+    if (problem := ecosystems.get("debian").verifier.lookup_problem(name, version)) is not None:
+        raise BadRequest(problem)
     envs = await request.app[STORE_KEY].unrevoked_rebuilds_for_deb(name, version)
     statements: list[RebuildStatement] = []
     for raw in envs:

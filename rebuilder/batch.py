@@ -32,7 +32,8 @@ def _error(status: int, message: str) -> web.Response:
 
 def parse_queries(doc: Any) -> list[tuple[str, str, str]] | str:
     """(digest hex, source, version) per query, or what is wrong with the request."""
-    from rebuilder.api import _DIGEST, _PKG_NAME, _PKG_VERSION
+    from rebuilder import ecosystem as ecosystems
+    from rebuilder.api import _DIGEST
 
     if not isinstance(doc, dict) or set(doc) != {"queries"} or not isinstance(doc["queries"],
                                                                              list):
@@ -51,12 +52,12 @@ def parse_queries(doc: Any) -> list[tuple[str, str, str]] | str:
             return f"{where}: digest must be sha256: followed by 64 lowercase hex digits"
         if not isinstance(pkg, dict) or set(pkg) != {"ecosystem", "name", "version"}:
             return f'{where}: package must be {{"ecosystem", "name", "version"}}'
-        if pkg["ecosystem"] != "debian":
-            return f"{where}: ecosystem must be 'debian'"
-        for part, pattern in (("name", _PKG_NAME), ("version", _PKG_VERSION)):
-            value = pkg[part]
-            if not isinstance(value, str) or not pattern.fullmatch(value):
-                return f"{where}: package {part} is not a Debian package {part}"
+        try:
+            ecosystem = ecosystems.get(pkg["ecosystem"])
+        except ecosystems.UnknownEcosystem as e:
+            return f"{where}: {e}"
+        if (problem := ecosystem.verifier.lookup_problem(pkg["name"], pkg["version"])):
+            return f"{where}: {problem}"
         out.append((m.group(1), pkg["name"], pkg["version"]))
     return out
 

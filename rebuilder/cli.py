@@ -40,6 +40,7 @@ from rebuilder.config import (
 )
 from rebuilder.db import NewAttestation, SchemaError, Store
 from rebuilder.outcome import BuildJob
+from verifier.debian import SOURCE_FIELD, is_package_name, is_version
 from verifier.dsse import Envelope
 from verifier.errors import BadDataError, UnreachableError, VerifierError
 from verifier.keys import (
@@ -137,9 +138,9 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
     source = (para.get("Source") or "").split(" ")[0].strip()
     version = (para.get("Version") or "").strip()
     archs = (para.get("Architecture") or "").split()
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]{0,99}", source):
+    if not is_package_name(source):
         raise BadDataError("buildinfo", f"Source {source!r} is missing or malformed")
-    if not re.fullmatch(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}", version):
+    if not is_version(version):
         raise BadDataError("buildinfo", f"Version {version!r} is missing or malformed")
     binary_archs = [a for a in archs if a != "source"]
     if not binary_archs:
@@ -150,10 +151,11 @@ def _parse_buildinfo_identity(data: bytes) -> tuple[str, str, str]:
 
 def _binnmu_source_version(data: bytes, version: str) -> str | None:
     """A binNMU buildinfo's source version (``Source: hello (2.10-3)``), else None."""
-    from rebuilder.indexes import is_binnmu_version
+    from rebuilder.debian.indexes import is_binnmu_version
 
-    m = re.search(rb"^Source:[ \t]*\S+[ \t]+\(([^()\s]+)\)[ \t]*$", data, re.MULTILINE)
-    source_version = m[1].decode("ascii", "replace") if m else None
+    m = re.search(rf"^Source:[ \t]*({SOURCE_FIELD.pattern})[ \t]*$",
+                  data.decode("utf-8", "replace"), re.MULTILINE)
+    source_version = m[3] if m else None
     if source_version and is_binnmu_version(version, source_version):
         return source_version
     return None
@@ -162,7 +164,7 @@ def _binnmu_source_version(data: bytes, version: str) -> str | None:
 async def _read_buildinfo(where: str) -> tuple[str | None, bytes]:
     """The buildinfo's URL (None for a local file) and its bytes."""
     if urlsplit(where).scheme in ("http", "https"):
-        from rebuilder.watch import fetch_bounded
+        from rebuilder.debian.watch import fetch_bounded
 
         async with aiohttp.ClientSession() as session:
             return where, await fetch_bounded(session, where, MAX_BUILDINFO_BYTES)
@@ -184,9 +186,9 @@ def _read_local_buildinfo(where: str) -> bytes:
 async def _from_repository(repo: RepositoryConfig, job: BuildJob, store: Store) -> BuildJob:
     """The watcher's job for the same triple (published digests, .dsc), when the repository
     lists it; otherwise ``job`` as given (compared with the buildinfo only)."""
-    from rebuilder.indexes import check_release
-    from rebuilder.indexproc import JobSink
-    from rebuilder.watch import Watcher, fetch_release
+    from rebuilder.debian.indexes import check_release
+    from rebuilder.debian.indexproc import JobSink
+    from rebuilder.debian.watch import Watcher, fetch_release
 
     async with aiohttp.ClientSession() as session:
         watcher = Watcher((repo,), None, session)

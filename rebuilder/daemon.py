@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,17 @@ import aiohttp
 from aiohttp import web
 
 from rebuilder import _stopsignals, limits
+from rebuilder import ecosystem as ecosystems
 from rebuilder.api import create_app
-from rebuilder.config import Config
+from rebuilder.config import Config, RepositoryConfig
 from rebuilder.cosign import WitnessClient, run_log
 from rebuilder.db import Store
-from rebuilder.locate import resolve_buildinfo
 from rebuilder.outcome import BuildJob, RebuildOutcome
 from rebuilder.publish import Publisher
 from rebuilder.queue import Builder, JobRunner, WorkerPool
 from rebuilder.recovery import DiskGuard, MiB, clean_leftovers
 from rebuilder.tlog import NodeLog
 from rebuilder.tlog_http import log_settings
-from rebuilder.watch import Watcher
 from verifier.errors import VerifierError
 from verifier.keys import load_private_key
 from verifier.tlog.note import NoteSigner
@@ -50,45 +48,16 @@ BuilderFactory = Callable[[Config, aiohttp.ClientSession], Builder]
 
 
 def make_builder(config: Config, session: aiohttp.ClientSession) -> Builder:
-    """The production builder: ``rebuilder.build.run_rebuild`` with the config's settings."""
-    from rebuilder.build import run_rebuild  # the pipeline; imported late, it is heavy
-    from rebuilder.pins import SuiteSource
-
-    settings = build_settings(config)
+    """The production builder: each job runs through its ecosystem's builder
+    (``rebuilder.ecosystem``; Debian: ``rebuilder.debian.node``), made once per ecosystem."""
+    builders: dict[str, Builder] = {}
 
     async def builder(job: BuildJob, work_dir: Path) -> RebuildOutcome:
-        job = resolve_buildinfo(config, job)  # the current config's URLs, at every attempt
-        repo = config.repository(job.repository)
-        # pins come from the repository's build suites, else from [build] mirror at the
-        # repository's suite (docs/configuration.md)
-        suites = tuple(SuiteSource(s.mirror, s.suite, s.components, s.keyring)
-                       for s in (repo.build_suites if repo else ()))
-        if not suites and repo is not None:
-            suites = (SuiteSource(config.build.mirror, repo.suite),)
-        outcome: RebuildOutcome = await run_rebuild(
-            job, replace(settings, suites=suites), work_dir, session)
-        return outcome
+        if job.ecosystem not in builders:
+            builders[job.ecosystem] = ecosystems.get(job.ecosystem).builder(config, session)
+        return await builders[job.ecosystem](job, work_dir)
 
     return builder
-
-
-def build_settings(config: Config) -> Any:
-    """The pipeline's ``BuildSettings`` from the [build] and [diffoscope] sections."""
-    from rebuilder.build import BuildSettings
-    from rebuilder.openpgp import SourcePolicy
-
-    b, d = config.build, config.diffoscope
-    return BuildSettings.from_config(
-        b, d,
-        cache_dir=config.node.cache_dir,
-        # Never visible inside a build: the state directory (database, other builds, reports),
-        # the signing key and the broker password wherever they live.
-        min_free_mb=config.node.min_free_mb,
-        hidden_paths=tuple(p for p in (config.node.state_dir, config.node.signing_key,
-                                       config.mqtt.password_file) if p is not None),
-        source_policies={r.name: SourcePolicy(r.uploader_keyring, r.require_signed_source)
-                         for r in config.repositories},
-    )
 
 
 async def run_daemon(
@@ -159,7 +128,10 @@ async def _serve(
                        on_stored=lambda _r: publisher.wake() if publisher else None)
     guard = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB)
     pool = WorkerPool(runner, store, config.build.parallel, guard)
-    watcher = Watcher(config.repositories, store, session, on_new_jobs=lambda _j: pool.wake())
+    watchers = [  # one per ecosystem the configured repositories belong to
+        ecosystems.get(eco).watcher(config, repos, store, session, lambda _j: pool.wake())
+        for eco, repos in _by_ecosystem(config).items()
+    ]
 
     web_runner = web.AppRunner(create_app(config, store=store, guard=guard), access_log=None)
     await web_runner.setup()
@@ -178,7 +150,8 @@ async def _serve(
         node_log, witnesses, float(config.log.checkpoint_interval),
         (lambda s: publisher.publish_checkpoint(s.served())) if publisher else None,
     ), name="log"))
-    watcher.start()
+    for watcher in watchers:
+        watcher.start()
     try:
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -189,7 +162,8 @@ async def _serve(
         stopper.cancel()
         log.info("stopping: no new jobs; running builds get %.0fs", grace)
     finally:
-        watcher.stop()
+        for watcher in watchers:
+            watcher.stop()
         await pool.shutdown(grace)
         if publisher is not None:
             await _drain(store, publisher)
@@ -206,6 +180,13 @@ async def _serve(
         causes = [t.exception() for t in died if not t.cancelled()]
         raise DaemonError(f"{', '.join(t.get_name() for t in died)} stopped unexpectedly"
                           ) from next((c for c in causes if c is not None), None)
+
+
+def _by_ecosystem(config: Config) -> dict[str, tuple[RepositoryConfig, ...]]:
+    grouped: dict[str, list[RepositoryConfig]] = {}
+    for repo in config.repositories:
+        grouped.setdefault(ecosystems.repository_ecosystem(repo), []).append(repo)
+    return {eco: tuple(repos) for eco, repos in grouped.items()}
 
 
 async def _drain(store: Store, publisher: Publisher) -> None:

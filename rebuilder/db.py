@@ -194,7 +194,7 @@ def queue_jobs_blocking(
     """(new, known) among ``jobs``; with ``write``, insert the new ones and record ``release``
     (date, sha256, signer: ``accept_release``) in one transaction.
 
-    Blocking and on its own connection: for the index worker process (rebuilder.indexproc),
+    Blocking and on its own connection: for the index worker process (rebuilder.debian.indexproc),
     which handles a first round of Debian (~40k jobs) without the node's event loop ever
     holding them. SQLite's lock (busy timeout 30 s) orders it with the node's own writes.
     """

@@ -111,11 +111,14 @@ class BuildJob:
     buildinfo_candidates: tuple[str, ...] = ()
     buildinfo_pinned: bool = False
     source_version: str | None = None  # set only for a binNMU
+    # whose watcher found it and whose builder runs it (rebuilder.ecosystem); every
+    # repository is an APT one today, so the state database does not record it
+    ecosystem: str = "debian"
 
     @property
     def package(self) -> PackageIdentity:
         return PackageIdentity(
-            "debian", self.source, self.source_version or self.version, self.architecture
+            self.ecosystem, self.source, self.source_version or self.version, self.architecture
         )
 
 

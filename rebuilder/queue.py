@@ -4,7 +4,7 @@ One attempt of one job goes:
 
 1. ``claim``: the job is marked ``running`` with ``attempts += 1``, committed before anything
    else, so the invocation id ``<node>/<job>/<attempt>`` is never reused after a crash.
-2. ``build``: the pipeline (``rebuilder.build.run_rebuild`` in production) runs in
+2. ``build``: the pipeline (``rebuilder.debian.build.run_rebuild`` in production) runs in
    ``state_dir/builds/<job>-<attempt>`` and returns a ``RebuildOutcome``.
 3. ``finish``: logs and reports are copied under the state directory, the statement is signed and
    the build row, outputs, attestation, subjects and outbox row are written in one transaction.

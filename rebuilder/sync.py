@@ -1,7 +1,7 @@
 """``rebuilder sync --config C --once``: one watcher round per repository, in the foreground.
 
 Fetches and authenticates each repository's Release, reads its indexes exactly as the daemon's
-watcher does (rebuilder.watch), queues the source versions not known yet (nothing with
+watcher does (rebuilder.debian.watch), queues the source versions not known yet (nothing with
 ``--dry-run``) and prints, per repository, what is new, what is already known and what was
 skipped and why. It never builds: an operator's dry run before ``rebuilder run``, and the handle
 of benchmarks/bench_sync.py. Exit status 0 when every repository was read, 1 otherwise.
@@ -13,8 +13,8 @@ import aiohttp
 
 from rebuilder.config import Config
 from rebuilder.db import Store
+from rebuilder.debian.watch import RoundReport, Watcher
 from rebuilder.outcome import BuildJob
-from rebuilder.watch import RoundReport, Watcher
 
 __all__ = ["print_report", "sync_once"]
 

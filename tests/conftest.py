@@ -21,7 +21,7 @@ LEAK_GRACE_S = 10.0  # a process a test stopped may take a moment to exit (chrom
 
 def _session_helper(pid: int) -> bool:
     """multiprocessing's resource tracker and forkserver (the index worker's parent,
-    rebuilder/indexproc.py): one per session by design, each exits with it."""
+    rebuilder/debian/indexproc.py): one per session by design, each exits with it."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

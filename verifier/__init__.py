@@ -4,7 +4,13 @@ The verifier is the smallest and most trusted part: it checks every signature it
 no server's word. It imports neither ``rebuilder`` nor ``coordinator``.
 """
 
-from verifier.debian import DebIdentity, canonical_deb_name, read_deb_identity, sha256_file
+from verifier.debian import (
+    BUILD_TYPE,
+    DebIdentity,
+    canonical_deb_name,
+    read_deb_identity,
+    sha256_file,
+)
 from verifier.decision import (
     Artifact,
     BadResponse,
@@ -48,7 +54,6 @@ from verifier.sources import (
     open_fetcher,
 )
 from verifier.statement import (
-    BUILD_TYPE,
     Digest,
     OutputVerdict,
     PackageIdentity,

@@ -1,10 +1,18 @@
-"""The identity of a ``.deb`` read from its own control data, and streaming sha256.
+"""Debian, as the verifier sees it: the package grammar, the ``.deb`` identity, the ecosystem.
+
+The Debian grammar is written here once and every layer uses it (the statement, the node's
+index, buildinfo and API parsers, the coordinator's routes): package names (Policy §5.6.1),
+versions (§5.6.12), architectures, the ``Source: name (version)`` field and ``.deb`` file names.
+Each pattern is at least as strict as python-debian's ``Version`` and ``PkgRelation`` (a test
+checks that whatever it accepts they read back unchanged), with bounds a hostile index cannot
+stretch.
 
 The verifier derives the expected subject name from the file's control data, never from its
 path: ``{Package}_{Version without epoch}_{Architecture}.deb``::
 
     ident = read_deb_identity(Path("/var/cache/apt/archives/hello_2.10-3_amd64.deb"))
     ident.subject_name   # 'hello_2.10-3_amd64.deb'
+    DEBIAN.package_problem("hello", "2.10-3", "amd64")   # None: valid
 """
 
 from __future__ import annotations
@@ -19,13 +27,105 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verifier.ecosystem import Ecosystem, register
 from verifier.errors import BadDataError
 from verifier.statement import Digest, PackageIdentity
 
-__all__ = ["DebIdentity", "canonical_deb_name", "read_deb_identity", "sha256_file"]
+__all__ = [
+    "ARCHITECTURE",
+    "BUILD_TYPE",
+    "BUILD_TYPE_V1",
+    "DEBIAN",
+    "DEB_NAME",
+    "PACKAGE_NAME",
+    "PINNED_RELATION",
+    "SOURCE_FIELD",
+    "VERSION",
+    "DebIdentity",
+    "DebianEcosystem",
+    "canonical_deb_name",
+    "is_architecture",
+    "is_package_name",
+    "is_version",
+    "parse_control",
+    "parse_deb_name",
+    "parse_source_field",
+    "read_deb_identity",
+    "sha256_file",
+    "version_noepoch",
+]
 
 _CHUNK = 1024 * 1024
-_SOURCE_FIELD = re.compile(r"^([a-z0-9][a-z0-9.+-]*)(?:\s+\(([^()\s]+)\))?$")
+
+# --- the grammar -----------------------------------------------------------------------------
+# Package names, source and binary (Policy §5.6.1): lowercase letters, digits, + - . , starting
+# with a letter or digit; at most 100 (no archive name comes close). One character is allowed,
+# as dpkg allows it (Policy asks for two; most layers here always took one).
+_NAME_RE = r"[a-z0-9][a-z0-9+.-]{0,99}"
+# Versions (Policy §5.6.12): [epoch:]upstream[-revision]. The epoch is 1-9 digits; the rest
+# starts with a letter or digit and uses letters, digits and . + ~ - (no colon after the epoch
+# and no underscore: both would make the .deb file name ambiguous); at most 100 characters, so
+# that the longest canonical .deb name (100 + 100 + 32 + 6) fits a statement's 255-character
+# subject name (bookworm's longest version has 52, its longest package name 75).
+_UPSTREAM_RE = r"[A-Za-z0-9][A-Za-z0-9.+~-]{0,99}"
+_VERSION_RE = rf"(?:[0-9]{{1,9}}:)?{_UPSTREAM_RE}"
+# Architectures (dpkg-architecture: amd64, arm64, all, kfreebsd-amd64, ...); at most 32.
+_ARCH_RE = r"[a-z0-9][a-z0-9-]{0,31}"
+
+PACKAGE_NAME = re.compile(_NAME_RE)
+VERSION = re.compile(_VERSION_RE)
+ARCHITECTURE = re.compile(_ARCH_RE)
+# ``Source: hello`` or, for a binary built from another version (a binNMU), ``hello (2.10-3)``
+SOURCE_FIELD = re.compile(rf"({_NAME_RE})(?:\s+\(({_VERSION_RE})\))?")
+# ``{package}_{version without epoch}_{architecture}.deb``
+DEB_NAME = re.compile(rf"({_NAME_RE})_({_UPSTREAM_RE})_({_ARCH_RE})\.deb")
+# One pinned relation of a buildinfo's Installed-Build-Depends: ``name[:arch] (= version)``;
+# the version is then checked with VERSION on its own, so that a refusal can name it.
+PINNED_RELATION = re.compile(
+    rf"(?P<name>{_NAME_RE})(?::(?P<arch>{_ARCH_RE}))?\s*\(\s*=\s*(?P<version>[^\s()]+)\s*\)"
+)
+
+BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v2"
+# v1: the earlier verdict words (verifier.verdicts.read_v1); still read, never written
+BUILD_TYPE_V1 = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
+
+
+def is_package_name(value: object) -> bool:
+    return isinstance(value, str) and PACKAGE_NAME.fullmatch(value) is not None
+
+
+def is_version(value: object) -> bool:
+    return isinstance(value, str) and VERSION.fullmatch(value) is not None
+
+
+def is_architecture(value: object) -> bool:
+    return isinstance(value, str) and ARCHITECTURE.fullmatch(value) is not None
+
+
+def version_noepoch(version: str) -> str:
+    return version.split(":", 1)[1] if ":" in version else version
+
+
+def parse_source_field(value: str, version: str, what: str = "deb") -> tuple[str, str]:
+    """(source name, source version) of a ``Source`` field; without ``(version)`` the source
+    version is the binary's ``version``. ``BadDataError`` naming ``what`` when malformed."""
+    m = SOURCE_FIELD.fullmatch(value.strip())
+    if m:
+        return m.group(1), m.group(2) or version
+    name, _, rest = value.strip().partition(" ")
+    if not is_package_name(name):
+        why = f"{name[:100]!r} is not a source package name"
+    elif rest.strip().startswith("(") and rest.strip().endswith(")"):
+        why = f"{rest.strip()[1:-1][:140]!r} is not a Debian version"
+    else:
+        why = "expected 'name' or 'name (version)'"
+    raise BadDataError(what, f"Source {value[:160]!r} is malformed: {why}")
+
+
+def parse_deb_name(file_name: str) -> tuple[str, str, str] | None:
+    """(package, version without epoch, architecture) of a canonical ``.deb`` file name."""
+    m = DEB_NAME.fullmatch(file_name)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
 def sha256_file(path: Path) -> Digest:
@@ -41,8 +141,7 @@ def sha256_file(path: Path) -> Digest:
 
 def canonical_deb_name(package: str, version: str, architecture: str) -> str:
     """``{Package}_{Version without epoch}_{Architecture}.deb``."""
-    upstream = version.split(":", 1)[1] if ":" in version else version
-    return f"{package}_{upstream}_{architecture}.deb"
+    return f"{package}_{version_noepoch(version)}_{architecture}.deb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +154,8 @@ class DebIdentity:
     # the canonical subject name, derived once: every decision compares it with each subject
     subject_name: str = field(init=False, repr=False, compare=False)
 
+    ecosystem = "debian"
+
     def __post_init__(self) -> None:
         name = canonical_deb_name(self.package, self.version, self.architecture)
         object.__setattr__(self, "subject_name", name)
@@ -66,7 +167,7 @@ class DebIdentity:
         build of any architecture, an architecture-specific one only by a build of that one.
         """
         return (
-            rebuilt.ecosystem == "debian"
+            rebuilt.ecosystem == DebianEcosystem.name
             and rebuilt.name == self.source
             and rebuilt.version == self.source_version
             and (self.architecture == "all" or rebuilt.architecture == self.architecture)
@@ -74,14 +175,17 @@ class DebIdentity:
 
 
 def parse_control(package: str, version: str, architecture: str, source: str | None) -> DebIdentity:
-    """Build a ``DebIdentity`` from control fields; ``Source`` may carry ``(version)``."""
-    src_name, src_version = package, version
-    if source:
-        m = _SOURCE_FIELD.match(source.strip())
-        if not m:
-            raise BadDataError("deb", f"Source field {source!r} is malformed")
-        src_name = m.group(1)
-        src_version = m.group(2) or version
+    """Build a ``DebIdentity`` from control fields; ``Source`` may carry ``(version)``.
+
+    Each field must be in the Debian grammar (``BadDataError`` naming it otherwise)."""
+    if not is_package_name(package):
+        raise BadDataError("deb", f"Package {package[:120]!r} is not a Debian package name")
+    if not is_version(version):
+        raise BadDataError("deb", f"Version {version[:160]!r} is not a Debian version")
+    if not is_architecture(architecture):
+        raise BadDataError("deb", f"Architecture {architecture[:60]!r} is not a Debian"
+                                  " architecture")
+    src_name, src_version = parse_source_field(source, version) if source else (package, version)
     return DebIdentity(package, version, architecture, src_name, src_version)
 
 
@@ -238,3 +342,38 @@ def _read_with_python_debian(path: Path) -> DebIdentity:
     return parse_control(
         control["Package"], control["Version"], control["Architecture"], control.get("Source")
     )
+
+
+class DebianEcosystem(Ecosystem):
+    """Debian: source packages rebuilt from their buildinfo, ``.deb`` files installed."""
+
+    name = "debian"
+    build_type = BUILD_TYPE
+    legacy_build_types = frozenset({BUILD_TYPE_V1})
+
+    def lookup_problem(self, name: object, version: object) -> str | None:
+        # source name and source version
+        if not is_package_name(name):
+            return (f"package name {name!r:.120} is not a Debian source package name"
+                    " (lowercase letters, digits and + - ., at most 100 characters)")
+        if not is_version(version):
+            return (f"package version {version!r:.160} is not a Debian version"
+                    " ([epoch:]upstream[-revision], at most 100 characters after the epoch)")
+        return None
+
+    def package_problem(self, name: object, version: object, architecture: object) -> str | None:
+        # the statement's package: source name, source version, build architecture
+        if (problem := self.lookup_problem(name, version)) is not None:
+            return problem
+        if not is_architecture(architecture):
+            return f"package architecture {architecture!r:.60} is not a Debian architecture"
+        return None
+
+    def subject_name(self, name: str, version: str, architecture: str) -> str:
+        return canonical_deb_name(name, version, architecture)
+
+    def read_identity(self, path: Path) -> DebIdentity:
+        return read_deb_identity(path)
+
+
+DEBIAN = register(DebianEcosystem())

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from verifier.debian import DebIdentity
 from verifier.dsse import MAX_ENVELOPE_BYTES, Envelope, Signature
+from verifier.ecosystem import ArtifactIdentity
 from verifier.errors import BadDataError
 from verifier.policy import Policy, TrustedRebuilder
 from verifier.statement import (
@@ -68,10 +68,11 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """The file being decided on: its sha256 and the identity read from its control data."""
+    """The file being decided on: its sha256 and the identity read from the file itself
+    (its ecosystem's ``read_identity``; Debian: the ``.deb``'s control data)."""
 
     sha256: Digest
-    identity: DebIdentity
+    identity: ArtifactIdentity
 
     def __post_init__(self) -> None:
         validate_sha256(self.sha256, "artifact digest")

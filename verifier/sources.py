@@ -375,9 +375,9 @@ def digest_url(base: str, artifact: Artifact) -> str:
 
 
 def package_url(base: str, artifact: Artifact) -> str:
-    ident = artifact.identity
+    ident = artifact.identity  # its ecosystem names the collection (docs/api.md)
     return (
-        f"{base.rstrip('/')}/v1/packages/debian/"
+        f"{base.rstrip('/')}/v1/packages/{quote(ident.ecosystem, safe='')}/"
         f"{quote(ident.source, safe='')}/{quote(ident.source_version, safe='')}"
     )
 
@@ -589,7 +589,7 @@ BATCH_SIZE = 500  # queries per POST, below the coordinator's 1000
 def _batch_body(artifacts: Sequence[Artifact]) -> bytes:
     return json.dumps({"queries": [
         {"digest": f"sha256:{a.sha256}",
-         "package": {"ecosystem": "debian", "name": a.identity.source,
+         "package": {"ecosystem": a.identity.ecosystem, "name": a.identity.source,
                      "version": a.identity.source_version}}
         for a in artifacts
     ]}, separators=(",", ":")).encode()

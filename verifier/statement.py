@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NewType
 
+from verifier import ecosystem as ecosystems
 from verifier.dsse import strict_json_loads
 from verifier.errors import BadDataError
 from verifier.verdicts import OUTPUT_VERDICTS, JobVerdict, OutputVerdictKind, job_verdict, read_v1
 
 __all__ = [
-    "BUILD_TYPE",
-    "BUILD_TYPE_V1",
     "PROVENANCE_PREDICATE_TYPE",
     "REVOCATION_PREDICATE_TYPE",
     "REVOCATION_V1_PREDICATE_TYPE",
@@ -57,11 +56,11 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PROVENANCE_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 REVOCATION_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v2"  # names a payload sha256
 REVOCATION_V1_PREDICATE_TYPE = "https://repro-quorum.dev/revocation/v1"  # names an envelope sha256
-# v2: per-file verdicts reproduced | unreproducible | tampered | missing-rebuild, subjects only
-# for published files, unpublished rebuilt files as "unpublished:" byproducts, and no buildinfo
-# digest when the buildinfo could not be fetched. v1 statements are still read (verdicts.read_v1).
-BUILD_TYPE = "https://repro-quorum.dev/buildtypes/debian-rebuild/v2"
-BUILD_TYPE_V1 = "https://repro-quorum.dev/buildtypes/debian-rebuild/v1"
+# The buildType is the ecosystem's (verifier.ecosystem; Debian's: debian-rebuild/v2, with
+# per-file verdicts reproduced | unreproducible | tampered | missing-rebuild, subjects only for
+# published files, unpublished rebuilt files as "unpublished:" byproducts, and no buildinfo
+# digest when the buildinfo could not be fetched). An ecosystem's legacy build types are read
+# in the v1 verdict words (verdicts.read_v1).
 
 Digest = NewType("Digest", str)  # lowercase hex sha256
 
@@ -74,7 +73,8 @@ MAX_NAME = 255
 MAX_TEXT = 4096
 MAX_DEPENDENCIES = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# Debian package names, versions and architectures (Policy §5.6.1, §5.6.12), plus file names.
+# Subject, verdict and byproduct names: file names (the package identity's grammar is the
+# ecosystem's, verifier.ecosystem).
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~:_-]*")
 
 
@@ -185,7 +185,10 @@ def _opt_raw(o: object, where: str) -> Any:
 
 @dataclass(slots=True)
 class PackageIdentity:
-    """What was rebuilt: ecosystem, source name, source version, build architecture."""
+    """What was rebuilt: ecosystem, source name, source version, build architecture.
+
+    The ecosystem must be a registered one, and name, version and architecture in its grammar
+    (``Ecosystem.package_problem``)."""
 
     ecosystem: str
     name: str
@@ -193,11 +196,13 @@ class PackageIdentity:
     architecture: str
 
     def __post_init__(self) -> None:
-        if self.ecosystem != "debian":
-            raise _bad(f"ecosystem {self.ecosystem!r} is not 'debian'")
-        _name(self.name, "package name")
-        _name(self.version, "package version")
-        _name(self.architecture, "package architecture")
+        try:
+            eco = ecosystems.get(self.ecosystem)
+        except ecosystems.UnknownEcosystem as e:
+            raise _bad(str(e)) from None
+        problem = eco.package_problem(self.name, self.version, self.architecture)
+        if problem is not None:
+            raise _bad(problem)
 
     @classmethod
     def from_dict(cls, d: object) -> PackageIdentity:
@@ -409,7 +414,7 @@ class RebuildStatement:
             "predicateType": PROVENANCE_PREDICATE_TYPE,
             "predicate": {
                 "buildDefinition": {
-                    "buildType": BUILD_TYPE,
+                    "buildType": ecosystems.get(self.package.ecosystem).build_type,
                     "externalParameters": {
                         "package": self.package.to_dict(),
                         "buildinfo": (
@@ -448,10 +453,10 @@ class RebuildStatement:
         # Walk to the values; the constructors (Subject, OutputVerdict, this one) check them.
         pred = _obj(d.get("predicate"), "predicate")
         bdef: Any = _obj(pred.get("buildDefinition"), "buildDefinition")
-        build_type = bdef.get("buildType")
-        if build_type != BUILD_TYPE and build_type != BUILD_TYPE_V1:
-            raise _bad(f"buildType {build_type!r}, expected {BUILD_TYPE}")
-        v1 = build_type == BUILD_TYPE_V1
+        try:
+            eco, v1 = ecosystems.by_build_type(bdef.get("buildType"))
+        except ecosystems.UnknownEcosystem as e:
+            raise _bad(str(e)) from None
         ext: Any = _obj(bdef.get("externalParameters"), "externalParameters")
         run = _obj(pred.get("runDetails"), "runDetails")
         builder: Any = _obj(run.get("builder"), "runDetails.builder")
@@ -484,8 +489,12 @@ class RebuildStatement:
         deps = _list(bdef.get("resolvedDependencies", []), "resolvedDependencies", MAX_DEPENDENCIES)
         binfo: Any = _obj(ext.get("buildinfo"), "buildinfo")
         version = _obj(builder.get("version", {}), "builder version")
+        package = PackageIdentity.from_dict(ext.get("package"))
+        if package.ecosystem != eco.name:
+            raise _bad(f"package ecosystem {package.ecosystem!r} is not that of buildType"
+                       f" {eco.build_type} ({eco.name!r})")
         return cls(  # positional, in field order: a keyword call costs more
-            PackageIdentity.from_dict(ext.get("package")),
+            package,
             subjects,
             builder.get("id"),
             parse_time(meta.get("startedOn"), "startedOn"),

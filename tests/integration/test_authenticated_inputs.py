@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from rebuilder.attest import NodeIdentity, rebuild_statement
-from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.openpgp import SourcePolicy
 from rebuilder.outcome import BuildJob, RebuildOutcome, ReleaseRef
 from rqdemo.testrepo import (

@@ -10,11 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from rebuilder.build import BuildSettings, run_rebuild
-from rebuilder.buildinfo import parse_buildinfo
 from rebuilder.config import parse_config
-from rebuilder.locate import resolve_buildinfo
-from rebuilder.watch import Watcher
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.buildinfo import parse_buildinfo
+from rebuilder.debian.locate import resolve_buildinfo
+from rebuilder.debian.watch import Watcher
 from rqdemo.testrepo import add_binnmu, build_test_repository, serve_repository
 from verifier.debian import read_deb_identity
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
 from rqdemo.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.outcome import Interrupted
 from rebuilder.recovery import oom_kills
 from rebuilder.sandbox import enforcement

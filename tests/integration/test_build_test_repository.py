@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from debian import deb822
 
-from rebuilder.buildinfo import parse_buildinfo, parse_dsc
+from rebuilder.debian.buildinfo import parse_buildinfo, parse_dsc
 from rqdemo.testrepo import (
     DEFAULT_PACKAGES,
     TestRepository,

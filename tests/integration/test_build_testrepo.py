@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.build import BACKEND, BuildSettings, run_rebuild
+from rebuilder.debian.build import BACKEND, BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
 from rqdemo.testrepo import TestPackage, TestRepository, build_test_repository, serve_repository
 from verifier.debian import sha256_file
@@ -132,7 +132,7 @@ async def test_all_package_buildinfo_named_after_the_build_architecture(
     import shutil
 
     from rebuilder.config import parse_config
-    from rebuilder.locate import resolve_buildinfo
+    from rebuilder.debian.locate import resolve_buildinfo
 
     pkg = repo.package("rq-hello")
     assert pkg.architecture == "all"

@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rebuilder.build import BuildSettings, run_rebuild
-from rebuilder.environment import installed_packages
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.environment import installed_packages
 from rqdemo.testrepo import PackageSpec, build_test_repository, serve_repository
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ async def test_a_pin_in_no_suite_comes_from_the_snapshot_archive(
     main suite and a snapshot archive (a local server implementing snapshot.debian.org's
     endpoints over the real .deb), resolves the pin there before bootstrapping, and the chroot
     gets exactly that version. The rebuild still reproduces the package."""
-    from rebuilder.pins import SuiteSource
+    from rebuilder.debian.pins import SuiteSource
     from tests.integration.test_pins_snapshot import Snapshot, serve
 
     tz_version = "2026f-0+deb12u1"

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rebuilder.build import BuildSettings, run_rebuild
-from rebuilder.buildinfo import Dependency
-from rebuilder.pins import SnapshotClient, SuiteSource, resolve, suite_versions
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.buildinfo import Dependency
+from rebuilder.debian.pins import SnapshotClient, SuiteSource, resolve, suite_versions
 from rqdemo.testrepo import build_test_repository, serve_repository
 from tests.support import free_port
 from verifier.errors import BadDataError
@@ -228,7 +228,7 @@ async def test_rebuild_fails_fast_naming_every_missing_pin(
 
 
 def _deps_of(path: Path) -> tuple[Dependency, ...]:
-    from rebuilder.buildinfo import parse_buildinfo
+    from rebuilder.debian.buildinfo import parse_buildinfo
 
     return parse_buildinfo(path.read_bytes()).installed_build_depends
 

@@ -32,11 +32,11 @@ import aiohttp
 import pytest
 
 from rebuilder import sandbox
-from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.config import parse_config
-from rebuilder.locate import resolve_buildinfo
-from rebuilder.pins import SuiteSource
-from rebuilder.watch import Watcher
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.locate import resolve_buildinfo
+from rebuilder.debian.pins import SuiteSource
+from rebuilder.debian.watch import Watcher
 from rqdemo.testrepo import serve_repository
 from rqdemo.testrepo._repo import _indexes
 

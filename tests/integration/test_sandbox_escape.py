@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from rebuilder import sandbox
-from rebuilder.build import BuildSettings, run_rebuild
+from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.outcome import RebuildOutcome
 from rqdemo.testrepo import (
     TestRepository,

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 
 from rebuilder import sandbox
-from rebuilder.build import BuildSettings, run_rebuild
 from rebuilder.config import load_config
-from rebuilder.daemon import make_builder
 from rebuilder.db import Store
+from rebuilder.debian.build import BuildSettings, run_rebuild
+from rebuilder.debian.node import make_builder
 from rebuilder.outcome import RebuildOutcome
 from rebuilder.queue import JobRunner
 from rqdemo.testrepo import (

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from rebuilder.buildinfo import (
+from rebuilder.debian.buildinfo import (
     MAX_BUILDINFO_BYTES,
     MAX_DSC_BYTES,
     Dependency,

@@ -9,7 +9,7 @@ import pytest
 
 from rebuilder.config import ConfigError, parse_config
 from rebuilder.db import Store
-from rebuilder.locate import resolve_buildinfo
+from rebuilder.debian.locate import resolve_buildinfo
 from tests.unit.rebuilder.node_helpers import job
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rebuilder.buildinfo import Dependency
-from rebuilder.environment import (
+from rebuilder.debian.buildinfo import Dependency
+from rebuilder.debian.environment import (
     chroot_key,
     compare_installed,
     host_architecture,
@@ -77,7 +77,7 @@ def test_chroot_cache_evicts_least_recently_used_never_one_in_use(tmp_path: Path
     import fcntl
     import os
 
-    from rebuilder.environment import evict_chroots
+    from rebuilder.debian.environment import evict_chroots
 
     for age, name in enumerate(["chroot-newest", "chroot-in-use", "chroot-old", "chroot-oldest"]):
         d = tmp_path / name

@@ -179,7 +179,7 @@ async def test_failed_build_is_signed_without_subject(node: Any) -> None:
         ("/v1/reports/1-1-0.exe", 400),
         ("/v1/reports/9-9-9.html", 404),
         ("/v1/packages/debian/Hello/1.0", 400),
-        ("/v1/packages/npm/hello/1.0", 400),
+        ("/v1/packages/npm/hello/1.0", 404),  # no such ecosystem here: no such collection
         ("/v1/packages/debian/hello/1.0%20x", 400),
         ("/v1/nothing", 404),
     ],
@@ -189,6 +189,21 @@ async def test_bad_paths(node: Any, path: str, status: int) -> None:
     got, body = await _get(session, base + path)
     assert got == status
     assert "error" in body
+
+
+async def test_unknown_ecosystem_is_404_naming_the_known_ones(node: Any) -> None:
+    _, base, session, _ = node
+    status, body = await _get(session, f"{base}/v1/packages/pypi/requests/2.32.3")
+    assert status == 404
+    assert "'pypi'" in body["error"] and "debian" in body["error"], body
+
+
+async def test_package_answer_names_its_ecosystem(node: Any) -> None:
+    _, base, session, _ = node
+    status, body = await _get(session, f"{base}/v1/packages/debian/broken/1.0-1")
+    assert status == 200
+    assert body["package"]["ecosystem"] == "debian"
+    assert all(b["package"]["ecosystem"] == "debian" for b in body["builds"]), body["builds"]
 
 
 async def test_node_healthz_metrics(node: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rebuilder.config import RepositoryConfig, parse_config
-from rebuilder.indexes import (
+from rebuilder.debian.indexes import (
     check_digest,
     decompress,
     group_jobs,
@@ -183,7 +183,7 @@ Checksums-Sha256:
 
 
 def test_sources_pin_the_dsc() -> None:
-    from rebuilder.indexes import parse_sources
+    from rebuilder.debian.indexes import parse_sources
 
     sources = parse_sources(SOURCES)
     assert sources == {("foo", "2:3.1-2"): ("pool/main/f/foo/foo_3.1-2.dsc", H1)}
@@ -204,18 +204,18 @@ def test_sources_pin_the_dsc() -> None:
     ],
 )
 def test_hostile_sources(name: str, text: bytes, needle: str) -> None:
-    from rebuilder.indexes import parse_sources
+    from rebuilder.debian.indexes import parse_sources
 
     with pytest.raises(BadDataError, match=needle):
         parse_sources(text)
 
 
-@pytest.mark.skipif(not __import__("rebuilder.indexes").indexes.HAVE_APT_PKG,
+@pytest.mark.skipif(not __import__("rebuilder.debian.indexes").debian.indexes.HAVE_APT_PKG,
                     reason="python3-apt's apt_pkg is not importable here")
 def test_apt_pkg_and_python_debian_parse_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path (apt's parser) and the fallback (python-debian's) give the same values
     and refuse the same hostile indexes."""
-    import rebuilder.indexes as indexes
+    import rebuilder.debian.indexes as indexes
 
     fast = (indexes.parse_packages(PACKAGES), indexes.parse_sources(SOURCES))
     monkeypatch.setattr(indexes, "_APT_PKG", None)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from rebuilder.db import Store
-from rebuilder.watch import Watcher
+from rebuilder.debian.watch import Watcher
 from tests.support import free_port
 from tests.unit.rebuilder.node_helpers import serve
 from tests.unit.rebuilder.test_node_indexes import PACKAGES

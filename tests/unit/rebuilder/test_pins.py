@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder.buildinfo import Dependency
 from rebuilder.config import ConfigError, parse_config
-from rebuilder.pins import Resolution, SnapshotFile, SuiteSource, resolve, scan_packages
+from rebuilder.debian.buildinfo import Dependency
+from rebuilder.debian.pins import Resolution, SnapshotFile, SuiteSource, resolve, scan_packages
 
 MAIN = SuiteSource("http://deb.example/debian", "bookworm")
 UPDATES = SuiteSource("http://deb.example/debian", "bookworm-updates")

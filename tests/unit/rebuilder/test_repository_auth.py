@@ -20,7 +20,7 @@ from aiohttp import web
 
 from rebuilder.config import RepositoryConfig, parse_config
 from rebuilder.db import Store
-from rebuilder.watch import Watcher
+from rebuilder.debian.watch import Watcher
 from rqdemo.testrepo import export_keyring, make_signing_key, sign_release
 from tests.support import free_port
 from tests.unit.rebuilder.node_helpers import serve

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder.build import BuildSettings
+from rebuilder.debian.build import BuildSettings
 from rebuilder.sandbox import Bind, Limits, SandboxConfig, bwrap_argv, check_hidden, run_sandboxed
 from verifier.errors import ConfigError
 

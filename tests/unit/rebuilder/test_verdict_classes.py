@@ -15,7 +15,8 @@ from rebuilder.compare import compare_outputs
 from rebuilder.db import Store
 from rebuilder.outcome import OutputResult, RebuildOutcome
 from tests.unit.rebuilder.node_helpers import failed, job, reproduced, sha
-from verifier.statement import BUILD_TYPE, BUILD_TYPE_V1, RebuildStatement, parse_statement
+from verifier.debian import BUILD_TYPE, BUILD_TYPE_V1
+from verifier.statement import RebuildStatement, parse_statement
 from verifier.verdicts import classify, job_verdict
 
 A, B, C = sha("a"), sha("b"), sha("c")

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from rebuilder.config import parse_config
 from rebuilder.db import Store
-from rebuilder.watch import Watcher
+from rebuilder.debian.watch import Watcher
 from tests.support import free_port
 from tests.unit.rebuilder.node_helpers import serve
 

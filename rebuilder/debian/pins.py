@@ -34,9 +34,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from rebuilder.buildinfo import Dependency
-from rebuilder.fetch import fetch_bytes
-from rebuilder.indexes import (
+from rebuilder.debian.buildinfo import Dependency
+from rebuilder.debian.indexes import (
     MAX_PACKAGES_BYTES,
     MAX_RELEASE_BYTES,
     check_digest,
@@ -44,6 +43,8 @@ from rebuilder.indexes import (
     packages_candidates,
     parse_release,
 )
+from rebuilder.fetch import fetch_bytes
+from verifier.debian import canonical_deb_name
 from verifier.errors import BadDataError, UnreachableError
 
 __all__ = [
@@ -257,8 +258,7 @@ class SnapshotClient:
 
     @staticmethod
     def _file_name(info: object, dep: Dependency, arch: str, url: str) -> tuple[str, int | None]:
-        noepoch = dep.version.split(":", 1)[-1]
-        name, size = f"{dep.name}_{noepoch}_{arch}.deb", None
+        name, size = canonical_deb_name(dep.name, dep.version, arch), None
         if isinstance(info, list) and info and isinstance(info[0], dict):
             given = info[0].get("name")
             if isinstance(given, str) and given != name:

@@ -11,7 +11,7 @@ start). A round authenticates the repository state first (ARCHITECTURE §2.6), t
    database). A Release identical to the last fully indexed one ends the round: nothing changed.
 3. Each component's ``binary-<arch>/Packages`` and ``source/Sources`` (``.xz``, else ``.gz``,
    else plain, whichever the Release lists) is checked against the Release's size and sha256,
-   then decompressed and parsed in a separate process (``rebuilder.indexproc``), streaming,
+   then decompressed and parsed in a separate process (``rebuilder.debian.indexproc``), streaming,
    within ``max_index_entries`` and ``max_index_mb``, so the event loop (API, publisher) never
    waits on an index.
 4. One job per (source, version, arch) not known yet is inserted, carrying the .dsc digest from
@@ -34,8 +34,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rebuilder.config import RepositoryConfig
 from rebuilder.db import Store
-from rebuilder.fetch import Fetcher, fetcher_for
-from rebuilder.indexes import (
+from rebuilder.debian.indexes import (
     MAX_PACKAGES_BYTES,
     MAX_RELEASE_BYTES,
     IndexLimits,
@@ -45,7 +44,8 @@ from rebuilder.indexes import (
     parse_release,
     sources_candidates,
 )
-from rebuilder.indexproc import IndexFile, IndexReader, IndexResult, JobSink
+from rebuilder.debian.indexproc import IndexFile, IndexReader, IndexResult, JobSink
+from rebuilder.fetch import Fetcher, fetcher_for
 from rebuilder.openpgp import verify_clearsigned, verify_detached
 from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
@@ -55,7 +55,7 @@ from verifier.statement import Digest
 __all__ = ["FETCH_TIMEOUT_S", "RoundReport", "VerifiedRelease", "Watcher", "fetch_bounded",
            "fetch_release"]
 
-log = logging.getLogger("rebuilder.watch")
+log = logging.getLogger("rebuilder.watch")  # the name operators filter on (operator guide)
 FETCH_TIMEOUT_S = 120.0
 MAX_COMPRESSED_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024

@@ -36,8 +36,10 @@ from typing import Any, BinaryIO, Literal
 
 import aiohttp
 
-from rebuilder import compare, environment, pins, recovery, sandbox
-from rebuilder.buildinfo import (
+from rebuilder import compare, recovery, sandbox
+from rebuilder.config import BuildConfig, DiffoscopeConfig
+from rebuilder.debian import environment, pins
+from rebuilder.debian.buildinfo import (
     ENV_DENYLIST,
     MAX_BUILDINFO_BYTES,
     MAX_DSC_BYTES,
@@ -47,7 +49,6 @@ from rebuilder.buildinfo import (
     validate_file_name,
     version_noepoch,
 )
-from rebuilder.config import BuildConfig, DiffoscopeConfig
 from rebuilder.fetch import fetch_bytes, fetch_file
 from rebuilder.openpgp import SourcePolicy, check_dsc_signature
 from rebuilder.outcome import (
@@ -58,6 +59,7 @@ from rebuilder.outcome import (
     Stage,
     StateDiskFull,
 )
+from verifier.debian import parse_deb_name
 from verifier.errors import BadDataError, ConfigError, HTTPStatusError, UnreachableError
 from verifier.statement import Digest
 from verifier.verdicts import job_verdict
@@ -691,9 +693,8 @@ async def _sandboxed(
 
 
 def _deb_arch(name: str) -> str | None:
-    if not name.endswith(".deb") or name.count("_") != 2:
-        return None
-    return name[:-4].rsplit("_", 1)[1]
+    parts = parse_deb_name(name)
+    return parts[2] if parts else None
 
 
 def _collect(run: _Run, tree: Path, info: Buildinfo) -> dict[str, tuple[Digest, Path]]:

@@ -16,6 +16,11 @@ import io
 import re
 from dataclasses import dataclass
 
+from verifier.debian import ARCHITECTURE as _ARCH
+from verifier.debian import PACKAGE_NAME as _PKG
+from verifier.debian import PINNED_RELATION as _DEPENDENCY
+from verifier.debian import VERSION as _VERSION
+from verifier.debian import parse_source_field, version_noepoch
 from verifier.errors import BadDataError
 from verifier.statement import Digest
 
@@ -40,17 +45,11 @@ MAX_DEPENDS = 20_000
 MAX_ENV = 200
 MAX_BINNMU_CHANGES = 64 * 1024  # one changelog entry
 
-# Debian Policy §5.6.1 (source and binary package names), §5.6.12 (versions), architectures.
-_PKG = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_VERSION = re.compile(r"(?:[0-9]{1,9}:)?[0-9A-Za-z][A-Za-z0-9.+~-]*")
-_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Package names, versions, architectures and relations: the one Debian grammar
+# (verifier.debian).
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # A file name from a hostile document: one plain path component, no leading dot, no separators.
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_-]*")
-_DEPENDENCY = re.compile(
-    r"(?P<name>[a-z0-9][a-z0-9+.-]+)(?::(?P<arch>[a-z0-9][a-z0-9-]*))?"
-    r"\s*\(\s*=\s*(?P<version>[^\s()]+)\s*\)"
-)
 _ENV_LINE = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+~-]*")
 # Top-level directories a build path may not live under: they are the sandbox's system binds
@@ -78,10 +77,6 @@ _RESERVED_TOP = frozenset(
 # Environment variables a buildinfo may not set: the sandbox owns them (PATH, HOME) or they
 # change which code runs rather than how it builds.
 ENV_DENYLIST = frozenset({"PATH", "HOME", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "TMPDIR"})
-
-
-def version_noepoch(version: str) -> str:
-    return version.split(":", 1)[1] if ":" in version else version
 
 
 def validate_file_name(name: str, where: str) -> str:
@@ -301,16 +296,13 @@ def _source_and_version(fields: dict[str, str], what: str) -> tuple[str, str]:
     source = _require(fields, "Source", what)
     version = _require(fields, "Version", what)
     # A buildinfo's Source may carry "(version)" for binNMUs; the source version is that one.
-    m = re.fullmatch(r"(\S+)(?:\s+\((\S+)\))?", source)
-    if not m or not _PKG.fullmatch(m[1]):
-        raise BadDataError(what, f"Source {source[:80]!r} is not a source package name")
-    if not _VERSION.fullmatch(version) or len(version) > 255:
+    if not _VERSION.fullmatch(version):
         raise BadDataError(what, f"Version {version[:80]!r} is not a Debian version")
-    return m[1], (m[2] or version)
+    return parse_source_field(source, version, what)
 
 
 _CHANGELOG_HEADER = re.compile(
-    r"(?P<source>[a-z0-9][a-z0-9+.-]+) \((?P<version>[^()\s]+)\) [^;\n]+;(?P<options>[^\n]*)"
+    rf"(?P<source>{_PKG.pattern}) \((?P<version>[^()\s]+)\) [^;\n]+;(?P<options>[^\n]*)"
 )
 
 
@@ -417,7 +409,7 @@ def parse_dsc(data: bytes) -> Dsc:
     if not _PKG.fullmatch(source):
         raise BadDataError("dsc", f"Source {source[:80]!r} is not a source package name")
     version = _require(fields, "Version", "dsc")
-    if not _VERSION.fullmatch(version) or len(version) > 255:
+    if not _VERSION.fullmatch(version):
         raise BadDataError("dsc", f"Version {version[:80]!r} is not a Debian version")
     files = _checksums(_require(fields, "Checksums-Sha256", "dsc"), "dsc", "Checksums-Sha256")
     # The Files (md5) field must name the same files: dpkg-source checks it too.

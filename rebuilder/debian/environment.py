@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from rebuilder.buildinfo import Dependency
+from rebuilder.debian.buildinfo import Dependency
 from verifier.errors import BadDataError
 
 __all__ = [

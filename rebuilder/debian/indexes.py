@@ -35,7 +35,10 @@ from debian import deb822
 
 from rebuilder.config import RepositoryConfig
 from rebuilder.outcome import BuildJob, ReleaseRef
-from verifier.debian import canonical_deb_name
+from verifier.debian import ARCHITECTURE as _ARCH
+from verifier.debian import PACKAGE_NAME as _PKG
+from verifier.debian import VERSION as _VERSION
+from verifier.debian import canonical_deb_name, parse_source_field
 from verifier.errors import BadDataError
 from verifier.statement import Digest
 
@@ -77,10 +80,6 @@ except ImportError:
 HAVE_APT_PKG = _APT_PKG is not None
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_PKG = re.compile(r"[a-z0-9][a-z0-9.+-]{0,99}")
-_VERSION = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}")
-_ARCH = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-_SOURCE = re.compile(r"([a-z0-9][a-z0-9.+-]{0,99})(?:\s+\(([^()\s]{1,128})\))?")
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,511}")
 _INDEX_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~/-]{0,255}")  # Debian has "20230607+deb12u15/"
 
@@ -383,17 +382,9 @@ def _packages(f: IO[bytes], max_entries: int, what: str) -> list[Binary]:
         sha = _field(para, "SHA256", _HEX64, n)
         source, source_version = package, version
         if "Source" in para:
-            m = _SOURCE.fullmatch(para["Source"].strip())
-            if not m:
-                raise BadDataError(
-                    what, f"paragraph {n}: Source {para['Source'][:80]!r} is malformed"
-                )
-            source = m.group(1)
-            source_version = m.group(2) or version
-            if not _VERSION.fullmatch(source_version):
-                raise BadDataError(
-                    what, f"paragraph {n}: source version {source_version!r} is malformed"
-                )
+            # the one Debian grammar (verifier.debian): name, and version if given
+            source, source_version = parse_source_field(para["Source"], version,
+                                                        f"{what} paragraph {n}")
         binaries.append(Binary(package, version, arch, source, source_version, filename,
                                Digest(sha)))
     return binaries

@@ -4,9 +4,9 @@ A worker thread is not enough: parsing and grouping are Python code holding the 
 Debian's real index a thread stalled the loop by 100-900 ms. One task per round, in a fresh
 ``spawn``-ed process (one task per process: whatever a hostile index made it allocate goes back
 to the system when it exits), checks each fetched index against its Release entry, decompresses
-and parses it (``rebuilder.indexes.read_packages`` / ``read_sources``, within the caps), groups
-the binaries into jobs and, given the state database, sorts them into new and known and inserts
-the new ones there itself (``rebuilder.db.queue_jobs_blocking``). Only counts and the first
+and parses it (``rebuilder.debian.indexes.read_packages`` / ``read_sources``, within the caps),
+groups the binaries into jobs and, given the state database, sorts them into new and known and
+inserts the new ones there itself (``rebuilder.db.queue_jobs_blocking``). Only counts and the first
 ``SAMPLE`` jobs of each kind come back: 40k job objects arriving in the node would stall its
 loop in unpickling and garbage collection alone. A refusal comes back as (what, reason) and is
 raised here as ``BadDataError``::
@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from rebuilder.config import RepositoryConfig
 from rebuilder.db import queue_jobs_blocking
-from rebuilder.indexes import (
+from rebuilder.debian.indexes import (
     Binary,
     IndexLimits,
     SourceIndex,
@@ -167,7 +167,7 @@ class IndexReader:
         # module once (never from the node itself: it has threads), so a round pays
         # milliseconds, not a fresh interpreter's imports
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["rebuilder.indexproc"])
+        ctx.set_forkserver_preload(["rebuilder.debian.indexproc"])
         receive, send = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child, args=(send, *args), daemon=True,
                               name="rq-index-worker")
