@@ -20,8 +20,8 @@ from aiohttp import web
 from coordinator.catchup import CatchUp
 from coordinator.config import Limits, RebuilderConfig
 from coordinator.monitor import Monitor
+from rebuilder.debian.watch import fetch_bounded
 from rebuilder.fetch import fetch_bytes, fetch_file
-from rebuilder.watch import fetch_bounded
 from tests.support import free_port
 from verifier.errors import BadDataError, HTTPStatusError, UnreachableError
 from verifier.keys import generate_private_key
@@ -118,14 +118,14 @@ async def _node_fetch_file(s: aiohttp.ClientSession, base: str, tmp: Path) -> An
 
 
 async def _watcher(s: aiohttp.ClientSession, base: str, tmp: Path) -> Any:
-    import rebuilder.watch
+    import rebuilder.debian.watch
 
-    old = rebuilder.watch.FETCH_TIMEOUT_S
-    rebuilder.watch.FETCH_TIMEOUT_S = SLOW
+    old = rebuilder.debian.watch.FETCH_TIMEOUT_S
+    rebuilder.debian.watch.FETCH_TIMEOUT_S = SLOW
     try:
         return await fetch_bounded(s, base, LIMIT)
     finally:
-        rebuilder.watch.FETCH_TIMEOUT_S = old
+        rebuilder.debian.watch.FETCH_TIMEOUT_S = old
 
 
 async def _catch_up(s: aiohttp.ClientSession, base: str, tmp: Path) -> Any:

@@ -16,7 +16,7 @@ from debian.debian_support import Version
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.app import PACKAGE_PART
+from coordinator.appstate import PACKAGE_PART
 from rebuilder.debian.buildinfo import parse_dsc
 from rebuilder.debian.indexes import parse_packages
 from verifier import ecosystem
