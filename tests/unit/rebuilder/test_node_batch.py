@@ -146,7 +146,7 @@ def _query(**change: Any) -> dict[str, Any]:
          "query 0: digest must be"),
         (json.dumps({"queries": [_query(package={"ecosystem": "npm", "name": "a",
                                                   "version": "1"})]}).encode(), 400,
-         "ecosystem must be 'debian'"),
+         "query 0: ecosystem 'npm' is not one this rebuilder builds"),
         (json.dumps({"queries": [_query(package={"ecosystem": "debian", "name": "Hello",
                                                   "version": "1"})]}).encode(), 400,
          "query 0: package name"),

@@ -142,7 +142,7 @@ DATA = ("data.tar.gz", _tar({"./": None}))
          "is not a control field"),
         ([DEBIAN_BINARY, _control_tar({"./control": CONTROL.replace(
             b"Source: hello-src (2.10-2)", b"Source: (")}), DATA], b"!<arch>\n",
-         "Source field"),
+         "Source '(' is malformed"),
     ],
     ids=["not-ar", "empty-ar", "format-3", "huge-debian-binary", "debian-binary-not-first",
          "data-before-control", "no-control-member", "no-control-file", "control-is-a-dir",
