@@ -125,3 +125,18 @@ def signed_status(key: Any, state: str = "online", session: str = "0123456789abc
     from verifier.status import sign_status
 
     return sign_status(status_body(state, session, **fields), key)
+
+
+async def watcher_jobs(rcfg: Any, session: Any, tmp_path: Path) -> list[Any]:
+    """The jobs one authenticated watcher round over repository ``rcfg`` would queue (nothing
+    is written but a scratch database under ``tmp_path``)."""
+    from rebuilder.db import Store
+    from rebuilder.watch import Watcher
+
+    store = await Store.open(tmp_path / "watch.db")
+    try:
+        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
+    finally:
+        await store.close()
+    assert report.error is None, report.error
+    return list(report.new)

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -37,8 +36,9 @@ from rebuilder.config import parse_config
 from rebuilder.locate import resolve_buildinfo
 from rebuilder.pins import SuiteSource
 from rebuilder.testrepo import serve_repository
-from rebuilder.testrepo._repo import _indexes
-from rebuilder.watch import Watcher
+from rebuilder.testrepo._buildd import buildd_build
+from rebuilder.testrepo._repo import _indexes, export_keyring, make_signing_key
+from tests.support import watcher_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -102,15 +102,6 @@ def _sources(cache: Path, log: Path) -> Path:
     return src
 
 
-def _chown(top: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    for dirpath, dirnames, filenames in os.walk(top):
-        for n in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, n), sandbox.NOBODY, sandbox.NOBODY)
-    os.chown(top, sandbox.NOBODY, sandbox.NOBODY)
-
-
 def _tamper(deb: Path, log: Path) -> None:
     """Change one shipped file of ``deb`` and rebuild it, as a compromised mirror would."""
     work = deb.parent / f".tamper-{deb.name}"
@@ -146,20 +137,13 @@ def _build_repository(cache: Path, log: Path) -> Path:
             if f.name.startswith(f"{source}_{upstream}"):
                 shutil.copyfile(f, top / f.name)
         leaf = f"{source}-{upstream}"
-        _run(["dpkg-source", "-x", f"{source}_{noepoch}.dsc", leaf], top, log,
-             env={**os.environ, "LC_ALL": "C.UTF-8"})
-        _chown(top)
         arch_all = source == "cowsay"
-        cfg = sandbox.SandboxConfig(
-            binds=(sandbox.Bind(top, "/build/reproducible-path", writable=True),),
-            chdir=f"/build/reproducible-path/{leaf}",
-            env={"LC_ALL": "C.UTF-8", "DEB_BUILD_PROFILES": "noudeb"},
-            root=chroot,
-            system_paths=sandbox.CHROOT_SYSTEM_PATHS,
-        )
-        argv = ["dpkg-buildpackage", "-A" if arch_all else "-B", "--no-sign", "-rfakeroot"]
-        _run(sandbox.bwrap_argv(argv, cfg, sandbox.Limits(timeout=1800)), top, log,
-             env={"PATH": os.environ["PATH"]})
+        buildd_build(top, f"{source}_{noepoch}.dsc", leaf, log,
+                     build_parent="/build/reproducible-path",
+                     argv=["dpkg-buildpackage", "-A" if arch_all else "-B", "--no-sign",
+                           "-rfakeroot"],
+                     env={"LC_ALL": "C.UTF-8", "DEB_BUILD_PROFILES": "noudeb"},
+                     root=chroot, system_paths=sandbox.CHROOT_SYSTEM_PATHS)
         prefix = source[:4] if source.startswith("lib") else source[0]
         pool_rel = f"pool/main/{prefix}/{source}"
         pool = repo / pool_rel
@@ -174,7 +158,12 @@ def _build_repository(cache: Path, log: Path) -> Path:
         shutil.copyfile(top / buildinfo, repo / "buildinfo" / buildinfo)
         published[source] = {d.name: d.name for d in pool.glob("*.deb")}
     _tamper(next((repo / "pool/main/c/cowsay").glob("cowsay_*_all.deb")), log)
-    _indexes(repo, arch, log)
+    gnupg = cache / f"gnupg-{FORMAT}"  # the repository's signing key, outside the served tree
+    if not (gnupg / "pubring.kbx").exists():
+        shutil.rmtree(gnupg, ignore_errors=True)
+        make_signing_key(gnupg, "repro-quorum real-packages repository")
+    _indexes(repo, arch, log, gnupg)
+    export_keyring(gnupg, repo.with_name(f"keyring-{FORMAT}.gpg"))
     (repo / ".ready").write_text(json.dumps(published))
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
@@ -218,12 +207,12 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
         config = parse_config(
             {"node": {"id": "rb-real", "operator": "op"},
              "repository": [{"name": "real", "base_url": base, "suite": "stable",
-                             "trusted": True,  # the fixture's apt-ftparchive repository
+                             "signed_by": str(real_repo.with_name(f"keyring-{FORMAT}.gpg")),
                              "architectures": ["amd64", "all"],
                              "build_suite": [{"suite": SUITE, "mirror": MIRROR}]}]},
             tmp_path)
         rcfg = config.repositories[0]
-        jobs = await _jobs_of(rcfg, session, tmp_path)
+        jobs = await watcher_jobs(rcfg, session, tmp_path)
         assert {(j.source, j.version) for j in jobs} == set(SOURCES.items())
         settings = BuildSettings(
             environment="mmdebstrap", suites=(SuiteSource(MIRROR, SUITE),),
@@ -258,16 +247,3 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "real-packages.txt").write_text("\n".join(report) + "\n")
-
-
-async def _jobs_of(rcfg: Any, session: aiohttp.ClientSession, tmp_path: Path) -> list[Any]:
-    """What one authenticated watcher round would queue (nothing is written)."""
-    from rebuilder.db import Store
-
-    store = await Store.open(tmp_path / "watch.db")
-    try:
-        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
-    finally:
-        await store.close()
-    assert report.error is None, report.error
-    return list(report.new)
