@@ -507,9 +507,13 @@ async def prepare_chroot(
         if not _usable(final):
             fcntl.flock(lock, fcntl.LOCK_UN)
             await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        if (final / _READY).exists() and not _usable(final) and not (
+                cache_dir / _entry_text(final, _BASE) / _READY).exists():
+            # an overlay whose base is gone (deleted by hand): made again below
+            await asyncio.to_thread(_remove_entry, cache_dir, final)
         if (final / _READY).exists():
-            how = (final / _LAYOUT).read_text().strip() if (final / _LAYOUT).exists() else "copy"
-            base_name = (final / _BASE).read_text().strip() if (final / _BASE).exists() else ""
+            how = _entry_text(final, _LAYOUT) or "copy"
+            base_name = _entry_text(final, _BASE)
             if how == "overlay" and not _usable(final):
                 await asyncio.to_thread(_mount_entry, cache_dir / base_name, final)
             os.utime(final / _READY)  # used now: the last to be evicted
@@ -558,6 +562,13 @@ async def prepare_chroot(
     return prepared
 
 
+def _entry_text(entry: Path, marker: str) -> str:
+    try:
+        return (entry / marker).read_text().strip()
+    except OSError:
+        return ""
+
+
 def _usable(entry: Path) -> bool:
     """Ready, and mounted if it is an overlay."""
     if not (entry / _READY).exists():
@@ -576,7 +587,8 @@ def _clear(work: Path) -> None:
 async def _make_copy(base: Path, work: Path, how: str, why: str, log_path: Path) -> None:
     with await asyncio.to_thread(_open_append, log_path) as log:
         if how == "overlay":
-            log.write(f"chroot: overlay of {base.name} (upper layer {work.name})\n".encode())
+            log.write(f"chroot: overlay of {base.name}, the delta in its own upper layer\n"
+                      .encode())
         else:
             log.write(f"chroot: copy of {base.name} (cp --reflink=auto; no overlay: {why})\n"
                       .encode())

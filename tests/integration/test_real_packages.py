@@ -9,11 +9,14 @@ package), inside bubblewrap. The repository gets apt-ftparchive indexes, the bui
 and one tampered .deb (``cowsay``'s). A node in mmdebstrap mode must then say ``reproduced``
 for hello and attr, and ``tampered`` for cowsay's tampered file.
 
-Everything is cached under ``$RQ_REAL_CACHE`` (default ``~/.cache/repro-quorum/realpkgs``):
-the sources, the original chroot, the built repository; the node's chroots are cached with the
-other mmdebstrap tests'. The first run takes several minutes (two bootstraps per package);
-later runs only rebuild. Per package, the environment and rebuild times and the verdict are
-written to ``test-artifacts/real-packages.txt``.
+Everything is cached under ``$RQ_REAL_CACHE`` (default ``~/.cache/repro-quorum/realpkgs``;
+keep it between CI runs): the sources, the original chroot, the built repository and its
+signing key (``FORMAT`` names the recipe: bump it when the recipe changes). The node's chroots
+(one base, a delta per pin set) are cached with the other mmdebstrap tests' under
+``$RQ_CHROOT_CACHE`` (default ``~/.cache/repro-quorum/chroots``). The first run takes a few
+minutes (one bootstrap for the fixture, one base for the node); later runs only rebuild. Per
+package, the environment and rebuild times and the verdict are written to
+``test-artifacts/real-packages.txt``.
 """
 
 from __future__ import annotations
@@ -195,11 +198,6 @@ def _seconds(log: str, start: str, end: str) -> float:
     return float((t1 - t0) % 86400)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the merge of the sandbox work (bounded build tree, new binds) the mmdebstrap"
-    " rebuild of hello finds no .deb to collect (issue 14, open): reported XFAIL until fixed",
-)
 async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: Path) -> None:
     expected = {"hello": "reproduced", "attr": "reproduced", "cowsay": "tampered"}
     report: list[str] = []
@@ -226,10 +224,13 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
             assert outcome.log_path is not None
             log = outcome.log_path.read_text()
             env_s = _seconds(log, "pins resolved", "chroot chroot-")
+            chroot = outcome.internal_parameters["chroot"]
+            how = ("cached" if chroot["cached"] else
+                   f"new, {chroot['delta']} pins on"
+                   f" {'a cached' if chroot['base_cached'] else 'a new'} base, {chroot['layout']}")
             report.append(
                 f"{job.source} {job.version} {job.architecture}: {outcome.verdict};"
-                f" rebuild {total:.0f}s, environment {env_s:.0f}s"
-                f" ({'cached' if outcome.internal_parameters['chroot']['cached'] else 'new'});"
+                f" rebuild {total:.0f}s, environment {env_s:.0f}s ({how});"
                 + " ".join(f" {o.name}={o.verdict}" for o in outcome.outputs))
             assert outcome.verdict == expected[job.source], (job.source, outcome.outputs)
             if job.source == "cowsay":
