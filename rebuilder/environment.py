@@ -49,6 +49,7 @@ __all__ = [
     "host_differences",
     "installed_packages",
     "prepare_chroot",
+    "unmount_idle",
 ]
 
 
@@ -240,6 +241,19 @@ def _evict_group(cache_dir: Path, d: Path, dependents: list[Path]) -> bool | Non
             if not _remove_entry(cache_dir, entry):
                 return None
     return True
+
+
+def unmount_idle(cache_dir: Path) -> list[str]:
+    """Unmount every overlay chroot of the cache that no build holds (the next build using one
+    mounts it again), e.g. before the cache directory is archived; the names unmounted."""
+    done = []
+    for d in sorted(cache_dir.glob("chroot-*")):
+        if not _chrootfs.is_mounted(d / "root"):
+            continue
+        with _try_lock(cache_dir / f".{d.name}.lock") as ok:
+            if ok and _chrootfs.unmount(d / "root"):
+                done.append(d.name)
+    return done
 
 
 def chroot_key(deps: Iterable[Dependency], mirror: str, suite: str, arch: str,

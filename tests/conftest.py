@@ -112,3 +112,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     unmount_stale_build_trees(session.config.option.basetemp)
+    # the mmdebstrap tests' chroot cache: no overlay left mounted when CI archives it (the
+    # merged view would be archived too); one a running session's build holds stays
+    import os
+
+    from rebuilder.environment import unmount_idle
+
+    chroots = Path(os.environ.get("RQ_CHROOT_CACHE")
+                   or Path.home() / ".cache" / "repro-quorum" / "chroots")
+    if chroots.is_dir():
+        unmount_idle(chroots)

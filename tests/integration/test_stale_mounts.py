@@ -1,6 +1,7 @@
 """The test session's clean-up of mounts left under pytest's temporary directories leaves alone
 those of another session still running (issue 14: a session starting while the real-packages
-rebuild ran unmounted its bounded build tree, and the rebuild found no .deb to collect)."""
+rebuild ran unmounted its bounded build tree, and the rebuild found no .deb to collect); and
+the chroot cache's overlays are unmounted when idle, never under a build."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from rebuilder import _buildfs
+from rebuilder import _buildfs, _chrootfs
+from rebuilder.environment import unmount_idle
 from tests.conftest import unmount_stale_build_trees
 
-pytestmark = pytest.mark.skipif(not _buildfs.can_mount()[0], reason=_buildfs.can_mount()[1])
+needs_loop = pytest.mark.skipif(not _buildfs.can_mount()[0], reason=_buildfs.can_mount()[1])
 
 
+@needs_loop
 def test_a_running_sessions_build_tree_stays_mounted_a_dead_ones_is_unmounted(
     tmp_path: Path,
 ) -> None:
@@ -52,6 +55,7 @@ def test_a_running_sessions_build_tree_stays_mounted_a_dead_ones_is_unmounted(
             _buildfs.unmount(tree)
 
 
+@needs_loop
 def test_the_given_basetemp_is_cleaned_whoever_owned_it(tmp_path: Path) -> None:
     """``--basetemp`` is this session's alone (pytest empties it at start): all of it goes."""
     tree = tmp_path / "given" / "t0" / "tree"
@@ -62,3 +66,28 @@ def test_the_given_basetemp_is_cleaned_whoever_owned_it(tmp_path: Path) -> None:
         assert not os.path.ismount(tree)
     finally:
         _buildfs.unmount(tree)
+
+
+@pytest.mark.skipif(not _chrootfs.overlay_available()[0], reason=_chrootfs.overlay_available()[1])
+def test_idle_overlay_chroots_are_unmounted_one_in_use_stays(tmp_path: Path) -> None:
+    import fcntl
+
+    base = tmp_path / "base-b" / "root"
+    (base / "usr").mkdir(parents=True)
+    (base / "usr" / "base-file").write_text("from the base\n")
+    entries = [tmp_path / "chroot-idle", tmp_path / "chroot-used"]
+    try:
+        for e in entries:
+            _chrootfs.mount_overlay(base, e / "upper", e / "work", e / "root")
+            assert (e / "root" / "usr" / "base-file").read_text() == "from the base\n"
+        (entries[1] / "root" / "usr" / "delta").write_text("pinned\n")
+        assert (entries[1] / "upper" / "usr" / "delta").is_file()  # the write went up
+        assert not (base / "usr" / "delta").exists()
+        with open(tmp_path / ".chroot-used.lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_SH)  # a build holds it
+            assert unmount_idle(tmp_path) == ["chroot-idle"]
+        assert not os.path.ismount(entries[0] / "root")
+        assert os.path.ismount(entries[1] / "root")
+    finally:
+        for e in entries:
+            _chrootfs.unmount(e / "root")
