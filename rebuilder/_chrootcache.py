@@ -24,6 +24,7 @@ _READY = ".repro-quorum-ready"  # mtime: when the entry was last used
 _SIZE = ".repro-quorum-size"
 _BASE = ".repro-quorum-base"  # in a chroot entry: the name of its base
 _LAYOUT = ".repro-quorum-layout"
+_DELTA = ".repro-quorum-delta"  # in a chroot entry: how many pins were installed on the base
 _PACKAGES = ".repro-quorum-packages.json"  # in a base entry: what it has installed
 
 

@@ -37,6 +37,7 @@ from typing import IO, Literal
 from rebuilder import _chrootfs
 from rebuilder._chrootcache import (
     _BASE,
+    _DELTA,
     _LAYOUT,
     _PACKAGES,
     _READY,
@@ -129,7 +130,7 @@ class PreparedChroot:
     base: str = ""  # name of the base it is a copy of
     base_cached: bool = True  # False: the base was bootstrapped for this build
     layout: str = "overlay"  # how the copy was made: overlay | copy
-    delta: int = 0  # pins installed on top of the base
+    delta: int = 0  # pins installed on top of the base (when the chroot was made)
     seconds: float = 0.0  # to prepare it
 
     @property
@@ -423,7 +424,8 @@ async def prepare_chroot(
             os.utime(final / _READY)  # used now: the last to be evicted
             fcntl.flock(lock, fcntl.LOCK_SH)
             return PreparedChroot(final / "root", key, cached=True, lock=lock, base=base_name,
-                                  layout=how, seconds=time.monotonic() - t0)
+                                  layout=how, delta=int(_entry_text(final, _DELTA) or 0),
+                                  seconds=time.monotonic() - t0)
         base, base_lock, base_cached = await _ensure_base(
             cache_dir, mirror, suite, arch, extra_sources, log_path, time_limit)
         how, why = _choose_layout(layout)
@@ -443,7 +445,7 @@ async def prepare_chroot(
                 raise ChrootError(
                     f"the chroot differs from Installed-Build-Depends in {len(diffs)} packages: "
                     + "; ".join(diffs[:20]))
-            await asyncio.to_thread(_finish_entry, work, base, how)
+            await asyncio.to_thread(_finish_entry, work, base, how, len(delta))
         except BaseException:
             await asyncio.to_thread(_clear, work)
             raise
@@ -528,10 +530,11 @@ async def _install_delta(work: Path, base: Path, cache_dir: Path, delta: Sequenc
                 (root / "etc" / "resolv.conf").unlink()  # only the sandbox's mount point
 
 
-def _finish_entry(work: Path, base: Path, how: str) -> None:
+def _finish_entry(work: Path, base: Path, how: str, delta: int) -> None:
     if how == "overlay":
         _chrootfs.unmount(work / "root")  # remounted at its final place
     (work / _BASE).write_text(base.name + "\n")
     (work / _LAYOUT).write_text(how + "\n")
+    (work / _DELTA).write_text(f"{delta}\n")
     (work / _SIZE).write_text(f"{_tree_size(work)}\n")
     (work / _READY).write_text(work.name + "\n")
