@@ -142,7 +142,7 @@ class PreparedChroot:
             self.lock.close()  # closing drops the flock
 
 
-FORMAT = 3  # bumped whenever the chroot recipe changes
+FORMAT = 4  # bumped whenever the chroot recipe changes
 Layout = Literal["auto", "overlay", "copy"]
 
 
@@ -266,9 +266,13 @@ def _base_command(mirror: str, suite: str, arch: str, extra_sources: Sequence[st
         # bubblewrap: the sandbox's inner layer that disables nested user namespaces
         "--include=fakeroot,bubblewrap",
         '--aptopt=Acquire::Check-Valid-Until "false"',
+        # no fsync per unpacked file: the tree is synced once before it is marked ready (a
+        # crash before that leaves only a .tmp, removed by the next attempt)
+        "--dpkgopt=force-unsafe-io",
         # the package lists stay: every delta's apt run starts from them (shared, updated)
         "--skip=cleanup/apt/lists",
-        '--customize-hook=rm -f "$1"/etc/resolv.conf "$1"/etc/hostname',
+        '--customize-hook=rm -f "$1"/etc/resolv.conf "$1"/etc/hostname'
+        ' "$1"/etc/dpkg/dpkg.cfg.d/99mmdebstrap',
         suite,
         str(work),
         mirror,
@@ -323,20 +327,22 @@ def _finish_base(work: Path) -> None:
     (work / "lists" / "partial").mkdir(exist_ok=True)
     installed = installed_packages(root / "var" / "lib" / "dpkg")
     (work / _PACKAGES).write_text(json.dumps(installed, sort_keys=True))
+    subprocess.run(["sync", "-f", str(root)], check=False, timeout=600)  # see force-unsafe-io
     (work / _SIZE).write_text(f"{_tree_size(work)}\n")
     (work / _READY).write_text("base\n")
 
 
 def _delta_command(root: Path, base: Path, packages: Path, pins: Sequence[str],
-                   local: bool) -> list[str]:
-    """bwrap as root over the copy: apt updates the shared lists and installs the delta from
-    the shared package cache (downloading what it lacks), with the network, nothing else."""
+                   local: bool, update: bool = True) -> list[str]:
+    """bwrap as root over the copy: apt updates the shared lists (not when the base was just
+    bootstrapped: they are seconds old) and installs the delta from the shared package cache
+    (downloading what it lacks), with the network, nothing else."""
     apt_opts = ["-o", "Acquire::Check-Valid-Until=false", "-o", "Dir::Cache::pkgcache=",
                 "-o", "Dir::Cache::srcpkgcache="]
     install = ["apt-get", *apt_opts, "install", "--yes", "--allow-downgrades",
                "--no-install-recommends", "-o", "DPkg::Options::=--force-unsafe-io", *pins]
-    script = ("apt-get " + " ".join(apt_opts) + " --error-on=any update"
-              + ' && exec "$@"')
+    script = ("apt-get " + " ".join(apt_opts) + " --error-on=any update && " if update
+              else "") + 'exec "$@"'
     cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc",
            "--bind", str(root), "/", "--dev", "/dev", "--proc", "/proc",
            # the sandbox's own, private /tmp; apt's _apt user writes there too
@@ -437,7 +443,7 @@ async def prepare_chroot(
             await _make_copy(base, work, how, why, log_path)
             if delta:
                 await _install_delta(work, base, cache_dir, delta, local, pool_files or {},
-                                     log_path, time_limit)
+                                     log_path, time_limit, update=base_cached)
             installed = await asyncio.to_thread(
                 installed_packages, work / "root" / "var" / "lib" / "dpkg")
             diffs = compare_installed(deps, installed, arch)
@@ -508,7 +514,7 @@ async def _make_copy(base: Path, work: Path, how: str, why: str, log_path: Path)
 async def _install_delta(work: Path, base: Path, cache_dir: Path, delta: Sequence[Dependency],
                          local: Mapping[Dependency, Path],
                          pool: Mapping[Dependency, tuple[str, str]], log_path: Path,
-                         time_limit: float) -> None:
+                         time_limit: float, update: bool = True) -> None:
     packages = cache_dir / "packages"
     (packages / "apt" / "partial").mkdir(parents=True, exist_ok=True)
     root = work / "root"
@@ -522,7 +528,8 @@ async def _install_delta(work: Path, base: Path, cache_dir: Path, delta: Sequenc
                        f" {good} in the package cache and checked against the index sha256"
                        + (f", removed as damaged: {', '.join(bad)}" if bad else "") + "\n")
                       .encode())
-        cmd = _delta_command(root, base, packages, _apt_pins(delta, local), bool(local))
+        cmd = _delta_command(root, base, packages, _apt_pins(delta, local), bool(local),
+                             update)
         try:
             await _run_logged(cmd, log_path, time_limit, "installing the pinned delta", tool="apt")
         finally:
