@@ -426,7 +426,10 @@ async def prepare_chroot(
             how = _entry_text(final, _LAYOUT) or "copy"
             base_name = _entry_text(final, _BASE)
             if how == "overlay" and not _usable(final):
-                await asyncio.to_thread(_mount_entry, cache_dir / base_name, final)
+                try:
+                    await asyncio.to_thread(_mount_entry, cache_dir / base_name, final)
+                except OSError as e:
+                    raise ChrootError(f"cannot mount the cached chroot {final.name}: {e}") from e
             os.utime(final / _READY)  # used now: the last to be evicted
             fcntl.flock(lock, fcntl.LOCK_SH)
             return PreparedChroot(final / "root", key, cached=True, lock=lock, base=base_name,
@@ -440,7 +443,7 @@ async def prepare_chroot(
         work = cache_dir / f".{final.name}.tmp"
         await asyncio.to_thread(_clear, work)
         try:
-            await _make_copy(base, work, how, why, log_path)
+            how = await _make_copy(base, work, how, why, log_path, layout == "auto")
             if delta:
                 await _install_delta(work, base, cache_dir, delta, local, pool_files or {},
                                      log_path, time_limit, update=base_cached)
@@ -496,7 +499,20 @@ def _clear(work: Path) -> None:
         shutil.rmtree(work)
 
 
-async def _make_copy(base: Path, work: Path, how: str, why: str, log_path: Path) -> None:
+async def _make_copy(base: Path, work: Path, how: str, why: str, log_path: Path,
+                     fallback: bool) -> str:
+    """The copy of the base at ``work/root``; the layout used (an overlay that cannot be
+    mounted here, e.g. on a filesystem overlayfs refuses as upper layer, falls back to a copy
+    when ``fallback``)."""
+    if how == "overlay":
+        try:
+            await asyncio.to_thread(_chrootfs.mount_overlay, base / "root", work / "upper",
+                                    work / "work", work / "root")
+        except OSError as e:
+            if not fallback:
+                raise ChrootError(f"overlay chroot: {e}") from e
+            await asyncio.to_thread(_clear, work)
+            how, why = "copy", str(e)
     with await asyncio.to_thread(_open_append, log_path) as log:
         if how == "overlay":
             log.write(f"chroot: overlay of {base.name}, the delta in its own upper layer\n"
@@ -504,11 +520,12 @@ async def _make_copy(base: Path, work: Path, how: str, why: str, log_path: Path)
         else:
             log.write(f"chroot: copy of {base.name} (cp --reflink=auto; no overlay: {why})\n"
                       .encode())
-    if how == "overlay":
-        await asyncio.to_thread(_chrootfs.mount_overlay, base / "root", work / "upper",
-                                work / "work", work / "root")
-    else:
-        await asyncio.to_thread(_chrootfs.copy_base, base / "root", work / "root")
+    if how == "copy":
+        try:
+            await asyncio.to_thread(_chrootfs.copy_base, base / "root", work / "root")
+        except OSError as e:
+            raise ChrootError(str(e)) from e
+    return how
 
 
 async def _install_delta(work: Path, base: Path, cache_dir: Path, delta: Sequence[Dependency],
