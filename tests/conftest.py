@@ -59,26 +59,66 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
 
 
-def _unmount_stale_build_trees() -> None:
-    """Build trees a killed node left mounted (rebuilder/_buildfs.py) under pytest's temporary
-    directories: unmounted, so that pytest can remove old runs' directories."""
+def _session_alive(pytest_dir: Path) -> bool:
+    """Whether another, running pytest session owns ``pytest_dir`` (a numbered ``pytest-N``
+    directory: pytest writes its pid to ``.lock`` there and removes it when it exits)."""
+    import os
+
+    try:
+        pid = int((pytest_dir / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # our own session's: ours to unmount
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unmount_stale_build_trees(given: str | None, default: Path | None = None) -> None:
+    """Mounts a killed node or test left (bounded build trees, rebuilder/_buildfs.py; overlay
+    chroots, rebuilder/debian/_chrootfs.py) under pytest's temporary directories: unmounted, so that
+    pytest can remove old runs' directories. Never those of another pytest session still running
+    (several sessions share the default root): unmounting a build tree under a running build
+    hides its outputs, and the rebuild then finds no .deb to collect."""
     import getpass
     import subprocess
     import tempfile
 
-    root = str(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+    if default is None:
+        default = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+    roots = [str(default)] + ([str(Path(given).absolute())] if given else [])
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return
     points = [f.split()[4] for f in lines if len(f.split()) > 4]
-    for point in sorted((p for p in points if p.startswith(root + "/")), reverse=True):
+    for point in sorted((p for p in points if any(p.startswith(r + "/") for r in roots)),
+                        reverse=True):
+        if point.startswith(str(default) + "/"):
+            session_dir = default / Path(point).relative_to(default).parts[0]
+            if _session_alive(session_dir):
+                continue
         subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=60)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _unmount_stale_build_trees()
+    unmount_stale_build_trees(session.config.option.basetemp)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _unmount_stale_build_trees()
+    unmount_stale_build_trees(session.config.option.basetemp)
+    # the mmdebstrap tests' chroot cache: no overlay left mounted when CI archives it (the
+    # merged view would be archived too); one a running session's build holds stays
+    import os
+
+    from rebuilder.debian.environment import unmount_idle
+
+    chroots = Path(os.environ.get("RQ_CHROOT_CACHE")
+                   or Path.home() / ".cache" / "repro-quorum" / "chroots")
+    if chroots.is_dir():
+        unmount_idle(chroots)

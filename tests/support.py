@@ -146,3 +146,18 @@ def metric(text: str, name: str, **labels: str) -> float:
     if key not in samples:
         raise AssertionError(f"{name}{labels or ''} not in /metrics")
     return samples[key]
+
+
+async def watcher_jobs(rcfg: Any, session: Any, tmp_path: Path) -> list[Any]:
+    """The jobs one authenticated watcher round over repository ``rcfg`` would queue (nothing
+    is written but a scratch database under ``tmp_path``)."""
+    from rebuilder.db import Store
+    from rebuilder.debian.watch import Watcher
+
+    store = await Store.open(tmp_path / "watch.db")
+    try:
+        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
+    finally:
+        await store.close()
+    assert report.error is None, report.error
+    return list(report.new)

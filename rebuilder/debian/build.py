@@ -573,7 +573,7 @@ async def _prepare_environment(
     )
     if not suites:
         raise StageError("environment", "no build suite is configured to install pins from")
-    local = await _resolve_pins(run, info, suites, host_arch, cache)
+    local, pool = await _resolve_pins(run, info, suites, host_arch, cache)
     first = suites[0]
     mirror = first.apt_line() if first.keyring else first.mirror
     extra = [s.apt_line() for s in suites[1:]]
@@ -591,6 +591,7 @@ async def _prepare_environment(
             extra_sources=extra,
             local_debs=local,
             cache_cap_bytes=settings.chroot_cache_mb * _MB,
+            pool_files=pool,
         )
         run.chroot = chroot  # held until the run is over: never evicted while in use
     except environment.ChrootError as e:
@@ -605,25 +606,33 @@ async def _prepare_environment(
                 "sources": [mirror, *extra],
                 "snapshot_files": sorted(p.name for p in local.values()),
                 "cached": chroot.cached,
+                "base": chroot.base,
+                "base_cached": chroot.base_cached,
+                "layout": chroot.layout,
+                "delta": chroot.delta,
             }
         }
     )
-    run.say(f"chroot {chroot.path.name} ({'cached' if chroot.cached else 'new'})")
+    how = ("cached" if chroot.cached else
+           f"new: {chroot.delta} pins on {'cached ' if chroot.base_cached else 'new '}"
+           f"{chroot.base}, {chroot.layout}")
+    run.say(f"chroot {chroot.name} ({how}) in {chroot.seconds:.1f}s")
     return chroot.path, sandbox.CHROOT_SYSTEM_PATHS
 
 
 async def _resolve_pins(
     run: _Run, info: Buildinfo, suites: tuple[pins.SuiteSource, ...], arch: str, cache: Path
-) -> dict[Any, Path]:
+) -> tuple[dict[Any, Path], dict[Any, tuple[str, str]]]:
     """Every Installed-Build-Depends pin found before anything is bootstrapped: in the
     suites, else in the snapshot archive (its files fetched and checked now); any pin found
-    nowhere fails here, naming each. The snapshot's pins with their verified cached files."""
+    nowhere fails here, naming each. The snapshot's pins with their verified cached files, and
+    the suites' pins with their pool path and sha256 (the package cache is checked by them)."""
     settings = run.settings
     started = time.monotonic()
-    indexes: list[tuple[pins.SuiteSource, pins.Available]] = []
+    indexes: list[tuple[pins.SuiteSource, pins.PoolFiles]] = []
     for suite in suites:
         try:
-            indexes.append((suite, await pins.suite_versions(
+            indexes.append((suite, await pins.suite_index(
                 run.session, suite, arch, settings.fetch_timeout)))
         except (BadDataError, UnreachableError) as e:
             raise StageError("environment", f"build suite {suite.label}: {e}") from e
@@ -647,9 +656,11 @@ async def _resolve_pins(
         run.say("pins found nowhere:\n" + "\n".join(
             f"  {d}: in no configured suite or snapshot" for d in resolution.missing))
         raise StageError("environment", resolution.error())
+    pool = {dep: pins.pool_file(dep, dict(indexes)[suite], arch)
+            for dep, suite in resolution.suites.items()}
     files: dict[Any, Path] = {}
     if not resolution.snapshot:
-        return files
+        return files, pool
     assert client is not None
     for dep, f in sorted(resolution.snapshot.items(), key=lambda kv: kv[1].name):
         run.say(f"{dep}: from the snapshot archive, {f.name} sha1 {f.sha1}")
@@ -657,7 +668,7 @@ async def _resolve_pins(
             files[dep] = await client.download(f)
         except (BadDataError, UnreachableError) as e:
             raise StageError("environment", f"snapshot file of {dep}: {e}") from e
-    return files
+    return files, pool
 
 
 async def _sandboxed(

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -49,12 +49,15 @@ from verifier.errors import BadDataError, UnreachableError
 
 __all__ = [
     "MAX_SNAPSHOT_JSON_BYTES",
+    "PoolFiles",
     "Resolution",
     "SnapshotClient",
     "SnapshotFile",
     "SuiteSource",
+    "pool_file",
     "resolve",
     "scan_packages",
+    "suite_index",
     "suite_versions",
 ]
 
@@ -62,6 +65,8 @@ MAX_SNAPSHOT_JSON_BYTES = 4 * 1024 * 1024
 MAX_DEB_BYTES = 1024 * 1024 * 1024
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _FIELD = re.compile(rb"^(Package|Version|Architecture):[ \t]*(\S+)[ \t]*$", re.MULTILINE)
+_POOL_FIELD = re.compile(rb"^(Package|Version|Architecture|Filename|SHA256):[ \t]*(\S+)[ \t]*$",
+                         re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class Resolution:
 
 
 Available = frozenset[tuple[str, str, str]]  # (package, architecture, version)
+# what a suite's index says of each (package, architecture, version): its pool path and sha256
+PoolFiles = dict[tuple[str, str, str], tuple[str, str]]
 
 
 def _candidates(dep: Dependency, arch: str) -> tuple[tuple[str, str, str], ...]:
@@ -131,9 +138,14 @@ def _candidates(dep: Dependency, arch: str) -> tuple[tuple[str, str, str], ...]:
     return ((dep.name, arch, dep.version), (dep.name, "all", dep.version))
 
 
+def pool_file(dep: Dependency, index: PoolFiles, arch: str) -> tuple[str, str]:
+    """Pure: the pool path and sha256 ``index`` gives for ``dep`` (("", "") if it has none)."""
+    return next((index[w] for w in _candidates(dep, arch) if w in index), ("", ""))
+
+
 def resolve(
     deps: Iterable[Dependency],
-    suites: Sequence[tuple[SuiteSource, Available]],
+    suites: Sequence[tuple[SuiteSource, Collection[tuple[str, str, str]]]],
     arch: str,
     snapshot: Mapping[Dependency, SnapshotFile | None] | None = None,
 ) -> Resolution:
@@ -157,21 +169,28 @@ def resolve(
 def scan_packages(data: bytes) -> Available:
     """(Package, Architecture, Version) of every paragraph of a Packages index: a line scan,
     a few seconds for Debian's largest, where a full deb822 parse takes a minute."""
-    out: set[tuple[str, str, str]] = set()
+    return frozenset(scan_pool_files(data))
+
+
+def scan_pool_files(data: bytes) -> PoolFiles:
+    """``scan_packages`` with each entry's ``Filename`` and ``SHA256`` (empty when absent)."""
+    out: PoolFiles = {}
     for para in data.split(b"\n\n"):
-        fields = {k: v for k, v in _FIELD.findall(para)}
+        fields = {k: v for k, v in _POOL_FIELD.findall(para)}
         p, v, a = fields.get(b"Package"), fields.get(b"Version"), fields.get(b"Architecture")
         if p and v and a:
-            out.add((p.decode("ascii", "replace"), a.decode("ascii", "replace"),
-                     v.decode("ascii", "replace")))
-    return frozenset(out)
+            key = (p.decode("ascii", "replace"), a.decode("ascii", "replace"),
+                   v.decode("ascii", "replace"))
+            out[key] = (fields.get(b"Filename", b"").decode("ascii", "replace"),
+                        fields.get(b"SHA256", b"").decode("ascii", "replace").lower())
+    return out
 
 
-def _scan_compressed(data: bytes, suffix: str) -> Available:
-    return scan_packages(decompress(data, suffix, MAX_PACKAGES_BYTES))
+def _scan_compressed(data: bytes, suffix: str) -> PoolFiles:
+    return scan_pool_files(decompress(data, suffix, MAX_PACKAGES_BYTES))
 
 
-_suite_cache: dict[tuple[str, str], Available] = {}  # (Packages URL, its sha256) -> versions
+_suite_cache: dict[tuple[str, str], PoolFiles] = {}  # (Packages URL, its sha256) -> versions
 _SUITE_CACHE_ENTRIES = 16  # a handful of suites, each index only while it is current
 
 
@@ -179,11 +198,19 @@ async def suite_versions(
     session: aiohttp.ClientSession, suite: SuiteSource, arch: str, time_limit: float = 600.0
 ) -> Available:
     """Every (package, arch, version) a suite lists for ``arch`` (which includes ``all``)."""
+    return frozenset(await suite_index(session, suite, arch, time_limit))
+
+
+async def suite_index(
+    session: aiohttp.ClientSession, suite: SuiteSource, arch: str, time_limit: float = 600.0
+) -> PoolFiles:
+    """``suite_versions`` with each entry's pool path and sha256 (the package cache checks
+    the files it keeps against them)."""
     dists = f"{suite.mirror.rstrip('/')}/dists/{suite.suite}"
     release = parse_release(
         await fetch_bytes(session, f"{dists}/Release", MAX_RELEASE_BYTES, time_limit)
     )
-    have: set[tuple[str, str, str]] = set()
+    have: PoolFiles = {}
     for component in suite.components:
         for path, suffix in packages_candidates(component, arch):
             entry = release.entry(path)
@@ -198,13 +225,13 @@ async def suite_versions(
                 while len(_suite_cache) >= _SUITE_CACHE_ENTRIES:
                     _suite_cache.pop(next(iter(_suite_cache)))
                 _suite_cache[key] = cached
-            have |= cached
+            have.update(cached)
             break
         else:
             raise BadDataError(
                 f"{suite.label}", f"Release lists no {component}/binary-{arch}/Packages index"
             )
-    return frozenset(have)
+    return have
 
 
 def _bad(url: str, reason: str) -> BadDataError:

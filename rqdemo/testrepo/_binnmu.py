@@ -20,14 +20,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from rebuilder import sandbox
+from rqdemo.testrepo._buildd import buildd_build
 from rqdemo.testrepo._repo import (
     _MARKER,
     PublishedDeb,
     TestPackage,
     TestRepository,
     _indexes,
-    _run,
     _sha256,
     host_arch,
 )
@@ -48,15 +47,6 @@ def binnmu_entry(source: str, version: str, arch: str, reason: str,
         f"  * {lines}\n\n"
         f" -- {BINNMU_MAINTAINER}  {BINNMU_DATE}\n\n"
     )
-
-
-def _chown_tree(top: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    for dirpath, dirnames, filenames in os.walk(top):
-        for n in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, n), sandbox.NOBODY, sandbox.NOBODY)
-    os.chown(top, sandbox.NOBODY, sandbox.NOBODY)
 
 
 def add_binnmu(repo: TestRepository, source: str, n: int = 1,
@@ -81,20 +71,16 @@ def add_binnmu(repo: TestRepository, source: str, n: int = 1,
             if name.startswith(f"{source}_{pkg.version}.") and not name.endswith(".dsc"):
                 shutil.copyfile(pool / name, top / name)
         leaf = f"{source}-{pkg.version}"
-        _run(["dpkg-source", "-x", dsc, leaf], top, log, env={**os.environ, "LC_ALL": "C.UTF-8"})
-        changelog = top / leaf / "debian" / "changelog"
-        changelog.write_text(binnmu_entry(source, version, arch, reason) + changelog.read_text())
-        _chown_tree(top)
-        cfg = sandbox.SandboxConfig(
-            binds=(sandbox.Bind(top, "/build", writable=True),),
-            chdir=f"/build/{leaf}",
-            env={"LC_ALL": "C.UTF-8"},
-            root=Path("/"),
-            system_paths=sandbox.HOST_SYSTEM_PATHS,
-        )
-        argv = ["dpkg-buildpackage", "-B", "--no-sign", "-rfakeroot"]  # sbuild's binNMU build
-        _run(sandbox.bwrap_argv(argv, cfg, sandbox.Limits(timeout=600)), top, log,
-             env={"PATH": os.environ["PATH"]})
+
+        def prepend_entry(tree: Path) -> None:
+            changelog = tree / "debian" / "changelog"
+            changelog.write_text(binnmu_entry(source, version, arch, reason)
+                                 + changelog.read_text())
+
+        # sbuild's binNMU build: arch-dependent packages only
+        buildd_build(top, dsc, leaf, log, build_parent="/build",
+                     argv=["dpkg-buildpackage", "-B", "--no-sign", "-rfakeroot"],
+                     before_build=prepend_entry, timeout=600)
         buildinfo_name = f"{source}_{version}_{arch}.buildinfo"
         shutil.copyfile(top / buildinfo_name, repo.path / "buildinfo" / buildinfo_name)
         debs: list[PublishedDeb] = []

@@ -5,7 +5,6 @@ is the published file, which the verifier's identity check accepts as built by t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -14,8 +13,8 @@ from rebuilder.config import parse_config
 from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.debian.buildinfo import parse_buildinfo
 from rebuilder.debian.locate import resolve_buildinfo
-from rebuilder.debian.watch import Watcher
 from rqdemo.testrepo import add_binnmu, build_test_repository, serve_repository
+from tests.support import watcher_jobs
 from verifier.debian import read_deb_identity
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,7 @@ async def test_binnmu_is_queued_by_its_version_and_reproduced(tmp_path: Path) ->
              "repository": [repo.repository_config(base)]}, tmp_path)
         rcfg = config.repositories[0]
         jobs = {(j.source, j.version, j.architecture): j
-                for j in await _jobs_of(rcfg, session, tmp_path)}
+                for j in await watcher_jobs(rcfg, session, tmp_path)}
         # the original build and the binNMU are two jobs
         assert ("rq-hello-c", "1.0", arch) in jobs
         job = jobs[("rq-hello-c", "1.0+b1", arch)]
@@ -87,16 +86,3 @@ async def test_binnmu_rebuilt_without_its_changelog_is_caught(tmp_path: Path) ->
                                     tmp_path / "w", session)
     assert outcome.failure_stage == "fetch"
     assert "no Binary-Only-Changes" in (outcome.failure or "")
-
-
-async def _jobs_of(rcfg: Any, session: aiohttp.ClientSession, tmp_path: Path) -> list[Any]:
-    """What one authenticated watcher round would queue (nothing is written)."""
-    from rebuilder.db import Store
-
-    store = await Store.open(tmp_path / "watch.db")
-    try:
-        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
-    finally:
-        await store.close()
-    assert report.error is None, report.error
-    return list(report.new)

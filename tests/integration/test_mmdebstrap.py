@@ -5,9 +5,10 @@ version in its buildinfo exists there); the rebuilder then makes its own fresh c
 that buildinfo's Installed-Build-Depends and must reproduce the package bit for bit.
 
 Both chroots are cached under ``$RQ_CHROOT_CACHE`` (default ``~/.cache/repro-quorum/chroots``):
-the rebuilder's keyed by the hash of the dependency list, mirror, suite and architecture. The
-first run downloads about 100 MB from the mirror and takes a few minutes; later runs reuse
-the trees. Delete the cache directory to exercise mmdebstrap from scratch again.
+the rebuilder's as a base per suite and architecture plus, per dependency list, the delta on
+an overlay of it. The first run downloads about 100 MB from the mirror and takes a few minutes;
+later runs reuse the trees. Delete the cache directory to exercise mmdebstrap from scratch
+again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from rebuilder.debian import _chrootfs
 from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.debian.environment import installed_packages
 from rqdemo.testrepo import PackageSpec, build_test_repository, serve_repository
@@ -88,9 +90,18 @@ async def test_rebuild_in_a_pinned_chroot(original_chroot: Path, tmp_path: Path)
     chroot = outcome.internal_parameters["chroot"]
     assert chroot["mirror"] == MIRROR and chroot["suite"] == _suite()
     assert outcome.internal_parameters["sandbox"]["system"] == "chroot"
+    # a copy of the cached base with the pins it lacks installed on top
+    assert chroot["layout"] == ("overlay" if _chrootfs.overlay_available()[0] else "copy")
+    entry = _cache() / f"chroot-{chroot['key'][:32]}"
+    base_root = _cache() / chroot["base"] / "root"
+    assert "debhelper" not in installed_packages(base_root / "var" / "lib" / "dpkg")
+    assert "debhelper" in installed_packages(entry / "root" / "var" / "lib" / "dpkg")
+    if chroot["layout"] == "overlay":
+        assert os.path.ismount(entry / "root")
+        base_size = _chrootfs.tree_size(_cache() / chroot["base"])
+        assert _chrootfs.tree_size(entry / "upper") < base_size / 2
     # the rebuilder's chroot holds exactly the buildinfo's versions
-    tree = _cache() / f"chroot-{chroot['key'][:32]}"
-    installed = installed_packages(tree / "var" / "lib" / "dpkg")
+    installed = installed_packages(entry / "root" / "var" / "lib" / "dpkg")
     pinned = [d for d in outcome.resolved_dependencies if "annotations" in d]
     assert pinned
     for dep in pinned:
@@ -137,6 +148,6 @@ async def test_a_pin_in_no_suite_comes_from_the_snapshot_archive(
     assert outcome.internal_parameters["pins"]["snapshot"] == 1
     chroot = outcome.internal_parameters["chroot"]
     assert chroot["snapshot_files"] == [f"{hashlib.sha1(tz.read_bytes()).hexdigest()}.deb"]  # noqa: S324
-    tree = _cache() / f"chroot-{chroot['key'][:32]}"
+    tree = _cache() / f"chroot-{chroot['key'][:32]}" / "root"
     assert installed_packages(tree / "var" / "lib" / "dpkg")["tzdata"] == tz_version
     assert any(p.startswith("/mr/binary/tzdata/") for p in snap.requests)

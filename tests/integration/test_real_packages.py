@@ -9,11 +9,14 @@ package), inside bubblewrap. The repository gets apt-ftparchive indexes, the bui
 and one tampered .deb (``cowsay``'s). A node in mmdebstrap mode must then say ``reproduced``
 for hello and attr, and ``tampered`` for cowsay's tampered file.
 
-Everything is cached under ``$RQ_REAL_CACHE`` (default ``~/.cache/repro-quorum/realpkgs``):
-the sources, the original chroot, the built repository; the node's chroots are cached with the
-other mmdebstrap tests'. The first run takes several minutes (two bootstraps per package);
-later runs only rebuild. Per package, the environment and rebuild times and the verdict are
-written to ``test-artifacts/real-packages.txt``.
+Everything is cached under ``$RQ_REAL_CACHE`` (default ``~/.cache/repro-quorum/realpkgs``;
+keep it between CI runs): the sources, the original chroot, the built repository and its
+signing key (``FORMAT`` names the recipe: bump it when the recipe changes). The node's chroots
+(one base, a delta per pin set) are cached with the other mmdebstrap tests' under
+``$RQ_CHROOT_CACHE`` (default ``~/.cache/repro-quorum/chroots``). The first run takes a few
+minutes (one bootstrap for the fixture, one base for the node); later runs only rebuild. Per
+package, the environment and rebuild times and the verdict are written to
+``test-artifacts/real-packages.txt``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -36,9 +38,10 @@ from rebuilder.config import parse_config
 from rebuilder.debian.build import BuildSettings, run_rebuild
 from rebuilder.debian.locate import resolve_buildinfo
 from rebuilder.debian.pins import SuiteSource
-from rebuilder.debian.watch import Watcher
 from rqdemo.testrepo import serve_repository
-from rqdemo.testrepo._repo import _indexes
+from rqdemo.testrepo._buildd import buildd_build
+from rqdemo.testrepo._repo import _indexes, export_keyring, make_signing_key
+from tests.support import watcher_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -102,15 +105,6 @@ def _sources(cache: Path, log: Path) -> Path:
     return src
 
 
-def _chown(top: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    for dirpath, dirnames, filenames in os.walk(top):
-        for n in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, n), sandbox.NOBODY, sandbox.NOBODY)
-    os.chown(top, sandbox.NOBODY, sandbox.NOBODY)
-
-
 def _tamper(deb: Path, log: Path) -> None:
     """Change one shipped file of ``deb`` and rebuild it, as a compromised mirror would."""
     work = deb.parent / f".tamper-{deb.name}"
@@ -146,20 +140,13 @@ def _build_repository(cache: Path, log: Path) -> Path:
             if f.name.startswith(f"{source}_{upstream}"):
                 shutil.copyfile(f, top / f.name)
         leaf = f"{source}-{upstream}"
-        _run(["dpkg-source", "-x", f"{source}_{noepoch}.dsc", leaf], top, log,
-             env={**os.environ, "LC_ALL": "C.UTF-8"})
-        _chown(top)
         arch_all = source == "cowsay"
-        cfg = sandbox.SandboxConfig(
-            binds=(sandbox.Bind(top, "/build/reproducible-path", writable=True),),
-            chdir=f"/build/reproducible-path/{leaf}",
-            env={"LC_ALL": "C.UTF-8", "DEB_BUILD_PROFILES": "noudeb"},
-            root=chroot,
-            system_paths=sandbox.CHROOT_SYSTEM_PATHS,
-        )
-        argv = ["dpkg-buildpackage", "-A" if arch_all else "-B", "--no-sign", "-rfakeroot"]
-        _run(sandbox.bwrap_argv(argv, cfg, sandbox.Limits(timeout=1800)), top, log,
-             env={"PATH": os.environ["PATH"]})
+        buildd_build(top, f"{source}_{noepoch}.dsc", leaf, log,
+                     build_parent="/build/reproducible-path",
+                     argv=["dpkg-buildpackage", "-A" if arch_all else "-B", "--no-sign",
+                           "-rfakeroot"],
+                     env={"LC_ALL": "C.UTF-8", "DEB_BUILD_PROFILES": "noudeb"},
+                     root=chroot, system_paths=sandbox.CHROOT_SYSTEM_PATHS)
         prefix = source[:4] if source.startswith("lib") else source[0]
         pool_rel = f"pool/main/{prefix}/{source}"
         pool = repo / pool_rel
@@ -174,7 +161,12 @@ def _build_repository(cache: Path, log: Path) -> Path:
         shutil.copyfile(top / buildinfo, repo / "buildinfo" / buildinfo)
         published[source] = {d.name: d.name for d in pool.glob("*.deb")}
     _tamper(next((repo / "pool/main/c/cowsay").glob("cowsay_*_all.deb")), log)
-    _indexes(repo, arch, log)
+    gnupg = cache / f"gnupg-{FORMAT}"  # the repository's signing key, outside the served tree
+    if not (gnupg / "pubring.kbx").exists():
+        shutil.rmtree(gnupg, ignore_errors=True)
+        make_signing_key(gnupg, "repro-quorum real-packages repository")
+    _indexes(repo, arch, log, gnupg)
+    export_keyring(gnupg, repo.with_name(f"keyring-{FORMAT}.gpg"))
     (repo / ".ready").write_text(json.dumps(published))
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
@@ -206,11 +198,6 @@ def _seconds(log: str, start: str, end: str) -> float:
     return float((t1 - t0) % 86400)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the merge of the sandbox work (bounded build tree, new binds) the mmdebstrap"
-    " rebuild of hello finds no .deb to collect (issue 14, open): reported XFAIL until fixed",
-)
 async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: Path) -> None:
     expected = {"hello": "reproduced", "attr": "reproduced", "cowsay": "tampered"}
     report: list[str] = []
@@ -218,12 +205,12 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
         config = parse_config(
             {"node": {"id": "rb-real", "operator": "op"},
              "repository": [{"name": "real", "base_url": base, "suite": "stable",
-                             "trusted": True,  # the fixture's apt-ftparchive repository
+                             "signed_by": str(real_repo.with_name(f"keyring-{FORMAT}.gpg")),
                              "architectures": ["amd64", "all"],
                              "build_suite": [{"suite": SUITE, "mirror": MIRROR}]}]},
             tmp_path)
         rcfg = config.repositories[0]
-        jobs = await _jobs_of(rcfg, session, tmp_path)
+        jobs = await watcher_jobs(rcfg, session, tmp_path)
         assert {(j.source, j.version) for j in jobs} == set(SOURCES.items())
         settings = BuildSettings(
             environment="mmdebstrap", suites=(SuiteSource(MIRROR, SUITE),),
@@ -237,10 +224,13 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
             assert outcome.log_path is not None
             log = outcome.log_path.read_text()
             env_s = _seconds(log, "pins resolved", "chroot chroot-")
+            chroot = outcome.internal_parameters["chroot"]
+            how = ("cached" if chroot["cached"] else
+                   f"new, {chroot['delta']} pins on"
+                   f" {'a cached' if chroot['base_cached'] else 'a new'} base, {chroot['layout']}")
             report.append(
                 f"{job.source} {job.version} {job.architecture}: {outcome.verdict};"
-                f" rebuild {total:.0f}s, environment {env_s:.0f}s"
-                f" ({'cached' if outcome.internal_parameters['chroot']['cached'] else 'new'});"
+                f" rebuild {total:.0f}s, environment {env_s:.0f}s ({how});"
                 + " ".join(f" {o.name}={o.verdict}" for o in outcome.outputs))
             assert outcome.verdict == expected[job.source], (job.source, outcome.outputs)
             if job.source == "cowsay":
@@ -258,16 +248,3 @@ async def test_real_packages_reach_the_right_verdict(real_repo: Path, tmp_path: 
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "real-packages.txt").write_text("\n".join(report) + "\n")
-
-
-async def _jobs_of(rcfg: Any, session: aiohttp.ClientSession, tmp_path: Path) -> list[Any]:
-    """What one authenticated watcher round would queue (nothing is written)."""
-    from rebuilder.db import Store
-
-    store = await Store.open(tmp_path / "watch.db")
-    try:
-        report = await Watcher((rcfg,), store, session).round(rcfg, queue=False)
-    finally:
-        await store.close()
-    assert report.error is None, report.error
-    return list(report.new)

@@ -84,3 +84,17 @@ def test_build_suites_config(tmp_path: Path) -> None:
                       "repository": [{"name": "d", "base_url": "http://h", "suite": "s",
                                       "build_suite": [{"suite": "x", "mirror": "ftp://h"}]}]},
                      tmp_path)
+
+
+def test_pool_files_give_each_pin_its_path_and_sha256() -> None:
+    from rebuilder.debian.pins import pool_file, scan_pool_files
+
+    data = (b"Package: make\nVersion: 4.3-4.1\nArchitecture: amd64\n"
+            b"Filename: pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb\nSHA256: " + b"AB" * 32
+            + b"\n\nPackage: tzdata\nArchitecture: all\nVersion: 2024a-0+deb12u1\n\n")
+    index = scan_pool_files(data)
+    assert pool_file(MAKE, index, "amd64") == (
+        "pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb", "ab" * 32)
+    # an arch-less pin is found as the native or the all package; no Filename: nothing to check
+    assert pool_file(Dependency("tzdata", None, "2024a-0+deb12u1"), index, "amd64") == ("", "")
+    assert pool_file(Dependency("make", None, "9"), index, "amd64") == ("", "")
