@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from rebuilder import environment, pins
+from rebuilder.debian import environment, pins
 from rebuilder.debian.buildinfo import Dependency, parse_buildinfo
 
 MIRROR = "http://deb.debian.org/debian"
