@@ -509,7 +509,7 @@ def deploy_base() -> Iterator[Path]:
     base.chmod(0o755)
     # The source tree to install, copied so pip's in-tree build leaves nothing in the checkout.
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("verifier", "rebuilder", "coordinator"):
+    for name in ("verifier", "rebuilder", "coordinator", "rqdb"):
         shutil.copytree(REPO / name, base / "src" / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, base / "src" / name)
