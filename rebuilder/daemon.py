@@ -162,7 +162,8 @@ async def _serve(
                        on_stored=lambda _r: publisher.wake() if publisher else None)
     guard = DiskGuard(config.node.state_dir, config.node.min_free_mb * MiB)
     pool = WorkerPool(runner, store, config.build.parallel, guard)
-    watcher = Watcher(config.repositories, store, session, on_new_jobs=lambda _j: pool.wake())
+    watcher = Watcher(config.repositories, store, session, on_new_jobs=lambda _j: pool.wake(),
+                      idle_reader=True)
 
     web_runner = web.AppRunner(create_app(config, store=store, guard=guard), access_log=None)
     await web_runner.setup()
