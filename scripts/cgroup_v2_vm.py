@@ -44,7 +44,11 @@ mkdir -p /root
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /root \\
   || {{ echo "RQ-VM 9p mount failed"; echo o > /proc/sysrq-trigger; sleep 10; }}
 umount /proc /dev
-exec chroot /root /bin/bash {inside}
+# the shared root replaces the initramfs at / (as switch_root does): a process merely chrooted
+# could not create the user namespaces bwrap needs
+cd /root
+mount --move . /
+exec chroot . /bin/bash {inside}
 """
 
 INSIDE = """#!/bin/bash
@@ -58,8 +62,6 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mount -t tmpfs vartmp /var/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-# as on the host: bwrap (the sandbox's inner, unprivileged one) needs user namespaces
-test -e /proc/sys/kernel/unprivileged_userns_clone && echo 1 > /proc/sys/kernel/unprivileged_userns_clone
 modprobe loop; modprobe ext4
 echo "RQ-VM kernel $(uname -r), cgroup $(cat /proc/self/cgroup)"
 grep cgroup /proc/self/mountinfo
