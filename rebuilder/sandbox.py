@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -248,6 +249,10 @@ def _bwrap_parts(
         # namespaces (a way back to capabilities) are refused
         a += ["--unshare-all", "--unshare-user", "--disable-userns"]
     a += ["--hostname", cfg.hostname, "--clearenv"]
+    # hidden paths inside the host's system directories are left out of them rather than
+    # covered: a covering mount would name the hidden path in the sandbox's mount table
+    host = cfg.root == Path("/")
+    left_out = [h for h in cfg.hidden if host and h.exists() and _under_system_path(h, cfg)]
     for rel in cfg.system_paths:
         src = cfg.root / rel
         if src.is_symlink():
@@ -255,7 +260,9 @@ def _bwrap_parts(
         elif src.is_dir():
             for parent in _parents("/" + rel):
                 a += ["--perms", "0755", "--dir", parent]
-            a += ["--ro-bind", str(src), "/" + rel]
+            inside = [h for h in left_out if h.is_relative_to(src)]
+            a += _bind_except(src, "/" + rel, inside) if inside else ["--ro-bind", str(src),
+                                                                      "/" + rel]
     a += ["--proc", "/proc", "--dev", "/dev"]
     # /tmp inside the sandbox is a private, size-capped tmpfs, never the host's /tmp
     a += ["--perms", "1777", "--size", str(limits.max_tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
@@ -266,7 +273,7 @@ def _bwrap_parts(
     for h in cfg.hidden:
         # Only needed when a hidden path falls inside a bound directory; covering an absent
         # mount point would create it, so only existing visible paths are covered.
-        if _visible(h, cfg):
+        if h not in left_out and _visible(h, cfg):
             a += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
     env = {"PATH": _SANDBOX_PATH, "HOME": "/nonexistent", "TMPDIR": "/tmp", **cfg.env}  # noqa: S108
     for k, v in env.items():
@@ -298,6 +305,32 @@ def _bwrap_parts(
                 "--dev-bind", "/", "/", "--chdir", cfg.chdir, "--",
             ]  # fmt: skip
     return a, c + list(argv)
+
+
+def _under_system_path(path: Path, cfg: SandboxConfig) -> bool:
+    return any(path.is_relative_to(Path("/") / rel) for rel in cfg.system_paths)
+
+
+def _bind_except(src: Path, dest: str, hidden: Sequence[Path]) -> list[str]:
+    """bwrap options showing directory ``src`` at ``dest`` read-only without the ``hidden``
+    paths inside it: each entry bound on its own, the directories leading to a hidden path
+    rebuilt the same way, a hidden path itself absent."""
+    mode = stat.S_IMODE(src.lstat().st_mode)
+    a = ["--perms", f"{mode:04o}", "--dir", dest]
+    with os.scandir(src) as entries:
+        for e in sorted(entries, key=lambda e: e.name):
+            path = Path(e.path)
+            if path in hidden:
+                continue
+            target = f"{dest}/{e.name}"
+            inside = [h for h in hidden if h.is_relative_to(path)]
+            if e.is_symlink():
+                a += ["--symlink", os.readlink(path), target]
+            elif inside and e.is_dir(follow_symlinks=False):
+                a += _bind_except(path, target, inside)
+            else:
+                a += ["--ro-bind-try", str(path), target]  # -try: gone since the scan
+    return a
 
 
 def _visible(path: Path, cfg: SandboxConfig) -> bool:

@@ -179,6 +179,16 @@ def _digest_raw(descriptor: object, where: str) -> Any:
     return digest.get("sha256")
 
 
+def _subject(o: object, where: str) -> Subject:
+    """A ``{"name", "digest": {"sha256"}}`` descriptor as a ``Subject`` (which checks both)."""
+    if not isinstance(o, dict):
+        raise _bad(f"{where} must be an object")
+    digest = o.get("digest")
+    if not isinstance(digest, dict):
+        raise _bad(f"{where}.digest must be an object")
+    return Subject(o.get("name"), digest.get("sha256"))  # type: ignore[arg-type]  # checked there
+
+
 def _opt_raw(o: object, where: str) -> Any:
     return None if o is None else _obj(o, where).get("sha256")
 
@@ -462,10 +472,7 @@ class RebuildStatement:
         builder: Any = _obj(run.get("builder"), "runDetails.builder")
         meta: Any = _obj(run.get("metadata"), "runDetails.metadata")
 
-        subjects = tuple([
-            Subject(_obj(o, "subject").get("name"), _digest_raw(o, "subject"))  # type: ignore[arg-type]  # checked by Subject
-            for o in _list(d.get("subject"), "subject")
-        ])
+        subjects = tuple([_subject(o, "subject") for o in _list(d.get("subject"), "subject")])
 
         verdicts: list[OutputVerdict] = []
         unpublished: list[Subject] = []

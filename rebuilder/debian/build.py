@@ -197,6 +197,7 @@ async def run_rebuild(
             failure = StageError("internal", f"{type(e).__name__}: {e}")
         finally:
             _remove_tree(work_dir / "tree")
+            _remove_tree(work_dir / _UNPACK_INPUTS)
             if run.chroot is not None:
                 run.chroot.release()
         _log_summary(run, failure)
@@ -274,7 +275,7 @@ def _remove_tree(path: Path) -> None:
 async def _pipeline(run: _Run) -> None:
     settings = run.settings
     # a retried job starts clean: nothing of an earlier attempt may be mistaken for this one's
-    for leftover in ("inputs", "tree", "artifacts", "published", "reports"):
+    for leftover in ("inputs", "tree", _UNPACK_INPUTS, "artifacts", "published", "reports"):
         _remove_tree(run.work / leftover)
     inputs = run.work / "inputs"
     _mkdirs(inputs)
@@ -341,15 +342,8 @@ async def _pipeline(run: _Run) -> None:
         max_memory_bytes=settings.max_memory_mb * _MB,
         max_processes=settings.max_processes,
     )
-    cfg = sandbox.SandboxConfig(
-        # /run is a reserved top directory, so no Build-Path can overlap the inputs
-        binds=(sandbox.Bind(inputs, _INPUTS), sandbox.Bind(tree, parent, writable=True)),
-        chdir=parent,
-        env=env,
-        root=root,
-        system_paths=system_paths,
-        hidden=settings.hidden_paths,
-    )
+    view = await asyncio.to_thread(_unpack_inputs, run.work, inputs)
+    cfg = unpack_config(view, tree, parent, env, root, system_paths, settings.hidden_paths)
     deadline = time.monotonic() + settings.timeout
     run.say(f"unpacking {dsc_path.name} at {build_path}")
     await _sandboxed(
@@ -377,6 +371,8 @@ async def _pipeline(run: _Run) -> None:
             tree,
             "applying the binNMU changelog entry",
         )
+    if view != inputs:
+        _remove_tree(view)  # the build step does not get the inputs
     arch_flag = _arch_flag(info)
     argv = ["dpkg-buildpackage", arch_flag, "--no-sign", "-rfakeroot"]
     run.internal["build_command"] = argv
@@ -404,6 +400,52 @@ async def _pipeline(run: _Run) -> None:
     # 4. collect, hash, compare
     rebuilt = _collect(run, tree, info)
     await _compare(run, info, rebuilt)
+
+
+_UNPACK_INPUTS = "unpack-inputs"  # in the work dir: the inputs' own filesystem, while unpacking
+
+
+def _unpack_inputs(work: Path, inputs: Path) -> Path:
+    """The directory the unpack step binds at ``/run/rebuild-inputs``.
+
+    Where the node can mount one, a copy of the inputs on a filesystem of its own
+    (``make_build_tree``): the sandbox's mount table then shows the root of a filesystem, not
+    the inputs' path on the host (a bind mount's entry names its source directory relative to
+    its filesystem's root). Otherwise ``inputs`` itself. ``_remove_tree`` releases it.
+    Blocking (mkfs, copies): call in a thread."""
+    view = work / _UNPACK_INPUTS
+    _remove_tree(view)
+    files = [p for p in inputs.iterdir() if p.is_file() and not p.is_symlink()]
+    size = sum(p.stat().st_size for p in files) + 8 * _MB
+    if sandbox.make_build_tree(view, size) is None:
+        _remove_tree(view)
+        return inputs
+    for p in files:
+        shutil.copyfile(p, view / p.name)
+    _share_read_only(view)
+    return view
+
+
+def unpack_config(
+    inputs: Path,
+    tree: Path,
+    parent: str,
+    env: Mapping[str, str],
+    root: Path,
+    system_paths: tuple[str, ...],
+    hidden: tuple[Path, ...],
+) -> sandbox.SandboxConfig:
+    """The unpack step's sandbox: the inputs read-only at ``/run/rebuild-inputs``, the tree
+    writable at ``parent`` (tested by ``tests/integration/test_sandbox_mountinfo.py``)."""
+    return sandbox.SandboxConfig(
+        # /run is a reserved top directory, so no Build-Path can overlap the inputs
+        binds=(sandbox.Bind(inputs, _INPUTS), sandbox.Bind(tree, parent, writable=True)),
+        chdir=parent,
+        env=env,
+        root=root,
+        system_paths=system_paths,
+        hidden=hidden,
+    )
 
 
 def _arch_flag(info: Buildinfo) -> str:

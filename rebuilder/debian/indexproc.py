@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from rebuilder.outcome import BuildJob, ReleaseRef
 from verifier.errors import BadDataError
 from verifier.statement import Digest
 
-__all__ = ["SAMPLE", "IndexFile", "IndexReader", "IndexResult", "JobSink"]
+__all__ = ["SAMPLE", "IndexFile", "IndexReader", "IndexResult", "JobSink", "lower_priority"]
 
 # jobs of each kind returned to the node, the rest only counted: unpickling the result holds the
 # GIL (1000 jobs: 15-100 ms), so the sample stays small
@@ -123,8 +124,29 @@ def _jobs_task(repo: RepositoryConfig, ref: ReleaseRef | None, limits: IndexLimi
     return IndexResult(distinct, len(new), len(known), new[:SAMPLE], known[:SAMPLE], skipped)
 
 
-def _child(conn: Connection, *args: Any) -> None:
+def lower_priority() -> str:
+    """Make this process (and the threads it starts later) yield the CPU to everything else.
+
+    ``SCHED_IDLE``: the worker runs only when no normal task wants the CPU, so on a busy 2-core
+    machine the node's event loop is never queued behind the parse (the cost: on a machine kept
+    busy, by the node's own builds say, a round waits for idle time). Where that policy is
+    refused, the highest nice value. Returns what was set."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
+        return "nice 19"
+    except OSError:
+        return "normal priority"
+
+
+def _child(conn: Connection, idle: bool, *args: Any) -> None:
     """The worker process: one ``_jobs_task``, its result sent back on ``conn``."""
+    if idle:
+        lower_priority()
     try:
         answer: tuple[Any, ...] = ("ok", _jobs_task(*args))
     except Exception as e:  # a bug or a database error: said, not hidden behind an EOF
@@ -137,9 +159,12 @@ class IndexReader:
     """One round's indexes at a time, each in a new worker process; ``close()`` when done.
 
     No worker outlives its round (an idle pool worker would hold the fork server's pipes open
-    and outlive a killed node); the fork server exits with the node."""
+    and outlive a killed node); the fork server exits with the node. ``idle``: the worker runs
+    at ``SCHED_IDLE`` (``lower_priority``), for a node whose API must answer meanwhile; a
+    one-off ``sync --once`` keeps normal priority."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: bool = False) -> None:
+        self._idle = idle
         self._lock = asyncio.Lock()
         self._process: BaseProcess | None = None
         self._closed = False
@@ -169,7 +194,7 @@ class IndexReader:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["rebuilder.debian.indexproc"])
         receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(send, *args), daemon=True,
+        process = ctx.Process(target=_child, args=(send, self._idle, *args), daemon=True,
                               name="rq-index-worker")
         process.start()
         self._process = process

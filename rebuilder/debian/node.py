@@ -36,7 +36,9 @@ class DebianNode(NodeEcosystem):
                 on_new_jobs: Callable[[list[BuildJob]], None] | None) -> RepositoryWatcher:
         from rebuilder.debian.watch import Watcher
 
-        return Watcher(repositories, store, session, on_new_jobs=on_new_jobs)
+        # the daemon's watcher: its index worker runs at idle priority, so that the API and the
+        # publisher keep answering while a huge index is read (``sync --once`` does not use it)
+        return Watcher(repositories, store, session, on_new_jobs=on_new_jobs, idle_reader=True)
 
     def builder(self, config: Config, session: aiohttp.ClientSession) -> Builder:
         return make_builder(config, session)

@@ -157,6 +157,7 @@ class Watcher:
         store: Store | None,
         session: Fetcher,
         on_new_jobs: Callable[[list[BuildJob]], None] | None = None,
+        idle_reader: bool = False,
     ) -> None:
         self.repositories = repositories
         self.store = store
@@ -165,7 +166,7 @@ class Watcher:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.rounds = 0
         self.errors = 0
-        self.reader = IndexReader()
+        self.reader = IndexReader(idle=idle_reader)  # the daemon's: SCHED_IDLE
 
     def start(self) -> None:
         for repo in self.repositories:

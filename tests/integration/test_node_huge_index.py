@@ -26,12 +26,23 @@ from tests.unit.rebuilder.node_helpers import amake_node, serve
 pytestmark = pytest.mark.slow
 
 ENTRIES = 500_000
-# Every request should answer within 100 ms. The test and the node share a small, loaded
-# machine with other work, so the scheduler alone can delay one request: 95% must make 100 ms
-# and none may take 500 ms (the index parsed on the loop stalled it for minutes; in a thread,
-# for 0.1-0.9 s at a time).
+# Every request answers within 100 ms while the index is read: the worker runs at SCHED_IDLE,
+# and the node's loop only receives counts. The one thing the node cannot control is a machine
+# so loaded that its scheduler alone delays requests past 100 ms with no index being read; the
+# same node is measured first, in the same run, with the index held back (CONTROL_S). When every
+# control request made 100 ms, every request during the read must too; otherwise (a saturated
+# machine) 95% must, and none may take longer than 500 ms or twice the slowest control request
+# (the index parsed on the loop stalled it for minutes; in a thread, for 0.1-0.9 s at a time).
+# The test prints both sets of figures and which bound it applied.
 STALL_LIMIT_S = 0.100
 OUTLIER_LIMIT_S = 0.500
+CONTROL_S = 5.0
+
+
+def _figures(times: list[float]) -> str:
+    t = sorted(times)
+    return (f"{len(t)} requests: p95 {t[int(len(t) * 0.95)] * 1000:.1f} ms, "
+            f"p99 {t[int(len(t) * 0.99)] * 1000:.1f} ms, max {t[-1] * 1000:.1f} ms")
 
 
 def huge_packages(n: int = ENTRIES) -> bytes:
@@ -56,9 +67,11 @@ async def test_huge_index_is_refused_while_the_api_keeps_answering(tmp_path: Pat
     release = (f"Suite: stable\nSHA256:\n {hashlib.sha256(xz).hexdigest()} {len(xz)} "
                "main/binary-amd64/Packages.xz\n").encode()
     served = asyncio.Event()
+    hand_out = asyncio.Event()
 
     async def packages(_: web.Request) -> web.Response:
         served.set()
+        await hand_out.wait()  # after the control measurement
         return web.Response(body=xz)
 
     async def release_file(_: web.Request) -> web.Response:
@@ -88,6 +101,18 @@ async def test_huge_index_is_refused_while_the_api_keeps_answering(tmp_path: Pat
 
                 await wait_for(up, 60, "the node's API")
                 await asyncio.wait_for(served.wait(), 60)
+
+                async def both() -> list[float]:
+                    return [await _timed_get(session, url) for url in
+                            (f"{api}/healthz", f"{api}/v1/attestations?since=0&limit=10")]
+
+                # control: the same node, the index not handed out yet
+                control: list[float] = []
+                end = time.monotonic() + CONTROL_S
+                while time.monotonic() < end:
+                    control += await both()
+                    await asyncio.sleep(0.02)
+                hand_out.set()
                 # from the moment the index is handed out until the node refuses it
                 times: list[float] = []
                 deadline = time.monotonic() + 600
@@ -97,8 +122,7 @@ async def test_huge_index_is_refused_while_the_api_keeps_answering(tmp_path: Pat
 
                 while not refused():
                     assert time.monotonic() < deadline, "the node never refused the index"
-                    for url in (f"{api}/healthz", f"{api}/v1/attestations?since=0&limit=10"):
-                        times.append(await _timed_get(session, url))
+                    times += await both()
                     await asyncio.sleep(0.02)
                 assert node.poll() is None, "the node exited"
                 assert await _timed_get(session, f"{api}/healthz") < 5
@@ -109,10 +133,20 @@ async def test_huge_index_is_refused_while_the_api_keeps_answering(tmp_path: Pat
     assert "more than 200000 entries (max_index_entries)" in text, text[-3000:]
     assert "previous state kept" in text
     assert len(times) >= 10, f"only {len(times)} requests while the index was read"
-    times.sort()
-    p95, worst = times[int(len(times) * 0.95)], times[-1]
-    assert p95 < STALL_LIMIT_S, f"95% of API requests took up to {p95 * 1000:.0f} ms"
-    assert worst < OUTLIER_LIMIT_S, f"an API request took {worst * 1000:.0f} ms during the read"
+    print(f"\nAPI, control: {_figures(control)}\nAPI during the read: {_figures(times)}")
+    worst = max(times)
+    if max(control) < STALL_LIMIT_S:
+        assert worst < STALL_LIMIT_S, (
+            f"an API request took {worst * 1000:.0f} ms during the read (every control request "
+            f"made {STALL_LIMIT_S * 1000:.0f} ms): {_figures(times)}")
+    else:
+        outlier = max(OUTLIER_LIMIT_S, 2 * max(control))
+        print(f"the machine delayed a control request by {max(control) * 1000:.0f} ms: "
+              f"checking 95% < {STALL_LIMIT_S * 1000:.0f} ms, none over {outlier * 1000:.0f} ms")
+        p95 = sorted(times)[int(len(times) * 0.95)]
+        assert p95 < STALL_LIMIT_S, f"95% of API requests took up to {p95 * 1000:.0f} ms"
+        assert worst < outlier, (
+            f"an API request took {worst * 1000:.0f} ms during the read: {_figures(times)}")
     store = await Store.open(cfg.node.db_path, readonly=True)
     try:
         assert (await store.counts())["queued"] == 0
