@@ -23,7 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.appstate import DIGEST_PARAM, PACKAGE_PART, STORE, rebuilder_views, short_views
+from coordinator.appstate import DIGEST_PARAM, STORE, rebuilder_views, short_views
+from verifier import ecosystem as ecosystems
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_QUERIES", "post_attestations_batch"]
 
@@ -36,8 +37,8 @@ def _error(status: int, message: str) -> web.Response:
                         text=json.dumps({"error": message}))
 
 
-def _queries(doc: Any) -> list[tuple[str, str, str]] | str:
-    """(digest hex, source, version) per query, or what is wrong with the request."""
+def _queries(doc: Any) -> list[tuple[str, str, str, str]] | str:
+    """(digest hex, ecosystem, source, version) per query, or what is wrong with the request."""
     if not isinstance(doc, dict) or set(doc) != {"queries"} or not isinstance(doc["queries"],
                                                                              list):
         return 'the body must be {"queries": [...]}'
@@ -55,13 +56,13 @@ def _queries(doc: Any) -> list[tuple[str, str, str]] | str:
             return f"{where}: digest must be sha256: followed by 64 lowercase hex digits"
         if not isinstance(pkg, dict) or set(pkg) != {"ecosystem", "name", "version"}:
             return f'{where}: package must be {{"ecosystem", "name", "version"}}'
-        if pkg["ecosystem"] != "debian":
-            return f"{where}: ecosystem must be 'debian'"
-        for part in ("name", "version"):
-            value = pkg[part]
-            if not isinstance(value, str) or not PACKAGE_PART.fullmatch(value):
-                return f"{where}: package {part} is not a Debian package {part}"
-        out.append((m.group(1), pkg["name"], pkg["version"]))
+        try:
+            ecosystem = ecosystems.get(pkg["ecosystem"])
+        except ecosystems.UnknownEcosystem as e:
+            return f"{where}: {e}"
+        if (problem := ecosystem.lookup_problem(pkg["name"], pkg["version"])) is not None:
+            return f"{where}: {problem}"
+        out.append((m.group(1), ecosystem.name, pkg["name"], pkg["version"]))
     return out
 
 
@@ -89,13 +90,14 @@ async def post_attestations_batch(request: web.Request) -> web.Response:
         return _error(400, queries)
     store = request.app[STORE]
     parts: list[bytes] = []
-    by_package: dict[tuple[str, str], list[bytes]] = {}
-    for digest, source, version in queries:
-        if (source, version) not in by_package:
-            by_package[(source, version)] = await store.envelopes_for_package(source, version)
+    by_package: dict[tuple[str, str, str], list[bytes]] = {}
+    for digest, eco, source, version in queries:
+        if (eco, source, version) not in by_package:
+            by_package[(eco, source, version)] = await store.envelopes_for_package(
+                source, version, ecosystem=eco)
         bodies = await store.envelopes_for_digest(digest)
         seen = set(bodies)
-        bodies += [b for b in by_package[(source, version)] if b not in seen]
+        bodies += [b for b in by_package[(eco, source, version)] if b not in seen]
         parts.append(b'{"digest":"sha256:' + digest.encode() + b'","attestations":['
                      + b",".join(bodies) + b"]}")
     views = await rebuilder_views(request.app)
