@@ -90,12 +90,11 @@ async def post_attestations_batch(request: web.Request) -> web.Response:
         return _error(400, queries)
     store = request.app[STORE]
     parts: list[bytes] = []
-    by_package: dict[tuple[str, str, str], list[bytes]] = {}
+    # a few statements for the whole batch, not two or three per query
+    by_digest = await store.envelopes_for_digests([q[0] for q in queries])
+    by_package = await store.envelopes_for_packages([q[1:] for q in queries])
     for digest, eco, source, version in queries:
-        if (eco, source, version) not in by_package:
-            by_package[(eco, source, version)] = await store.envelopes_for_package(
-                source, version, ecosystem=eco)
-        bodies = await store.envelopes_for_digest(digest)
+        bodies = list(by_digest[digest])
         seen = set(bodies)
         bodies += [b for b in by_package[(eco, source, version)] if b not in seen]
         parts.append(b'{"digest":"sha256:' + digest.encode() + b'","attestations":['

@@ -86,6 +86,51 @@ class _Reads(_Base):
         )
         return [r[0] for r in rows] + [r[1] for r in revocations]
 
+    async def envelopes_for_digests(self, digests: Sequence[str]) -> dict[str, list[bytes]]:
+        """``envelopes_for_digest`` of many digests (hex) at once, in a few statements: what a
+        batch query asks (``POST /v1/attestations:batch``)."""
+        out: dict[str, list[bytes]] = {d: [] for d in digests}
+        for chunk in _chunks(sorted(out), 500):
+            values = ",".join("(?)" for _ in chunk)
+            rows = await self._all(
+                f"WITH q(sha) AS (VALUES {values}),"  # noqa: S608  # placeholders and a constant fragment
+                " hits AS (SELECT DISTINCT s.sha256 AS sha, e.id, e.rebuilder, e.digest,"
+                " e.payload_digest FROM q JOIN subjects s ON s.sha256 = q.sha"
+                " JOIN envelopes e ON e.id = s.envelope_id)"
+                " SELECT h.sha, 0, e.id, e.body FROM hits h JOIN envelopes e ON e.id = h.id"
+                " UNION"
+                " SELECT h.sha, 1, e.id, e.body FROM hits h JOIN revocations r ON "
+                + _REVOKES.format(e="h") + " JOIN envelopes e ON e.id = r.envelope_id"
+                " ORDER BY 1, 2, 3",
+                [bytes.fromhex(d) for d in chunk],
+            )
+            for sha, _kind, _id, body in rows:
+                out[bytes(sha).hex()].append(body)
+        return out
+
+    async def envelopes_for_packages(
+        self, packages: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[bytes]]:
+        """``envelopes_for_package`` of many (ecosystem, source, version) at once."""
+        out: dict[tuple[str, str, str], list[bytes]] = {p: [] for p in packages}
+        for chunk in _chunks(sorted(out), 300):
+            values = ",".join("(?, ?, ?)" for _ in chunk)
+            rows = await self._all(
+                f"WITH q(eco, src, ver) AS (VALUES {values})"  # noqa: S608  # placeholders and a constant fragment
+                " SELECT q.eco, q.src, q.ver, 0, e.id, e.body FROM q JOIN envelopes e"
+                " ON e.ecosystem = q.eco AND e.source = q.src AND e.version = q.ver"
+                " UNION"
+                " SELECT q.eco, q.src, q.ver, 1, re.id, re.body FROM q JOIN envelopes e"
+                " ON e.ecosystem = q.eco AND e.source = q.src AND e.version = q.ver"
+                " JOIN revocations r ON " + _REVOKES.format(e="e")
+                + " JOIN envelopes re ON re.id = r.envelope_id"
+                " ORDER BY 1, 2, 3, 4, 5",
+                [x for p in chunk for x in p],
+            )
+            for eco, src, ver, _kind, _id, body in rows:
+                out[(eco, src, ver)].append(body)
+        return out
+
     async def package_results(
         self, source: str, version: str, *, ecosystem: str = DEFAULT_ECOSYSTEM
     ) -> list[PackageResult]:

@@ -106,6 +106,16 @@ class Store(Protocol):
         self, source: str, version: str, *, ecosystem: str = DEFAULT_ECOSYSTEM
     ) -> list[bytes]: ...
 
+    async def envelopes_for_digests(self, digests: Sequence[str]) -> dict[str, list[bytes]]:
+        """``envelopes_for_digest`` of each digest (hex), answered together."""
+        ...
+
+    async def envelopes_for_packages(
+        self, packages: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[bytes]]:
+        """``envelopes_for_package`` of each (ecosystem, source, version), answered together."""
+        ...
+
     async def package_results(
         self, source: str, version: str, *, ecosystem: str = DEFAULT_ECOSYSTEM
     ) -> list[PackageResult]: ...

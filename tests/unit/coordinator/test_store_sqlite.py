@@ -440,3 +440,29 @@ async def test_ecosystems_are_kept_apart(store: Store) -> None:
                                                                ecosystem="pypi")] == ["pypi"]
     assert [r.rebuilder for r in await store.package_results("hello", "1.0",
                                                              ecosystem="pypi")] == ["rb-beta"]
+
+
+async def test_batch_lookups_answer_what_the_single_lookups_answer(store: Store) -> None:
+    """``envelopes_for_digests`` / ``envelopes_for_packages`` (the batch endpoint's) give, per
+    key, exactly the single lookups' bodies in their order: envelopes, then revocations."""
+    signed = A.rebuild("hello", "1.0-1", {DEB: sha("h")})
+    a = accepted(A, signed)
+    b = accepted(B, B.rebuild("hello", "1.0-1", {DEB: sha("h")}))
+    c = accepted(A, A.rebuild("other", "2", {"other_2_all.deb": sha("o")}))
+    other_eco = dataclasses.replace(
+        accepted(B, B.rebuild("hello", "1.0-1", {"hello-1.0.tar.gz": sha("p")})),
+        ecosystem="pypi")
+    await store.store_batch([a, b, c, other_eco])
+    await store.store_batch([accepted(A, A.revoke(signed))])
+    digests = [sha("h"), sha("o"), sha("nothing"), sha("p")]
+    packages = [("debian", "hello", "1.0-1"), ("debian", "other", "2"),
+                ("pypi", "hello", "1.0-1"), ("debian", "absent", "1")]
+    by_digest = await store.envelopes_for_digests(digests)
+    by_package = await store.envelopes_for_packages(packages)
+    for d in digests:
+        assert by_digest[d] == await store.envelopes_for_digest(d), d
+    for eco, name, version in packages:
+        assert by_package[(eco, name, version)] == await store.envelopes_for_package(
+            name, version, ecosystem=eco), (eco, name, version)
+    assert len(by_digest[sha("h")]) == 3  # two attestations and the revocation of one
+    assert by_digest[sha("nothing")] == [] and by_package[("debian", "absent", "1")] == []
