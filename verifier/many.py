@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from verifier.decision import (
     NOT_WAITED_FOR,
@@ -39,6 +38,7 @@ from verifier.sources import (
     _batch_answers,
     _batch_body,
     ask,
+    ask_until_settled,
 )
 
 __all__ = ["BATCH_PATH", "ask_many", "check_many_online"]
@@ -144,23 +144,8 @@ async def check_many_online(
     if pending and artifacts:
         update_settled()
     if pending and artifacts and not settled.is_set():
-        tasks = [asyncio.create_task(one(r), name=f"ask {r.id}") for r in list(pending.values())]
-        settled_wait: asyncio.Task[Any] = asyncio.create_task(settled.wait(), name="settled")
-        try:
-            while not settled.is_set() and not all(t.done() for t in tasks):
-                running: list[asyncio.Task[Any]] = [t for t in tasks if not t.done()]
-                await asyncio.wait([*running, settled_wait], return_when=asyncio.FIRST_COMPLETED)
-            unfinished = [t for t in tasks if not t.done()]
-            if unfinished:
-                await asyncio.wait(unfinished, timeout=config.settle_grace)
-        finally:
-            settled_wait.cancel()
-            for t in tasks:
-                t.cancel()
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for o in outcomes:
-            if isinstance(o, Exception):
-                raise o
+        await ask_until_settled([one(r) for r in list(pending.values())], settled,
+                                config.settle_grace)
     return [
         conclude(a, policy, [
             results[i].get(r.id)

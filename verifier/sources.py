@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -487,6 +487,30 @@ async def ask(
     return Unreachable(f"{package_answer.reason} ({where})")
 
 
+async def ask_until_settled(asks: Sequence[Coroutine[Any, Any, None]], settled: asyncio.Event,
+                            grace: float) -> None:
+    """Run the ``asks`` (one per rebuilder) until ``settled`` is set or all are done, then give
+    the unfinished ones ``grace`` seconds more; cancel what is left. An ask's exception is
+    raised (asks catch their peer's failures themselves)."""
+    tasks = [asyncio.create_task(a) for a in asks]
+    settled_wait: asyncio.Task[Any] = asyncio.create_task(settled.wait(), name="settled")
+    try:
+        while not settled.is_set() and not all(t.done() for t in tasks):
+            running: list[asyncio.Task[Any]] = [t for t in tasks if not t.done()]
+            await asyncio.wait([*running, settled_wait], return_when=asyncio.FIRST_COMPLETED)
+        unfinished = [t for t in tasks if not t.done()]
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=grace)
+    finally:
+        settled_wait.cancel()
+        for t in tasks:
+            t.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for o in outcomes:
+        if isinstance(o, Exception):
+            raise o
+
+
 async def check_online(
     artifact: Artifact,
     policy: Policy,
@@ -521,23 +545,8 @@ async def check_online(
             settled.set()
 
     if pending and not is_settled(artifact, policy, results.values(), pending.values()):
-        tasks = [asyncio.create_task(one(r), name=f"ask {r.id}") for r in list(pending.values())]
-        settled_wait: asyncio.Task[Any] = asyncio.create_task(settled.wait(), name="settled")
-        try:
-            while not settled.is_set() and not all(t.done() for t in tasks):
-                running: list[asyncio.Task[Any]] = [t for t in tasks if not t.done()]
-                await asyncio.wait([*running, settled_wait], return_when=asyncio.FIRST_COMPLETED)
-            unfinished = [t for t in tasks if not t.done()]
-            if unfinished:
-                await asyncio.wait(unfinished, timeout=config.settle_grace)
-        finally:
-            settled_wait.cancel()
-            for t in tasks:
-                t.cancel()
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for o in outcomes:
-            if isinstance(o, Exception):
-                raise o
+        await ask_until_settled([one(r) for r in list(pending.values())], settled,
+                                config.settle_grace)
     ordered = [
         results.get(r.id)
         or RebuilderResult(r.id, r.operator, Status.NO_ATTESTATION, NOT_WAITED_FOR)
